@@ -1,0 +1,105 @@
+//! Every tunable of a node, with the paper's symbols and the reason for each default.
+
+use std::time::Duration;
+
+use crate::contact::Services;
+
+/// One level of the clustering hierarchy (spec §4.1).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LevelConfig {
+    /// The cluster's RTT diameter; `None` is unbounded (the global level 0).
+    pub diameter: Option<Duration>,
+}
+
+/// Configuration of one Coral node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Seed of the node's random generator. Required: the core never reads OS
+    /// entropy; adapters draw it and log it so a run can be replayed.
+    pub seed: u64,
+    /// Services this node advertises to others.
+    pub services: Services,
+    /// The level hierarchy, level 0 first. Level 0 must be unbounded.
+    pub levels: Vec<LevelConfig>,
+    /// DSHT parameters.
+    pub dsht: DshtConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            services: Services::NONE,
+            levels: vec![LevelConfig { diameter: None }],
+            dsht: DshtConfig::default(),
+        }
+    }
+}
+
+/// Parameters of the distributed sloppy hash table.
+#[derive(Clone, Debug)]
+pub struct DshtConfig {
+    /// `k`, contacts per k-bucket. 8: Coral's clusters are small (spec open question 8).
+    pub k: usize,
+    /// `l`, long-lived values per key before a node is *full* (spec §3.1, question 1).
+    pub l: usize,
+    /// `beta`, puts per key per `beta_window` above which a node is *loaded*
+    /// (12 per minute, the paper's hot-spot experiment, spec §3.4).
+    pub beta: u32,
+    /// The sliding window over which `beta` is counted.
+    pub beta_window: Duration,
+    /// Most keys the store holds for others, over all levels.
+    pub max_keys: usize,
+    /// Most values the store holds for others, over all levels.
+    pub max_values: usize,
+    /// Longest value accepted, in bytes (a value must fit a datagram with others).
+    pub max_value_len: usize,
+    /// Longest TTL accepted; longer puts are clamped.
+    pub max_ttl: Duration,
+    /// Lower bound of the per-contact RPC timeout (spec open question 9).
+    pub rpc_timeout_min: Duration,
+    /// Upper bound of the per-contact RPC timeout, and its value before any sample.
+    pub rpc_timeout_max: Duration,
+    /// A lookup hedges with one extra RPC once its RPC has been out for this
+    /// many smoothed RTTs (spec open question 8).
+    pub hedge_after_srtts: u32,
+    /// Consecutive failed RPCs after which a contact is dropped.
+    pub max_failures: u8,
+    /// A bucket not touched by a lookup for this long is refreshed.
+    pub bucket_refresh: Duration,
+    /// Most contacts a node returns in one reply.
+    pub reply_contacts: usize,
+    /// Most values a node returns in one get reply.
+    pub reply_values: usize,
+    /// Most RPCs in flight at once; requests beyond it fail at once.
+    pub max_inflight: usize,
+    /// Most application operations (get, put, join) running at once.
+    pub max_ops: usize,
+    /// Most RPCs one lookup at one level may send before it gives up.
+    pub lookup_max_rpcs: u32,
+}
+
+impl Default for DshtConfig {
+    fn default() -> Self {
+        Self {
+            k: 8,
+            l: 4,
+            beta: 12,
+            beta_window: Duration::from_secs(60),
+            max_keys: 65_536,
+            max_values: 262_144,
+            max_value_len: 96,
+            max_ttl: Duration::from_secs(24 * 3600),
+            rpc_timeout_min: Duration::from_millis(100),
+            rpc_timeout_max: Duration::from_secs(2),
+            hedge_after_srtts: 2,
+            max_failures: 3,
+            bucket_refresh: Duration::from_secs(15 * 60),
+            reply_contacts: 8,
+            reply_values: 8,
+            max_inflight: 4096,
+            max_ops: 4096,
+            lookup_max_rpcs: 48,
+        }
+    }
+}
