@@ -6,3 +6,8 @@ pub mod contact;
 pub mod id;
 pub mod rng;
 pub mod time;
+pub mod dsht;
+pub mod wire;
+pub mod node;
+
+pub use node::{Event, Levels, Node, OpId, PutError, Stats, Transmit};

@@ -1,0 +1,4 @@
+//! The distributed sloppy hash table (spec §1–3): routing, storage, lookups.
+
+pub mod routing;
+pub mod store;

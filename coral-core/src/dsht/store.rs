@@ -1,0 +1,1 @@
+//! Sloppy store (being written).
