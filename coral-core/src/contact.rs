@@ -59,7 +59,11 @@ pub struct Contact {
 impl Contact {
     /// A contact whose id is derived from its address (spec §1.1).
     pub fn from_addr(addr: SocketAddr, services: Services) -> Self {
-        Self { id: Id::for_node(addr), addr, services }
+        Self {
+            id: Id::for_node(addr),
+            addr,
+            services,
+        }
     }
 }
 

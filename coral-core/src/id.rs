@@ -177,7 +177,11 @@ impl Distance {
 
     /// `|self - other|`.
     pub fn abs_diff(&self, other: &Self) -> Self {
-        let (hi, lo) = if self >= other { (self, other) } else { (other, self) };
+        let (hi, lo) = if self >= other {
+            (self, other)
+        } else {
+            (other, self)
+        };
         let mut out = [0u8; ID_LEN];
         let mut borrow = 0i16;
         for i in (0..ID_LEN).rev() {
@@ -195,7 +199,9 @@ impl Distance {
 
     /// An approximation of the distance as a float, for estimates and logs.
     pub fn as_f64(&self) -> f64 {
-        self.0.iter().fold(0.0, |acc, b| acc * 256.0 + f64::from(*b))
+        self.0
+            .iter()
+            .fold(0.0, |acc, b| acc * 256.0 + f64::from(*b))
     }
 
     /// `log2(self)` (approximately), or `-inf` for zero.
@@ -247,10 +253,19 @@ mod tests {
     #[test]
     fn keys_are_domain_separated() {
         let ip = Ipv4Addr::new(10, 1, 2, 3);
-        assert_eq!(Id::for_ipv4_prefix(ip), Id::for_ipv4_prefix(Ipv4Addr::new(10, 1, 2, 200)));
-        assert_ne!(Id::for_ipv4_prefix(ip), Id::for_ipv4_prefix(Ipv4Addr::new(10, 1, 3, 3)));
+        assert_eq!(
+            Id::for_ipv4_prefix(ip),
+            Id::for_ipv4_prefix(Ipv4Addr::new(10, 1, 2, 200))
+        );
+        assert_ne!(
+            Id::for_ipv4_prefix(ip),
+            Id::for_ipv4_prefix(Ipv4Addr::new(10, 1, 3, 3))
+        );
         assert_ne!(Id::for_router(IpAddr::V4(ip)), Id::for_ipv4_prefix(ip));
-        assert_ne!(Id::for_url("http://a/"), Id::hash("coral-rtr", b"http://a/"));
+        assert_ne!(
+            Id::for_url("http://a/"),
+            Id::hash("coral-rtr", b"http://a/")
+        );
         let a: SocketAddr = "127.0.0.1:8091".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:8092".parse().unwrap();
         assert_ne!(Id::for_node(a), Id::for_node(b));

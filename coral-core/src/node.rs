@@ -1,14 +1,40 @@
 //! The node: one Coral DSHT participant as a sans-IO state machine.
+//!
+//! `Node` owns the sub-machines — one routing table per level, the sloppy
+//! store, the lookups of running operations — and dispatches between them.
+//! It keeps the RPC bookkeeping: every request in flight has a random id, a
+//! deadline derived from the contact's RTT estimate, and (for lookups) a
+//! hedge deadline, all in one ordered set, so a reply cancels its timers in
+//! O(log n) and `poll_timeout` is the first entry.
+//!
+//! Operations (spec §2–3):
+//! - **get** walks each requested level, fastest first, with get-probes and
+//!   stops at the first node holding values; a miss at one level continues
+//!   at the next from the node where the walk stopped (spec §3.5).
+//! - **put** runs, per level (fastest first), the forward phase with
+//!   put-probes — stopping at the first node that is both full and loaded —
+//!   then the reverse phase, storing at the closest non-full node seen and
+//!   stepping back on refusal (spec §3.2).
+//! - **join** pings the bootstrap addresses, walks toward its own id at
+//!   every level, then refreshes the buckets farther than its closest
+//!   neighbour, as Kademlia does.
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use crate::config::{Config, LevelConfig};
-use crate::contact::{Contact, Level, Services};
-use crate::id::Id;
+use crate::contact::{ClusterInfo, Contact, Level, Services};
+use crate::dsht::lookup::{Hop, Lookup};
+use crate::dsht::routing::{Failure, Observe, RoutingTable, RttEstimator};
+use crate::dsht::store::{self, Store};
+use crate::id::{Distance, Id};
+use crate::rng::Rng;
 use crate::time::Instant;
+use crate::wire::{self, Body, ErrorCode, Message, Scope, StoreResult};
 
 /// Identifies an application operation (`join`, `get`, `put`); its result
 /// arrives as an [`Event`] carrying the same id.
@@ -146,20 +172,206 @@ pub struct Stats {
     pub inflight_overflow: u64,
 }
 
+/// How often the node does its periodic housekeeping (size estimates, bucket refresh).
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
+/// Most bucket-refresh walks started per housekeeping tick, so a node that
+/// wakes after a long pause does not flood the network.
+const MAX_REFRESH_PER_TICK: usize = 4;
+
+struct LevelState {
+    info: ClusterInfo,
+    founded: Instant,
+    table: RoutingTable,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Timer {
+    /// The request with this id has timed out.
+    Rpc(u64),
+    /// The request with this id is late: its lookup may hedge.
+    Hedge(u64),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Purpose {
+    Op(OpId),
+    /// A ping to the oldest contact of a full bucket (Kademlia eviction).
+    PingOldest,
+}
+
+struct Inflight {
+    to: SocketAddr,
+    id: Option<Id>,
+    level: Option<Level>,
+    sent: Instant,
+    deadline: Instant,
+    hedge_at: Option<Instant>,
+    purpose: Purpose,
+}
+
+/// What happened to an operation: an RPC's fate, or the kick that starts a step.
+enum Outcome {
+    /// Nothing came back yet: take the first steps.
+    Start,
+    /// Request `req` was answered.
+    Reply {
+        req: u64,
+        from: Contact,
+        body: Box<Body>,
+    },
+    /// Request `req` to `id` failed (timed out, or no RPC slot).
+    Failed { req: u64, id: Option<Id> },
+    /// An RPC of the lookup is late: it may hedge.
+    Hedge,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum WalkKind {
+    Find,
+    Get,
+    PutProbe,
+}
+
+struct GetOp {
+    key: Id,
+    levels: SmallVec<[Level; 4]>,
+    level: Level,
+    lookup: Lookup,
+    hops: u32,
+}
+
+struct PutOp {
+    key: Id,
+    value: Bytes,
+    fingerprint: u64,
+    ttl: Duration,
+    levels: SmallVec<[Level; 4]>,
+    level: Level,
+    phase: PutPhase,
+    stored: Vec<(Level, Id)>,
+    hops: u32,
+}
+
+enum PutPhase {
+    /// Probing toward the key; `stack` holds the probed nodes that were not
+    /// both full and loaded, with whether they were full.
+    Forward {
+        lookup: Lookup,
+        stack: Vec<(Distance, Contact, bool)>,
+    },
+    /// Storing at `candidates` in order, closest to the key first; `awaiting`
+    /// is the store request in flight (replies to forward probes still
+    /// arriving are ignored).
+    Reverse {
+        reached: Option<Contact>,
+        candidates: VecDeque<Contact>,
+        awaiting: Option<u64>,
+    },
+}
+
+struct JoinOp {
+    pending_pings: u32,
+    levels: SmallVec<[Level; 4]>,
+    walk: Option<(Level, Lookup)>,
+}
+
+enum Op {
+    Join(JoinOp),
+    Get(GetOp),
+    Put(PutOp),
+    Refresh(Level, Lookup),
+}
+
 /// One Coral node.
-#[derive(Debug)]
 pub struct Node {
     config: Config,
     contact: Contact,
+    rng: Rng,
+    levels: Vec<LevelState>,
+    store: Store,
+    rtt: RttEstimator,
+    inflight: BTreeMap<u64, Inflight>,
+    deadlines: BTreeSet<(Instant, Timer)>,
+    ops: BTreeMap<OpId, Op>,
+    next_op: u64,
+    next_maintenance: Instant,
+    outbox: VecDeque<(SocketAddr, Message)>,
+    events: VecDeque<Event>,
     stats: Stats,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.contact.id)
+            .field("addr", &self.contact.addr)
+            .field(
+                "contacts",
+                &self
+                    .levels
+                    .iter()
+                    .map(|l| l.table.len())
+                    .collect::<Vec<_>>(),
+            )
+            .field("ops", &self.ops.len())
+            .field("inflight", &self.inflight.len())
+            .finish()
+    }
+}
+
+/// The cluster every node starts in at `level` until clustering moves it.
+fn initial_cluster(level: Level) -> Id {
+    Id::hash("coral-cluster", &[level])
 }
 
 impl Node {
     /// A node listening for RPCs at `addr`; its id derives from `addr`.
-    pub fn new(config: Config, addr: SocketAddr, now: Instant) -> Self {
-        let _ = now;
+    ///
+    /// `config.levels` must be non-empty and at most [`wire::MAX_LEVELS`]
+    /// long; extra levels are ignored and an empty list means one global level.
+    pub fn new(mut config: Config, addr: SocketAddr, now: Instant) -> Self {
+        if config.levels.is_empty() {
+            config.levels.push(LevelConfig { diameter: None });
+        }
+        config.levels.truncate(wire::MAX_LEVELS);
+        config.dsht.reply_contacts = config.dsht.reply_contacts.min(wire::MAX_CONTACTS);
+        config.dsht.reply_values = config.dsht.reply_values.min(wire::MAX_VALUES);
+        config.dsht.max_value_len = config.dsht.max_value_len.min(wire::MAX_VALUE_LEN);
         let contact = Contact::from_addr(addr, config.services);
-        Self { config, contact, stats: Stats::default() }
+        let mut rng = Rng::new(config.seed);
+        let levels = (0..config.levels.len())
+            .map(|i| {
+                let level = i as Level;
+                LevelState {
+                    info: ClusterInfo {
+                        level,
+                        cluster: initial_cluster(level),
+                        size: 1,
+                        age_secs: 0,
+                    },
+                    founded: now,
+                    table: RoutingTable::new(contact.id, config.dsht.k, now),
+                }
+            })
+            .collect();
+        let store = Store::new(&config.dsht);
+        let first_tick = now + MAINTENANCE_INTERVAL + rng.jitter(MAINTENANCE_INTERVAL);
+        Self {
+            config,
+            contact,
+            rng,
+            levels,
+            store,
+            rtt: RttEstimator::default(),
+            inflight: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            ops: BTreeMap::new(),
+            next_op: 0,
+            next_maintenance: first_tick,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
     }
 
     /// This node's id.
@@ -177,55 +389,184 @@ impl Node {
         &self.stats
     }
 
+    /// Counters of the sloppy store.
+    pub fn store_stats(&self) -> store::StoreStats {
+        self.store.stats()
+    }
+
     /// The level hierarchy (spec §2 `levels()`).
     pub fn levels(&self) -> &[LevelConfig] {
         &self.config.levels
     }
 
-    /// A datagram arrived on the RPC socket.
+    /// This node's cluster at each level.
+    pub fn clusters(&self) -> Vec<ClusterInfo> {
+        self.levels.iter().map(|l| l.info).collect()
+    }
+
+    /// Contacts in the routing table of `level` (0 for an unknown level).
+    pub fn routing_len(&self, level: Level) -> usize {
+        self.levels
+            .get(usize::from(level))
+            .map_or(0, |l| l.table.len())
+    }
+
+    /// Values this node holds for `key` at `level`, longest-lived first.
+    pub fn stored_values(&self, now: Instant, level: Level, key: &Id) -> Vec<Bytes> {
+        self.store
+            .get(now, level, *key, usize::MAX)
+            .cloned()
+            .collect()
+    }
+
+    /// Operations still running.
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    // ----- inputs ----------------------------------------------------------
+
+    /// A datagram arrived on the RPC socket. Malformed input is counted and dropped.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let _ = (now, from, data);
-        todo!()
+        let Ok(msg) = Message::decode(data) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if msg.sender == self.contact.id {
+            self.stats.malformed += 1;
+            return;
+        }
+        let sender = Contact {
+            id: msg.sender,
+            addr: from,
+            services: msg.services,
+        };
+        self.observe(now, sender, &msg.clusters);
+        if msg.body.is_reply() {
+            self.stats.rpcs_in.replies += 1;
+            self.on_reply(now, sender, msg.request_id, msg.body);
+        } else {
+            self.on_request(now, sender, msg.request_id, msg.body);
+        }
     }
 
     /// Time has reached a deadline from [`Self::poll_timeout`]; extra calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
-        todo!()
+        while let Some(&(at, timer)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.remove(&(at, timer));
+            match timer {
+                Timer::Rpc(req) => self.on_rpc_timeout(now, req),
+                Timer::Hedge(req) => {
+                    if let Some(Inflight {
+                        purpose: Purpose::Op(op),
+                        ..
+                    }) = self.inflight.get(&req)
+                    {
+                        let op = *op;
+                        self.advance(now, op, Outcome::Hedge);
+                    }
+                }
+            }
+        }
+        if self.store.next_expiry().is_some_and(|t| t <= now) {
+            self.store.expire(now);
+        }
+        if self.next_maintenance <= now {
+            self.maintenance(now);
+            self.next_maintenance =
+                now + MAINTENANCE_INTERVAL + self.rng.jitter(MAINTENANCE_INTERVAL / 5);
+        }
     }
+
+    // ----- outputs ---------------------------------------------------------
 
     /// The next datagram to send, encoded into `buf` (cleared first).
     #[must_use]
     pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
-        let _ = buf;
-        todo!()
+        let (destination, msg) = self.outbox.pop_front()?;
+        buf.clear();
+        msg.encode(buf);
+        Some(Transmit {
+            destination,
+            size: buf.len(),
+        })
     }
 
     /// When [`Self::handle_timeout`] must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        todo!()
+        let mut t = self.next_maintenance;
+        if let Some(&(at, _)) = self.deadlines.first() {
+            t = t.min(at);
+        }
+        if let Some(at) = self.store.next_expiry() {
+            t = t.min(at);
+        }
+        Some(t)
     }
 
     /// The next event for the application.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
-        todo!()
+        self.events.pop_front()
     }
 
-    /// Joins the network through `bootstrap` addresses by looking up our own id.
+    // ----- application commands -------------------------------------------
+
+    /// Joins the network through `bootstrap` addresses by looking up our own
+    /// id. With no bootstrap address the node is a network of one and
+    /// [`Event::Joined`] follows at once.
     pub fn join(&mut self, now: Instant, bootstrap: &[SocketAddr]) -> OpId {
-        let _ = (now, bootstrap);
-        todo!()
+        let op = self.alloc_op();
+        let levels = self.all_levels_slowest_first();
+        let mut join = JoinOp {
+            pending_pings: 0,
+            levels,
+            walk: None,
+        };
+        for addr in bootstrap {
+            if *addr == self.contact.addr {
+                continue;
+            }
+            let req = self.send_request(now, *addr, None, None, Body::Ping, Purpose::Op(op), false);
+            if req.is_some() {
+                join.pending_pings += 1;
+            }
+        }
+        self.ops.insert(op, Op::Join(join));
+        if self.op_pending_pings(op) == 0 {
+            self.advance(now, op, Outcome::Start);
+        }
+        op
     }
 
-    /// Starts a get of `key` at `levels`, fastest level first.
+    /// Starts a get of `key` at `levels`, fastest level first. The result
+    /// arrives as [`Event::GetDone`].
     pub fn get(&mut self, now: Instant, key: Id, levels: Levels) -> OpId {
-        let _ = (now, key, levels);
-        todo!()
+        let op = self.alloc_op();
+        let mut todo = self.levels_fastest_first(levels);
+        todo.reverse(); // popped from the back: fastest first
+        let level = todo.pop().unwrap_or(0);
+        let lookup = self.new_lookup(level, key);
+        self.ops.insert(
+            op,
+            Op::Get(GetOp {
+                key,
+                levels: todo,
+                level,
+                lookup,
+                hops: 0,
+            }),
+        );
+        self.start_get_level(now, op);
+        op
     }
 
-    /// Starts a put of `value` under `key` for `ttl` at every level in `levels`.
+    /// Starts a put of `value` under `key` for `ttl` at every level in
+    /// `levels`, fastest first. The result arrives as [`Event::PutDone`].
     pub fn put(
         &mut self,
         now: Instant,
@@ -234,19 +575,1294 @@ impl Node {
         ttl: Duration,
         levels: Levels,
     ) -> Result<OpId, PutError> {
-        let _ = (now, key, value, ttl, levels);
-        todo!()
+        let max = self.config.dsht.max_value_len;
+        if value.len() > max {
+            return Err(PutError::ValueTooLong {
+                len: value.len(),
+                max,
+            });
+        }
+        if self.ops.len() >= self.config.dsht.max_ops {
+            return Err(PutError::Busy);
+        }
+        let op = self.alloc_op();
+        let ttl = ttl
+            .min(self.config.dsht.max_ttl)
+            .max(Duration::from_secs(1));
+        let mut todo = self.levels_fastest_first(levels);
+        todo.reverse();
+        let level = todo.pop().unwrap_or(0);
+        let lookup = self.new_lookup(level, key);
+        let fingerprint = store::fingerprint(&value);
+        self.ops.insert(
+            op,
+            Op::Put(PutOp {
+                key,
+                value,
+                fingerprint,
+                ttl,
+                levels: todo,
+                level,
+                phase: PutPhase::Forward {
+                    lookup,
+                    stack: Vec::new(),
+                },
+                stored: Vec::new(),
+                hops: 0,
+            }),
+        );
+        self.start_put_level(now, op);
+        Ok(op)
     }
 
-    /// Up to `count` live nodes of this node's cluster at `level` (spec §2 `nodes()`).
+    /// Up to `count` live nodes of this node's cluster at `level` (spec §2
+    /// `nodes()`), offering every service in `services`, heard from within
+    /// the last bucket-refresh interval, nearest by measured RTT first.
+    ///
+    /// `target` is accepted for the API's shape; locality by network hints
+    /// comes with clustering.
     pub fn nodes(
         &self,
+        now: Instant,
         level: Level,
         count: usize,
         target: Option<IpAddr>,
         services: Services,
     ) -> Vec<Contact> {
-        let _ = (level, count, target, services);
-        todo!()
+        let _ = target;
+        let Some(ls) = self.levels.get(usize::from(level)) else {
+            return Vec::new();
+        };
+        let fresh_after = now.saturating_sub(self.config.dsht.bucket_refresh);
+        let mut v: Vec<(Duration, Distance, Contact)> = ls
+            .table
+            .iter()
+            .filter(|e| e.contact.services.contains(services) && e.last_seen >= fresh_after)
+            .map(|e| {
+                let rtt = e.rtt.srtt().unwrap_or(Duration::MAX);
+                (rtt, e.contact.id.distance(&self.contact.id), e.contact)
+            })
+            .collect();
+        v.sort_unstable_by_key(|a| (a.0, a.1));
+        v.into_iter().take(count).map(|(_, _, c)| c).collect()
+    }
+
+    // ----- internals: bookkeeping -----------------------------------------
+
+    fn alloc_op(&mut self) -> OpId {
+        self.next_op += 1;
+        OpId(self.next_op)
+    }
+
+    fn op_pending_pings(&self, op: OpId) -> u32 {
+        match self.ops.get(&op) {
+            Some(Op::Join(j)) => j.pending_pings,
+            _ => 0,
+        }
+    }
+
+    fn all_levels_slowest_first(&self) -> SmallVec<[Level; 4]> {
+        (0..self.levels.len() as Level).collect()
+    }
+
+    /// The requested levels this node has, fastest (highest) first.
+    fn levels_fastest_first(&self, set: Levels) -> SmallVec<[Level; 4]> {
+        let mut v: SmallVec<[Level; 4]> = (0..self.levels.len() as Level)
+            .rev()
+            .filter(|l| set.contains(*l))
+            .collect();
+        if v.is_empty() {
+            v.push(0);
+        }
+        v
+    }
+
+    fn new_lookup(&self, level: Level, key: Id) -> Lookup {
+        let seeds = self
+            .levels
+            .get(usize::from(level))
+            .map(|l| l.table.iter().map(|e| e.contact));
+        Lookup::new(
+            self.contact.id,
+            key,
+            seeds.into_iter().flatten(),
+            self.config.dsht.lookup_max_rpcs,
+        )
+    }
+
+    fn message(&self, now: Instant, request_id: u64, body: Body) -> Message {
+        Message {
+            request_id,
+            sender: self.contact.id,
+            services: self.contact.services,
+            clusters: self
+                .levels
+                .iter()
+                .map(|l| ClusterInfo {
+                    age_secs: u32::try_from((now - l.founded).as_secs()).unwrap_or(u32::MAX),
+                    ..l.info
+                })
+                .collect(),
+            body,
+        }
+    }
+
+    fn scope(&self, level: Level) -> Scope {
+        let cluster = self
+            .levels
+            .get(usize::from(level))
+            .map_or(Id::ZERO, |l| l.info.cluster);
+        Scope { level, cluster }
+    }
+
+    fn count_out(&mut self, body: &Body) {
+        let c = &mut self.stats.rpcs_out;
+        match body {
+            Body::Ping => c.ping += 1,
+            Body::FindNear { .. } => c.find_near += 1,
+            Body::GetProbe { .. } => c.get_probe += 1,
+            Body::PutProbe { .. } => c.put_probe += 1,
+            Body::Store { .. } => c.store += 1,
+            _ => c.replies += 1,
+        }
+    }
+
+    fn reply(&mut self, now: Instant, to: SocketAddr, request_id: u64, body: Body) {
+        self.count_out(&body);
+        let msg = self.message(now, request_id, body);
+        self.outbox.push_back((to, msg));
+    }
+
+    /// Timeout and hedge delay for an RPC to `id`: from its own RTT
+    /// estimate when it has one, else from the node-wide estimate (most hops
+    /// of a lookup go to contacts never measured).
+    fn rto(&self, id: Option<Id>, level: Option<Level>) -> (Duration, Duration) {
+        let d = &self.config.dsht;
+        let table = self
+            .levels
+            .get(usize::from(level.unwrap_or(0)))
+            .map(|l| &l.table);
+        let est = id
+            .and_then(|id| table.and_then(|t| t.get(&id)))
+            .map(|e| &e.rtt)
+            .filter(|r| r.srtt().is_some())
+            .unwrap_or(&self.rtt);
+        let timeout = est.rto(d.rpc_timeout_min, d.rpc_timeout_max);
+        let hedge = est
+            .hedge_after(d.hedge_after_srtts, d.rpc_timeout_min, d.rpc_timeout_max)
+            .min(timeout);
+        (timeout, hedge)
+    }
+
+    /// Sends a request and arms its timers. Returns its id, or `None` when
+    /// too many RPCs are in flight.
+    #[allow(clippy::too_many_arguments)]
+    fn send_request(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        id: Option<Id>,
+        level: Option<Level>,
+        body: Body,
+        purpose: Purpose,
+        may_hedge: bool,
+    ) -> Option<u64> {
+        if self.inflight.len() >= self.config.dsht.max_inflight {
+            self.stats.inflight_overflow += 1;
+            return None;
+        }
+        let mut req = self.rng.u64();
+        while self.inflight.contains_key(&req) {
+            req = self.rng.u64();
+        }
+        let (timeout, hedge_after) = self.rto(id, level);
+        let deadline = now + timeout;
+        let hedge_at = Some(now + hedge_after).filter(|h| may_hedge && *h < deadline);
+        self.deadlines.insert((deadline, Timer::Rpc(req)));
+        if let Some(h) = hedge_at {
+            self.deadlines.insert((h, Timer::Hedge(req)));
+        }
+        self.inflight.insert(
+            req,
+            Inflight {
+                to,
+                id,
+                level,
+                sent: now,
+                deadline,
+                hedge_at,
+                purpose,
+            },
+        );
+        self.count_out(&body);
+        let msg = self.message(now, req, body);
+        self.outbox.push_back((to, msg));
+        Some(req)
+    }
+
+    fn clear_timers(&mut self, req: u64, f: &Inflight) {
+        self.deadlines.remove(&(f.deadline, Timer::Rpc(req)));
+        if let Some(h) = f.hedge_at {
+            self.deadlines.remove(&(h, Timer::Hedge(req)));
+        }
+    }
+
+    /// Learns of `sender` at every level where it shares our cluster.
+    fn observe(&mut self, now: Instant, sender: Contact, clusters: &[ClusterInfo]) {
+        for ci in clusters {
+            let Some(ls) = self.levels.get_mut(usize::from(ci.level)) else {
+                continue;
+            };
+            if ls.info.cluster != ci.cluster {
+                continue;
+            }
+            if let Observe::PingOldest(oldest) = ls.table.observe(sender, now) {
+                let level = ci.level;
+                self.send_request(
+                    now,
+                    oldest.addr,
+                    Some(oldest.id),
+                    Some(level),
+                    Body::Ping,
+                    Purpose::PingOldest,
+                    false,
+                );
+            }
+        }
+    }
+
+    // ----- internals: requests from others --------------------------------
+
+    fn check_scope(&self, scope: &Scope) -> Result<(), ErrorCode> {
+        match self.levels.get(usize::from(scope.level)) {
+            None => Err(ErrorCode::NoSuchLevel),
+            Some(ls) if ls.info.cluster != scope.cluster => Err(ErrorCode::WrongCluster),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn contacts_near(&self, level: Level, key: &Id, target: Distance) -> SmallVec<[Contact; 8]> {
+        let n = self.config.dsht.reply_contacts;
+        self.levels
+            .get(usize::from(level))
+            .map(|ls| {
+                ls.table
+                    .nearest_to_distance(key, target, n)
+                    .into_iter()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn on_request(&mut self, now: Instant, from: Contact, req: u64, body: Body) {
+        let c = &mut self.stats.rpcs_in;
+        match &body {
+            Body::Ping => c.ping += 1,
+            Body::FindNear { .. } => c.find_near += 1,
+            Body::GetProbe { .. } => c.get_probe += 1,
+            Body::PutProbe { .. } => c.put_probe += 1,
+            Body::Store { .. } => c.store += 1,
+            _ => {}
+        }
+        let reply = match body {
+            Body::Ping => Body::Pong,
+            Body::FindNear { scope, key, target } => match self.check_scope(&scope) {
+                Err(code) => Body::Error { code },
+                Ok(()) => Body::Nodes {
+                    contacts: self.contacts_near(scope.level, &key, target),
+                },
+            },
+            Body::GetProbe { scope, key, target } => match self.check_scope(&scope) {
+                Err(code) => Body::Error { code },
+                Ok(()) => {
+                    let values: SmallVec<[Bytes; 4]> = self
+                        .store
+                        .get(now, scope.level, key, self.config.dsht.reply_values)
+                        .cloned()
+                        .collect();
+                    let contacts = if values.is_empty() {
+                        self.contacts_near(scope.level, &key, target)
+                    } else {
+                        SmallVec::new()
+                    };
+                    Body::GetReply { values, contacts }
+                }
+            },
+            Body::PutProbe { scope, key, target } => match self.check_scope(&scope) {
+                Err(code) => Body::Error { code },
+                Ok(()) => {
+                    let info = self.store.probe_put(now, scope.level, key);
+                    Body::PutProbeReply {
+                        loaded: info.loaded,
+                        stored: info.stored.into_iter().take(wire::MAX_STORED).collect(),
+                        contacts: self.contacts_near(scope.level, &key, target),
+                    }
+                }
+            },
+            Body::Store {
+                scope,
+                key,
+                value,
+                ttl_secs,
+            } => match self.check_scope(&scope) {
+                Err(code) => Body::Error { code },
+                Ok(()) if value.len() > self.config.dsht.max_value_len || ttl_secs == 0 => {
+                    Body::Error {
+                        code: ErrorCode::Invalid,
+                    }
+                }
+                Ok(()) => {
+                    let ttl =
+                        Duration::from_secs(u64::from(ttl_secs)).min(self.config.dsht.max_ttl);
+                    let result = self.store.store(now, scope.level, key, value, ttl);
+                    match result {
+                        StoreResult::Full => self.stats.refused_full += 1,
+                        StoreResult::Loaded => self.stats.refused_loaded += 1,
+                        StoreResult::Ok => {}
+                    }
+                    Body::StoreReply { result }
+                }
+            },
+            // Replies are routed elsewhere; anything else is not a request.
+            _ => return,
+        };
+        self.reply(now, from.addr, req, reply);
+    }
+
+    // ----- internals: replies and timeouts --------------------------------
+
+    fn on_reply(&mut self, now: Instant, from: Contact, req: u64, body: Body) {
+        match self.inflight.get(&req) {
+            Some(f) if f.to == from.addr && f.id.is_none_or(|id| id == from.id) => {}
+            _ => {
+                self.stats.unsolicited += 1;
+                return;
+            }
+        }
+        let Some(f) = self.inflight.remove(&req) else {
+            return;
+        };
+        self.clear_timers(req, &f);
+        let rtt = now - f.sent;
+        self.rtt.sample(rtt);
+        for ls in &mut self.levels {
+            if ls.table.contains(&from.id) {
+                ls.table.record_success(&from.id, Some(rtt), now);
+            }
+        }
+        if let (
+            Body::Error {
+                code: ErrorCode::WrongCluster,
+            },
+            Some(level),
+        ) = (&body, f.level)
+            && let Some(ls) = self.levels.get_mut(usize::from(level))
+        {
+            ls.table.remove(&from.id);
+        }
+        if let Purpose::Op(op) = f.purpose {
+            self.advance(
+                now,
+                op,
+                Outcome::Reply {
+                    req,
+                    from,
+                    body: Box::new(body),
+                },
+            );
+        }
+    }
+
+    fn on_rpc_timeout(&mut self, now: Instant, req: u64) {
+        let Some(f) = self.inflight.remove(&req) else {
+            return;
+        };
+        self.clear_timers(req, &f);
+        self.stats.timeouts += 1;
+        if let Some(id) = f.id {
+            let max = self.config.dsht.max_failures;
+            for ls in &mut self.levels {
+                if f.level.is_some_and(|l| l != ls.info.level) {
+                    continue;
+                }
+                match ls.table.record_failure(&id, max) {
+                    Failure::Dropped | Failure::Replaced => self.stats.contacts_dropped += 1,
+                    Failure::Counted | Failure::Unknown => {}
+                }
+            }
+        }
+        if let Purpose::Op(op) = f.purpose {
+            self.advance(now, op, Outcome::Failed { req, id: f.id });
+        }
+    }
+
+    // ----- internals: operations ------------------------------------------
+
+    /// Feeds an RPC outcome to operation `op` and lets it take its next steps.
+    fn advance(&mut self, now: Instant, op: OpId, outcome: Outcome) {
+        let Some(state) = self.ops.remove(&op) else {
+            return;
+        };
+        let next = match state {
+            Op::Join(j) => self.advance_join(now, op, j, outcome),
+            Op::Get(g) => self.advance_get(now, op, g, outcome),
+            Op::Put(p) => self.advance_put(now, op, p, outcome),
+            Op::Refresh(level, mut lookup) => {
+                if self.step_walk(now, op, level, &mut lookup, WalkKind::Find, outcome) {
+                    self.finish_walk(now, level, &lookup);
+                    None
+                } else {
+                    Some(Op::Refresh(level, lookup))
+                }
+            }
+        };
+        if let Some(state) = next {
+            self.ops.insert(op, state);
+        }
+    }
+
+    /// Applies `outcome` to a walk and sends the RPCs it asks for. Returns
+    /// whether the walk is over. Callers interpret values and probe results
+    /// in a reply before handing it here for its contacts.
+    fn step_walk(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        level: Level,
+        lookup: &mut Lookup,
+        kind: WalkKind,
+        outcome: Outcome,
+    ) -> bool {
+        let mut advanced = false;
+        let mut hedging = false;
+        match outcome {
+            Outcome::Reply { from, body, .. } => match *body {
+                Body::Nodes { contacts }
+                | Body::GetReply { contacts, .. }
+                | Body::PutProbeReply { contacts, .. } => {
+                    advanced = lookup.on_reply(&from, &contacts);
+                }
+                _ => lookup.on_failure(&from.id),
+            },
+            Outcome::Failed { id: Some(id), .. } => lookup.on_failure(&id),
+            Outcome::Failed { id: None, .. } | Outcome::Start => {}
+            Outcome::Hedge => hedging = lookup.in_flight() == 1,
+        }
+        loop {
+            if lookup.is_done() {
+                return true;
+            }
+            let wanted =
+                lookup.in_flight() == 0 || ((advanced || hedging) && lookup.in_flight() == 1);
+            if !wanted {
+                return false;
+            }
+            let Some(hop) = lookup.next_hop() else {
+                return lookup.is_done();
+            };
+            if hedging {
+                self.stats.hedges += 1;
+            }
+            if self.send_hop(now, op, level, lookup.key(), hop, kind, !hedging) {
+                return false;
+            }
+            // No RPC slot: count the hop as failed and try another.
+            lookup.on_failure(&hop.contact.id);
+            advanced = false;
+            hedging = false;
+        }
+    }
+
+    /// Sends one probe of a walk. A hedge is itself never hedged.
+    #[allow(clippy::too_many_arguments)]
+    fn send_hop(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        level: Level,
+        key: Id,
+        hop: Hop,
+        kind: WalkKind,
+        may_hedge: bool,
+    ) -> bool {
+        let scope = self.scope(level);
+        let body = match kind {
+            WalkKind::Find => Body::FindNear {
+                scope,
+                key,
+                target: hop.target,
+            },
+            WalkKind::Get => Body::GetProbe {
+                scope,
+                key,
+                target: hop.target,
+            },
+            WalkKind::PutProbe => Body::PutProbe {
+                scope,
+                key,
+                target: hop.target,
+            },
+        };
+        self.send_request(
+            now,
+            hop.contact.addr,
+            Some(hop.contact.id),
+            Some(level),
+            body,
+            Purpose::Op(op),
+            may_hedge,
+        )
+        .is_some()
+    }
+
+    fn finish_walk(&mut self, now: Instant, level: Level, lookup: &Lookup) {
+        self.stats.lookups += 1;
+        self.stats.lookup_hops += u64::from(lookup.answers());
+        if let Some(ls) = self.levels.get_mut(usize::from(level)) {
+            ls.table.touch(&lookup.key(), now);
+        }
+    }
+
+    /// Starts a walk at a new level from where the previous level's walk
+    /// stopped, since ids are the same at every level (spec §3.5).
+    fn continue_lookup(&self, level: Level, key: Id, from: Option<Contact>) -> Lookup {
+        let mut lookup = self.new_lookup(level, key);
+        if let Some(c) = from {
+            lookup.start_at(c);
+        }
+        lookup
+    }
+
+    fn advance_join(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        mut j: JoinOp,
+        outcome: Outcome,
+    ) -> Option<Op> {
+        if j.walk.is_none() {
+            // Bootstrap phase: wait for every ping (answered or timed out).
+            if matches!(outcome, Outcome::Reply { .. } | Outcome::Failed { .. }) {
+                j.pending_pings = j.pending_pings.saturating_sub(1);
+            }
+            if j.pending_pings > 0 {
+                return Some(Op::Join(j));
+            }
+        } else if let Some((level, mut lookup)) = j.walk.take() {
+            if !self.step_walk(now, op, level, &mut lookup, WalkKind::Find, outcome) {
+                j.walk = Some((level, lookup));
+                return Some(Op::Join(j));
+            }
+            self.finish_walk(now, level, &lookup);
+            self.refresh_far_buckets(now, level);
+        }
+        // Walk toward our own id at the next level, if any.
+        while !j.levels.is_empty() {
+            let level = j.levels.remove(0);
+            let mut lookup = self.new_lookup(level, self.contact.id);
+            if !self.step_walk(now, op, level, &mut lookup, WalkKind::Find, Outcome::Start) {
+                j.walk = Some((level, lookup));
+                return Some(Op::Join(j));
+            }
+            self.finish_walk(now, level, &lookup);
+        }
+        let contacts = self.routing_len(0);
+        self.events.push_back(Event::Joined { op, contacts });
+        None
+    }
+
+    /// After joining, walk toward a random id in every bucket farther than
+    /// the closest neighbour, so the far half of the table fills (Kademlia §2.3).
+    fn refresh_far_buckets(&mut self, now: Instant, level: Level) {
+        let Some(ls) = self.levels.get(usize::from(level)) else {
+            return;
+        };
+        let own = self.contact.id;
+        let Some(nearest) = ls
+            .table
+            .closest(&own, 1)
+            .first()
+            .and_then(|c| own.bucket_index(&c.id))
+        else {
+            return;
+        };
+        for bucket in nearest + 1..crate::id::ID_BITS {
+            let target = own.random_in_bucket(bucket, &mut self.rng);
+            self.start_refresh(now, level, target);
+        }
+    }
+
+    fn start_refresh(&mut self, now: Instant, level: Level, target: Id) {
+        if self.ops.len() >= self.config.dsht.max_ops {
+            return;
+        }
+        let op = self.alloc_op();
+        let mut lookup = self.new_lookup(level, target);
+        if self.step_walk(now, op, level, &mut lookup, WalkKind::Find, Outcome::Start) {
+            self.finish_walk(now, level, &lookup);
+        } else {
+            self.ops.insert(op, Op::Refresh(level, lookup));
+        }
+    }
+
+    fn start_get_level(&mut self, now: Instant, op: OpId) {
+        let Some(Op::Get(g)) = self.ops.remove(&op) else {
+            return;
+        };
+        // This node is the first on its own path: serve from the local store.
+        let local: Vec<Bytes> = self
+            .store
+            .get(now, g.level, g.key, self.config.dsht.reply_values)
+            .cloned()
+            .collect();
+        if !local.is_empty() {
+            self.events.push_back(Event::GetDone {
+                op,
+                key: g.key,
+                values: local,
+                level: Some(g.level),
+                hops: g.hops,
+            });
+            return;
+        }
+        let next = self.advance_get(now, op, g, Outcome::Start);
+        if let Some(state) = next {
+            self.ops.insert(op, state);
+        }
+    }
+
+    fn advance_get(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        mut g: GetOp,
+        outcome: Outcome,
+    ) -> Option<Op> {
+        if let Outcome::Reply { from, body, .. } = &outcome
+            && let Body::GetReply { values, .. } = body.as_ref()
+            && !values.is_empty()
+        {
+            // The first node on the path holding values ends the get (spec §3.3),
+            // even if it answers after a hedge has moved the walk on.
+            g.lookup.on_reply(from, &[]);
+            g.lookup.stop();
+            g.hops += g.lookup.answers();
+            self.finish_walk(now, g.level, &g.lookup);
+            let values = values.to_vec();
+            self.events.push_back(Event::GetDone {
+                op,
+                key: g.key,
+                values,
+                level: Some(g.level),
+                hops: g.hops,
+            });
+            return None;
+        }
+        if !self.step_walk(now, op, g.level, &mut g.lookup, WalkKind::Get, outcome) {
+            return Some(Op::Get(g));
+        }
+        // A miss at this level: continue at the next one from where we stopped.
+        g.hops += g.lookup.answers();
+        self.finish_walk(now, g.level, &g.lookup);
+        let Some(level) = g.levels.pop() else {
+            self.events.push_back(Event::GetDone {
+                op,
+                key: g.key,
+                values: Vec::new(),
+                level: None,
+                hops: g.hops,
+            });
+            return None;
+        };
+        let reached = g.lookup.reached();
+        g.lookup = self.continue_lookup(level, g.key, reached);
+        g.level = level;
+        self.ops.insert(op, Op::Get(g));
+        self.start_get_level(now, op);
+        None
+    }
+
+    fn start_put_level(&mut self, now: Instant, op: OpId) {
+        let Some(Op::Put(mut p)) = self.ops.remove(&op) else {
+            return;
+        };
+        // This node is the first on its own path: probe its own store.
+        let info = self.store.probe_put(now, p.level, p.key);
+        let full = store::is_full(&info.stored, self.config.dsht.l, p.fingerprint, p.ttl);
+        let own = self.contact;
+        let own_d = own.id.distance(&p.key);
+        if let PutPhase::Forward { lookup, stack } = &mut p.phase {
+            if full && info.loaded {
+                lookup.stop();
+            } else {
+                stack.push((own_d, own, full));
+            }
+        }
+        let next = self.advance_put(now, op, p, Outcome::Start);
+        if let Some(state) = next {
+            self.ops.insert(op, state);
+        }
+    }
+
+    fn advance_put(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        mut p: PutOp,
+        outcome: Outcome,
+    ) -> Option<Op> {
+        let phase = std::mem::replace(
+            &mut p.phase,
+            PutPhase::Reverse {
+                reached: None,
+                candidates: VecDeque::new(),
+                awaiting: None,
+            },
+        );
+        match phase {
+            PutPhase::Forward {
+                mut lookup,
+                mut stack,
+            } => {
+                if let Outcome::Reply { from, body, .. } = &outcome
+                    && let Body::PutProbeReply { loaded, stored, .. } = body.as_ref()
+                {
+                    let full = store::is_full(stored, self.config.dsht.l, p.fingerprint, p.ttl);
+                    if full && *loaded {
+                        // The forward phase halts at a full and loaded node (spec §3.2).
+                        lookup.on_reply(from, &[]);
+                        lookup.stop();
+                    } else {
+                        stack.push((from.id.distance(&p.key), *from, full));
+                    }
+                }
+                if !self.step_walk(now, op, p.level, &mut lookup, WalkKind::PutProbe, outcome) {
+                    p.phase = PutPhase::Forward { lookup, stack };
+                    return Some(Op::Put(p));
+                }
+                p.hops += lookup.answers();
+                self.finish_walk(now, p.level, &lookup);
+                // Reverse phase: the closest non-full node seen first.
+                stack.sort_by_key(|a| a.0);
+                let candidates = stack
+                    .into_iter()
+                    .filter(|(_, _, full)| !full)
+                    .map(|(_, c, _)| c)
+                    .collect();
+                p.phase = PutPhase::Reverse {
+                    reached: lookup.reached(),
+                    candidates,
+                    awaiting: None,
+                };
+                self.next_store(now, op, p)
+            }
+            PutPhase::Reverse {
+                reached,
+                mut candidates,
+                awaiting,
+            } => {
+                let req = match &outcome {
+                    Outcome::Reply { req, .. } | Outcome::Failed { req, .. } => Some(*req),
+                    Outcome::Start | Outcome::Hedge => None,
+                };
+                if req.is_none() || req != awaiting {
+                    p.phase = PutPhase::Reverse {
+                        reached,
+                        candidates,
+                        awaiting,
+                    };
+                    return Some(Op::Put(p));
+                }
+                if let Outcome::Reply { from, body, .. } = &outcome
+                    && matches!(
+                        body.as_ref(),
+                        Body::StoreReply {
+                            result: StoreResult::Ok
+                        }
+                    )
+                {
+                    p.stored.push((p.level, from.id));
+                    p.phase = PutPhase::Reverse {
+                        reached,
+                        candidates,
+                        awaiting: None,
+                    };
+                    return self.next_put_level(now, op, p);
+                }
+                // Refused or lost: step back to the next node (spec §3.2).
+                candidates.pop_front();
+                p.phase = PutPhase::Reverse {
+                    reached,
+                    candidates,
+                    awaiting: None,
+                };
+                self.next_store(now, op, p)
+            }
+        }
+    }
+
+    /// Sends the store to the first remaining candidate, storing locally when
+    /// that candidate is this node.
+    fn next_store(&mut self, now: Instant, op: OpId, mut p: PutOp) -> Option<Op> {
+        loop {
+            let PutPhase::Reverse { candidates, .. } = &mut p.phase else {
+                return None;
+            };
+            let Some(target) = candidates.front().copied() else {
+                return self.next_put_level(now, op, p);
+            };
+            if target.id == self.contact.id {
+                let r = self
+                    .store
+                    .store(now, p.level, p.key, p.value.clone(), p.ttl);
+                if r == StoreResult::Ok {
+                    p.stored.push((p.level, target.id));
+                    return self.next_put_level(now, op, p);
+                }
+                candidates.pop_front();
+                continue;
+            }
+            let ttl_secs = u32::try_from(p.ttl.as_secs()).unwrap_or(u32::MAX);
+            let body = Body::Store {
+                scope: self.scope(p.level),
+                key: p.key,
+                value: p.value.clone(),
+                ttl_secs,
+            };
+            let sent = self.send_request(
+                now,
+                target.addr,
+                Some(target.id),
+                Some(p.level),
+                body,
+                Purpose::Op(op),
+                false,
+            );
+            let PutPhase::Reverse {
+                candidates,
+                awaiting,
+                ..
+            } = &mut p.phase
+            else {
+                return None;
+            };
+            if sent.is_some() {
+                *awaiting = sent;
+                return Some(Op::Put(p));
+            }
+            candidates.pop_front();
+        }
+    }
+
+    fn next_put_level(&mut self, now: Instant, op: OpId, mut p: PutOp) -> Option<Op> {
+        let reached = match &p.phase {
+            PutPhase::Reverse { reached, .. } => *reached,
+            PutPhase::Forward { lookup, .. } => lookup.reached(),
+        };
+        let Some(level) = p.levels.pop() else {
+            self.events.push_back(Event::PutDone {
+                op,
+                key: p.key,
+                stored: p.stored,
+                hops: p.hops,
+            });
+            return None;
+        };
+        p.level = level;
+        p.phase = PutPhase::Forward {
+            lookup: self.continue_lookup(level, p.key, reached),
+            stack: Vec::new(),
+        };
+        self.ops.insert(op, Op::Put(p));
+        self.start_put_level(now, op);
+        None
+    }
+
+    /// Periodic housekeeping: refresh size estimates and stale buckets.
+    fn maintenance(&mut self, now: Instant) {
+        let refresh = self.config.dsht.bucket_refresh;
+        let mut walks: Vec<(Level, Id)> = Vec::new();
+        for ls in &mut self.levels {
+            ls.info.size = ls.table.size_estimate();
+            for bucket in ls.table.stale_buckets(now, refresh) {
+                if walks.len() >= MAX_REFRESH_PER_TICK {
+                    break;
+                }
+                ls.table.refreshed(bucket, now);
+                walks.push((
+                    ls.info.level,
+                    self.contact.id.random_in_bucket(bucket, &mut self.rng),
+                ));
+            }
+        }
+        for (level, target) in walks {
+            self.start_refresh(now, level, target);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives nodes with zero network delay and a shared clock.
+    struct Net {
+        nodes: Vec<Node>,
+        now: Instant,
+        events: Vec<(usize, Event)>,
+        /// Indices of nodes that drop everything (crashed).
+        dead: Vec<bool>,
+    }
+
+    fn addr(i: usize) -> SocketAddr {
+        SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 8091))
+    }
+
+    impl Net {
+        fn new(n: usize, config: &Config) -> Self {
+            let nodes = (0..n)
+                .map(|i| {
+                    let mut c = config.clone();
+                    c.seed = i as u64 + 1;
+                    Node::new(c, addr(i), Instant::ZERO)
+                })
+                .collect();
+            Self {
+                nodes,
+                now: Instant::ZERO,
+                events: Vec::new(),
+                dead: vec![false; n],
+            }
+        }
+
+        fn index(&self, a: SocketAddr) -> Option<usize> {
+            self.nodes.iter().position(|n| n.contact().addr == a)
+        }
+
+        /// Delivers datagrams until quiet, then advances time to the next
+        /// deadline, until `until`.
+        fn run(&mut self, until: Instant) {
+            let mut buf = Vec::new();
+            loop {
+                let mut moved = false;
+                for i in 0..self.nodes.len() {
+                    while let Some(t) = self.nodes[i].poll_transmit(&mut buf) {
+                        moved = true;
+                        let data = buf[..t.size].to_vec();
+                        if self.dead[i] {
+                            continue;
+                        }
+                        if let Some(j) = self.index(t.destination)
+                            && !self.dead[j]
+                        {
+                            let from = self.nodes[i].contact().addr;
+                            self.nodes[j].handle_datagram(self.now, from, &data);
+                        }
+                    }
+                    while let Some(e) = self.nodes[i].poll_event() {
+                        self.events.push((i, e));
+                    }
+                }
+                if moved {
+                    continue;
+                }
+                let next = self.nodes.iter().filter_map(Node::poll_timeout).min();
+                match next {
+                    Some(t) if t <= until => {
+                        self.now = self.now.max(t);
+                        let now = self.now;
+                        for n in &mut self.nodes {
+                            n.handle_timeout(now);
+                        }
+                    }
+                    _ => {
+                        self.now = until;
+                        return;
+                    }
+                }
+            }
+        }
+
+        fn after(&mut self, d: Duration) {
+            let until = self.now + d;
+            self.run(until);
+        }
+
+        fn take_event(&mut self, op: OpId) -> Option<Event> {
+            let pos = self.events.iter().position(|(_, e)| match e {
+                Event::Joined { op: o, .. }
+                | Event::GetDone { op: o, .. }
+                | Event::PutDone { op: o, .. } => *o == op,
+            })?;
+            Some(self.events.remove(pos).1)
+        }
+
+        fn join_all(&mut self) {
+            let boot = addr(0);
+            let first = self.nodes[0].join(self.now, &[]);
+            self.after(Duration::from_millis(1));
+            assert!(matches!(self.take_event(first), Some(Event::Joined { .. })));
+            for i in 1..self.nodes.len() {
+                let now = self.now;
+                let op = self.nodes[i].join(now, &[boot]);
+                self.after(Duration::from_millis(1));
+                assert!(
+                    matches!(self.take_event(op), Some(Event::Joined { .. })),
+                    "node {i} did not join"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_network_of_one_stores_and_finds_locally() {
+        let mut net = Net::new(1, &Config::default());
+        net.join_all();
+        let key = Id::for_url("http://example.com/a");
+        let now = net.now;
+        let put = net.nodes[0]
+            .put(
+                now,
+                key,
+                Bytes::from_static(b"me"),
+                Duration::from_secs(60),
+                Levels::ALL,
+            )
+            .unwrap();
+        net.after(Duration::from_millis(1));
+        match net.take_event(put) {
+            Some(Event::PutDone { stored, .. }) => assert_eq!(stored, vec![(0, net.nodes[0].id())]),
+            e => panic!("unexpected {e:?}"),
+        }
+        let get = net.nodes[0].get(net.now, key, Levels::ALL);
+        net.after(Duration::from_millis(1));
+        match net.take_event(get) {
+            Some(Event::GetDone {
+                values,
+                level,
+                hops,
+                ..
+            }) => {
+                assert_eq!(values, vec![Bytes::from_static(b"me")]);
+                assert_eq!(level, Some(0));
+                assert_eq!(hops, 0);
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+        // The value expires with its TTL.
+        net.after(Duration::from_secs(61));
+        let get = net.nodes[0].get(net.now, key, Levels::ALL);
+        net.after(Duration::from_millis(1));
+        assert!(
+            matches!(net.take_event(get), Some(Event::GetDone { values, .. }) if values.is_empty())
+        );
+    }
+
+    #[test]
+    fn put_lands_at_the_closest_node_and_every_node_gets_it() {
+        let mut net = Net::new(40, &Config::default());
+        net.join_all();
+        let key = Id::for_url("http://example.com/b");
+        let closest = (0..40)
+            .min_by_key(|i| net.nodes[*i].id().distance(&key))
+            .unwrap();
+        let now = net.now;
+        let put = net.nodes[7]
+            .put(
+                now,
+                key,
+                Bytes::from_static(b"v7"),
+                Duration::from_secs(600),
+                Levels::ALL,
+            )
+            .unwrap();
+        net.after(Duration::from_secs(1));
+        match net.take_event(put) {
+            Some(Event::PutDone { stored, .. }) => {
+                assert_eq!(stored, vec![(0, net.nodes[closest].id())])
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+        for i in 0..40 {
+            let now = net.now;
+            let get = net.nodes[i].get(now, key, Levels::ALL);
+            net.after(Duration::from_millis(10));
+            match net.take_event(get) {
+                Some(Event::GetDone { values, .. }) => {
+                    assert_eq!(values, vec![Bytes::from_static(b"v7")], "node {i}")
+                }
+                e => panic!("node {i}: unexpected {e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn puts_spill_backwards_once_the_closest_node_is_full() {
+        let mut config = Config::default();
+        config.dsht.l = 2;
+        let mut net = Net::new(30, &config);
+        net.join_all();
+        let key = Id::for_url("http://example.com/c");
+        let mut holders = BTreeSet::new();
+        // Putters far from the key, so each forward path is long enough to
+        // spill back along (a putter next to the key whose whole path is
+        // full correctly stores nowhere).
+        let mut far: Vec<usize> = (0..30).collect();
+        far.sort_by_key(|i| std::cmp::Reverse(net.nodes[*i].id().distance(&key)));
+        for &i in &far[..12] {
+            let now = net.now;
+            let v = Bytes::from(format!("v{i}"));
+            let put = net.nodes[i]
+                .put(now, key, v, Duration::from_secs(600), Levels::ALL)
+                .unwrap();
+            net.after(Duration::from_millis(100));
+            let Some(Event::PutDone { stored, .. }) = net.take_event(put) else {
+                panic!("put {i}")
+            };
+            assert_eq!(stored.len(), 1, "put from node {i}");
+            holders.insert(stored[0].1);
+        }
+        // l = 2 values per node: 12 values need at least 6 nodes, and no
+        // node may hold more than l long-lived values.
+        assert!(holders.len() >= 6, "{holders:?}");
+        for n in &net.nodes {
+            assert!(n.stored_values(net.now, 0, &key).len() <= 2);
+        }
+    }
+
+    #[test]
+    fn dead_contacts_time_out_and_are_dropped() {
+        let mut net = Net::new(12, &Config::default());
+        net.join_all();
+        let victim = 5;
+        let victim_id = net.nodes[victim].id();
+        net.dead[victim] = true;
+        // Walk toward the victim's id from everyone, repeatedly: the walks
+        // will ask it and time out.
+        for round in 0..4 {
+            for i in 0..12 {
+                if i == victim {
+                    continue;
+                }
+                let now = net.now;
+                let _ = net.nodes[i].get(now, victim_id, Levels::ALL);
+            }
+            net.after(Duration::from_secs(5));
+            let _ = round;
+        }
+        let timeouts: u64 = net.nodes.iter().map(|n| n.stats().timeouts).sum();
+        assert!(timeouts > 0);
+        for (i, n) in net.nodes.iter().enumerate() {
+            if i != victim {
+                assert!(
+                    n.levels[0].table.get(&victim_id).is_none(),
+                    "node {i} still lists the dead node"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_and_wrong_cluster_requests_are_handled() {
+        let mut net = Net::new(2, &Config::default());
+        net.join_all();
+        net.nodes[0].handle_datagram(net.now, addr(1), b"\x01\x02garbage");
+        assert_eq!(net.nodes[0].stats().malformed, 1);
+        let mut buf = Vec::new();
+        assert!(
+            net.nodes[0].poll_transmit(&mut buf).is_none(),
+            "garbage is never answered"
+        );
+
+        let probe = Message {
+            request_id: 99,
+            sender: Id::for_node(addr(1)),
+            services: Services::NONE,
+            clusters: SmallVec::new(),
+            body: Body::GetProbe {
+                scope: Scope {
+                    level: 0,
+                    cluster: Id::hash("elsewhere", b""),
+                },
+                key: Id::ZERO,
+                target: Distance::ZERO,
+            },
+        };
+        let mut bytes = Vec::new();
+        probe.encode(&mut bytes);
+        net.nodes[0].handle_datagram(net.now, addr(1), &bytes);
+        let t = net.nodes[0].poll_transmit(&mut buf).unwrap();
+        let reply = Message::decode(&buf[..t.size]).unwrap();
+        assert_eq!(reply.request_id, 99);
+        assert_eq!(
+            reply.body,
+            Body::Error {
+                code: ErrorCode::WrongCluster
+            }
+        );
+        assert_eq!(reply.clusters.len(), 1, "errors carry our cluster info");
+    }
+
+    #[test]
+    fn multi_level_get_falls_back_level_by_level() {
+        let config = Config {
+            levels: vec![
+                LevelConfig { diameter: None },
+                LevelConfig {
+                    diameter: Some(Duration::from_millis(60)),
+                },
+                LevelConfig {
+                    diameter: Some(Duration::from_millis(20)),
+                },
+            ],
+            ..Config::default()
+        };
+        let mut net = Net::new(20, &config);
+        net.join_all();
+        let key = Id::for_url("http://example.com/d");
+        let now = net.now;
+        // Stored at level 0 only: a get over all levels misses at 2 and 1.
+        let put = net.nodes[3]
+            .put(
+                now,
+                key,
+                Bytes::from_static(b"x"),
+                Duration::from_secs(60),
+                Levels::only(0),
+            )
+            .unwrap();
+        net.after(Duration::from_secs(1));
+        assert!(
+            matches!(net.take_event(put), Some(Event::PutDone { stored, .. }) if stored.len() == 1)
+        );
+        let get = net.nodes[11].get(net.now, key, Levels::ALL);
+        net.after(Duration::from_secs(1));
+        match net.take_event(get) {
+            Some(Event::GetDone { values, level, .. }) => {
+                assert_eq!(values.len(), 1);
+                assert_eq!(level, Some(0));
+            }
+            e => panic!("unexpected {e:?}"),
+        }
+        // Stored at every level: found at the fastest.
+        let put = net.nodes[4]
+            .put(
+                net.now,
+                key,
+                Bytes::from_static(b"y"),
+                Duration::from_secs(60),
+                Levels::ALL,
+            )
+            .unwrap();
+        net.after(Duration::from_secs(1));
+        assert!(
+            matches!(net.take_event(put), Some(Event::PutDone { stored, .. }) if stored.len() == 3)
+        );
+        let get = net.nodes[12].get(net.now, key, Levels::ALL);
+        net.after(Duration::from_secs(1));
+        assert!(matches!(
+            net.take_event(get),
+            Some(Event::GetDone { level: Some(2), .. })
+        ));
     }
 }

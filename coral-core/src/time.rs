@@ -93,7 +93,10 @@ mod tests {
         assert_eq!(t + Duration::from_millis(500), Instant::from_millis(2000));
         assert_eq!(Instant::ZERO - t, Duration::ZERO);
         assert_eq!(t - Instant::ZERO, Duration::from_millis(1500));
-        assert_eq!(Instant::from_micros(u64::MAX) + Duration::from_secs(1), Instant::from_micros(u64::MAX));
+        assert_eq!(
+            Instant::from_micros(u64::MAX) + Duration::from_secs(1),
+            Instant::from_micros(u64::MAX)
+        );
         assert_eq!(t.saturating_sub(Duration::from_secs(9)), Instant::ZERO);
         assert_eq!(format!("{t:?}"), "T+1.500000s");
     }

@@ -1,4 +1,5 @@
 //! The distributed sloppy hash table (spec §1–3): routing, storage, lookups.
 
+pub mod lookup;
 pub mod routing;
 pub mod store;
