@@ -7,6 +7,8 @@ pub mod id;
 pub mod rng;
 pub mod time;
 pub mod dsht;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod wire;
 pub mod node;
 
