@@ -1,0 +1,174 @@
+//! `coral-sim`: runs the paper's experiments in the deterministic simulator.
+//!
+//! ```text
+//! coral-sim lookup  --nodes 1000 --keys 200 --seed 1 [--latency sphere|planetlab] [--loss P] [--json]
+//! coral-sim hotspot --nodes 500 --minutes 10 --seed 1 [--rate R] [--json]
+//! ```
+//!
+//! With `--json` stdout carries exactly one JSON object; progress goes to
+//! stderr. The same arguments and seed always print the same result.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use coral_tests::experiments::{self, HotspotParams, LatencyKind, LookupParams, NetParams};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "coral-sim",
+    about = "Coral DSHT experiments on a simulated network"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// N nodes join, K keys are put from random nodes, then every node gets
+    /// random keys among them; reports success rate, hops and latency.
+    Lookup {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Number of distinct keys put.
+        #[arg(long, default_value_t = 200)]
+        keys: usize,
+        /// Simulation seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Gets issued by every node.
+        #[arg(long, default_value_t = 1)]
+        gets_per_node: usize,
+        /// Latency model.
+        #[arg(long, value_enum, default_value_t = LatencyKind::Sphere)]
+        latency: LatencyKind,
+        /// Probability that a datagram is lost.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Print one JSON object instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The hot-spot experiment (spec §3.4): every node puts and gets one key
+    /// at a fixed rate; reports the put traffic at the nodes closest to it.
+    Hotspot {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 500)]
+        nodes: usize,
+        /// Virtual minutes of load.
+        #[arg(long, default_value_t = 10)]
+        minutes: u32,
+        /// Simulation seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Puts per node per second, and as many gets.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// TTL of every put, seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Latency model.
+        #[arg(long, value_enum, default_value_t = LatencyKind::Sphere)]
+        latency: LatencyKind,
+        /// Probability that a datagram is lost.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Print one JSON object instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn check(nodes: usize, loss: f64) -> Result<()> {
+    if nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&loss) {
+        bail!("--loss must be within [0, 1], got {loss}");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let wall = std::time::Instant::now();
+    match cli.cmd {
+        Cmd::Lookup {
+            nodes,
+            keys,
+            seed,
+            gets_per_node,
+            latency,
+            loss,
+            json,
+        } => {
+            check(nodes, loss)?;
+            if keys == 0 {
+                bail!("--keys must be at least 1");
+            }
+            eprintln!("coral-sim lookup: {nodes} nodes, {keys} keys, seed {seed}");
+            let mut p = LookupParams::new(
+                NetParams {
+                    nodes,
+                    seed,
+                    latency,
+                    loss,
+                },
+                keys,
+            );
+            p.gets_per_node = gets_per_node.max(1);
+            let r = experiments::lookup(&p).context("building the network")?;
+            eprintln!(
+                "seed {seed}: done in {:.1} s wall",
+                wall.elapsed().as_secs_f64()
+            );
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{}", r.human());
+            }
+        }
+        Cmd::Hotspot {
+            nodes,
+            minutes,
+            seed,
+            rate,
+            ttl,
+            latency,
+            loss,
+            json,
+        } => {
+            check(nodes, loss)?;
+            if !(rate > 0.0 && rate.is_finite()) {
+                bail!("--rate must be positive, got {rate}");
+            }
+            eprintln!(
+                "coral-sim hotspot: {nodes} nodes, {minutes} minutes, rate {rate}/s, seed {seed}"
+            );
+            let mut p = HotspotParams::new(
+                NetParams {
+                    nodes,
+                    seed,
+                    latency,
+                    loss,
+                },
+                minutes,
+            );
+            p.rate = rate;
+            p.ttl = Duration::from_secs(ttl);
+            let r = experiments::hotspot(&p).context("building the network")?;
+            eprintln!(
+                "seed {seed}: done in {:.1} s wall",
+                wall.elapsed().as_secs_f64()
+            );
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{}", r.human());
+            }
+        }
+    }
+    Ok(())
+}

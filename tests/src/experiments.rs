@@ -1,0 +1,701 @@
+//! The experiments behind `coral-sim`: lookup quality and the put hot spot.
+//!
+//! Both build a network in the simulator, drive it with application
+//! commands only (the simulator never makes a protocol decision), and
+//! summarise the [`Event`]s and node counters into a serialisable report.
+//! Every random choice (which node puts, which key a node gets, when)
+//! comes from the simulator's seeded generator, so a report is a function
+//! of its parameters and seed.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use coral_core::id::Id;
+use coral_core::{Event, Levels};
+use serde::Serialize;
+
+use crate::latency::{LatencyModel, LoadError, RttMatrix};
+use crate::metrics::{Summary, mean};
+use crate::sim::{Command, JoinOptions, JoinReport, Sim, SimConfig};
+use crate::trace::mix64;
+
+/// Which latency model a run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatencyKind {
+    /// The synthetic seeded sphere ([`LatencyModel::sphere`]).
+    Sphere,
+    /// The PlanetLab RTT matrix shipped in `tests/data/`.
+    Planetlab,
+}
+
+impl LatencyKind {
+    /// The model for a run with `seed`.
+    pub fn model(self, seed: u64) -> Result<LatencyModel, LoadError> {
+        let seed = mix64(seed, 0x1a7e);
+        Ok(match self {
+            Self::Sphere => LatencyModel::sphere(seed),
+            Self::Planetlab => LatencyModel::matrix(Arc::new(RttMatrix::planetlab()?), seed),
+        })
+    }
+}
+
+/// How a run's network is built: shared by both experiments.
+#[derive(Clone, Debug)]
+pub struct NetParams {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Simulation seed.
+    pub seed: u64,
+    /// Latency model.
+    pub latency: LatencyKind,
+    /// Datagram loss probability.
+    pub loss: f64,
+}
+
+/// A joined network, ready for an experiment.
+fn build(net: &NetParams) -> Result<(Sim, JoinReport), LoadError> {
+    let mut cfg = SimConfig::new(net.seed);
+    cfg.latency = net.latency.model(net.seed)?;
+    cfg.loss = net.loss;
+    let mut sim = Sim::new(cfg);
+    sim.add_nodes(net.nodes);
+    let join = sim.join_all(JoinOptions::default());
+    Ok((sim, join))
+}
+
+/// How the network came together.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct JoinSummary {
+    /// Joins that reported `Joined`.
+    pub joined: usize,
+    /// Joins that reported zero contacts.
+    pub empty: usize,
+    /// Joins still running at their batch deadline.
+    pub timed_out: usize,
+    /// Virtual seconds the joins took.
+    pub virtual_secs: f64,
+}
+
+impl From<JoinReport> for JoinSummary {
+    fn from(r: JoinReport) -> Self {
+        Self {
+            joined: r.joined,
+            empty: r.empty,
+            timed_out: r.timed_out,
+            virtual_secs: r.elapsed.as_secs_f64(),
+        }
+    }
+}
+
+fn log2(n: usize) -> f64 {
+    (n.max(1) as f64).log2()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Parameters of the lookup experiment.
+#[derive(Clone, Debug)]
+pub struct LookupParams {
+    /// The network.
+    pub net: NetParams,
+    /// Distinct keys put before the gets.
+    pub keys: usize,
+    /// Gets issued by every node (each of a random key among those put).
+    pub gets_per_node: usize,
+    /// TTL of every put.
+    pub ttl: Duration,
+    /// Puts (and then gets) are issued uniformly over this span.
+    pub spread: Duration,
+    /// Each phase waits at most this long after its last command.
+    pub phase_timeout: Duration,
+}
+
+impl LookupParams {
+    /// The defaults of `coral-sim lookup`: one get per node, 1 h TTL.
+    pub fn new(net: NetParams, keys: usize) -> Self {
+        Self {
+            net,
+            keys,
+            gets_per_node: 1,
+            ttl: Duration::from_secs(3600),
+            spread: Duration::from_secs(10),
+            phase_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What the lookup experiment measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct LookupReport {
+    /// Always `"lookup"`.
+    pub experiment: &'static str,
+    /// Simulation seed.
+    pub seed: u64,
+    /// Nodes in the network.
+    pub nodes: usize,
+    /// log2(nodes), the yardstick for hops.
+    pub log2_nodes: f64,
+    /// Latency model used.
+    pub latency: LatencyKind,
+    /// Datagram loss probability.
+    pub loss: f64,
+    /// How the joins went.
+    pub join: JoinSummary,
+    /// Keys put.
+    pub keys: usize,
+    /// Puts that reported at least one storing node, over puts issued.
+    pub put_success_rate: f64,
+    /// Mean hops of the puts.
+    pub put_hops_mean: f64,
+    /// Gets issued.
+    pub gets: usize,
+    /// Gets that reported `GetDone` before the phase deadline.
+    pub gets_completed: usize,
+    /// Gets that returned a value put under their key, over gets issued.
+    pub get_success_rate: f64,
+    /// Mean hops of completed gets.
+    pub hops_mean: f64,
+    /// Median hops.
+    pub hops_p50: f64,
+    /// 99th percentile of hops.
+    pub hops_p99: f64,
+    /// Most hops of any get.
+    pub hops_max: f64,
+    /// Mean virtual time from issuing a get to its `GetDone`, ms.
+    pub latency_ms_mean: f64,
+    /// Median of the same, ms.
+    pub latency_ms_p50: f64,
+    /// 90th percentile, ms.
+    pub latency_ms_p90: f64,
+    /// 99th percentile, ms.
+    pub latency_ms_p99: f64,
+    /// Datagrams delivered during the whole run (joins included).
+    pub datagrams_delivered: u64,
+    /// Datagrams lost to the loss model.
+    pub datagrams_lost: u64,
+    /// Virtual seconds simulated.
+    pub virtual_secs: f64,
+    /// Fingerprint of the run (hex).
+    pub trace_hash: String,
+}
+
+/// Runs the lookup experiment: join, put `keys` keys from random nodes,
+/// then have every node get random keys among them.
+pub fn lookup(p: &LookupParams) -> Result<LookupReport, LoadError> {
+    let (mut sim, join) = build(&p.net)?;
+    let n = sim.len();
+    let levels = Levels::ALL;
+
+    // Puts: key k from a random live node, the value being its address.
+    let live: Vec<usize> = (0..n).filter(|&i| sim.is_up(i)).collect();
+    let mut keys = Vec::with_capacity(p.keys);
+    let mut values = Vec::with_capacity(p.keys);
+    let start = sim.now();
+    for k in 0..p.keys {
+        let key = Id::random(sim.rng());
+        let who = live[sim.rng().below(live.len() as u64) as usize];
+        let value = Bytes::from(sim.addr(who).to_string().into_bytes());
+        let at = start + sim.rng().jitter(p.spread);
+        keys.push(key);
+        values.push(value.clone());
+        sim.schedule(
+            at,
+            who,
+            k as u64,
+            Command::Put {
+                key,
+                value,
+                ttl: p.ttl,
+                levels,
+            },
+        );
+    }
+    sim.run_until_idle(start + p.spread + p.phase_timeout);
+    let mut puts_ok = 0usize;
+    let mut put_hops = Vec::new();
+    for c in sim.take_completions() {
+        if let Some(Event::PutDone { stored, hops, .. }) = c.event() {
+            put_hops.push(f64::from(*hops));
+            if !stored.is_empty() {
+                puts_ok += 1;
+            }
+        }
+    }
+
+    // Gets: every node, `gets_per_node` times, a random key.
+    let start = sim.now();
+    let mut gets = 0usize;
+    for &i in &live {
+        for _ in 0..p.gets_per_node {
+            let k = sim.rng().below(keys.len() as u64) as usize;
+            let at = start + sim.rng().jitter(p.spread);
+            sim.schedule(
+                at,
+                i,
+                k as u64,
+                Command::Get {
+                    key: keys[k],
+                    levels,
+                },
+            );
+            gets += 1;
+        }
+    }
+    sim.run_until_idle(start + p.spread + p.phase_timeout);
+    let mut ok = 0usize;
+    let mut hops = Vec::new();
+    let mut lat = Vec::new();
+    for c in sim.take_completions() {
+        let Some(Event::GetDone {
+            values: got,
+            hops: h,
+            ..
+        }) = c.event()
+        else {
+            continue;
+        };
+        hops.push(f64::from(*h));
+        if let Some(l) = c.latency() {
+            lat.push(ms(l));
+        }
+        let want = values.get(c.tag as usize);
+        if want.is_some_and(|w| got.contains(w)) {
+            ok += 1;
+        }
+    }
+    let h = Summary::of(&hops);
+    let l = Summary::of(&lat);
+    let counters = sim.counters();
+    Ok(LookupReport {
+        experiment: "lookup",
+        seed: p.net.seed,
+        nodes: n,
+        log2_nodes: log2(n),
+        latency: p.net.latency,
+        loss: p.net.loss,
+        join: join.into(),
+        keys: p.keys,
+        put_success_rate: ratio(puts_ok, p.keys),
+        put_hops_mean: mean(&put_hops),
+        gets,
+        gets_completed: hops.len(),
+        get_success_rate: ratio(ok, gets),
+        hops_mean: h.mean,
+        hops_p50: h.p50,
+        hops_p99: h.p99,
+        hops_max: h.max,
+        latency_ms_mean: l.mean,
+        latency_ms_p50: l.p50,
+        latency_ms_p90: l.p90,
+        latency_ms_p99: l.p99,
+        datagrams_delivered: counters.delivered,
+        datagrams_lost: counters.lost,
+        virtual_secs: sim.now().since_epoch().as_secs_f64(),
+        trace_hash: format!("{:016x}", sim.trace_hash()),
+    })
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        f64::NAN
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+impl LookupReport {
+    /// A few lines for people.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "lookup: {} nodes (log2 {:.2}), {} keys, seed {}, latency {:?}, loss {}",
+            self.nodes, self.log2_nodes, self.keys, self.seed, self.latency, self.loss
+        );
+        let _ = writeln!(
+            s,
+            "  join:  {} joined, {} empty, {} timed out, {:.1} virtual s",
+            self.join.joined, self.join.empty, self.join.timed_out, self.join.virtual_secs
+        );
+        let _ = writeln!(
+            s,
+            "  puts:  success {:.4}, hops mean {:.2}",
+            self.put_success_rate, self.put_hops_mean
+        );
+        let _ = writeln!(
+            s,
+            "  gets:  {} issued, {} completed, success {:.4}",
+            self.gets, self.gets_completed, self.get_success_rate
+        );
+        let _ = writeln!(
+            s,
+            "  hops:  mean {:.2}, p50 {}, p99 {}, max {}",
+            self.hops_mean, self.hops_p50, self.hops_p99, self.hops_max
+        );
+        let _ = writeln!(
+            s,
+            "  latency ms: mean {:.1}, p50 {:.1}, p90 {:.1}, p99 {:.1}",
+            self.latency_ms_mean, self.latency_ms_p50, self.latency_ms_p90, self.latency_ms_p99
+        );
+        let _ = write!(
+            s,
+            "  {} datagrams delivered, {} lost, {:.1} virtual s, trace {}",
+            self.datagrams_delivered, self.datagrams_lost, self.virtual_secs, self.trace_hash
+        );
+        s
+    }
+}
+
+/// Parameters of the hot-spot experiment (spec §3.4).
+#[derive(Clone, Debug)]
+pub struct HotspotParams {
+    /// The network.
+    pub net: NetParams,
+    /// Virtual minutes of load.
+    pub minutes: u32,
+    /// Puts per node per second, and as many gets.
+    pub rate: f64,
+    /// TTL of every put. One hour: longer than any run, so no value expires
+    /// during the experiment and a node that has `l` values for the key
+    /// stays full rather than making room.
+    pub ttl: Duration,
+    /// How many of the closest nodes to report on.
+    pub ranks: usize,
+}
+
+impl HotspotParams {
+    /// The defaults of `coral-sim hotspot`: 1 put and 1 get per node per
+    /// second, 1 h TTL, the 10 closest nodes reported.
+    pub fn new(net: NetParams, minutes: u32) -> Self {
+        Self {
+            net,
+            minutes,
+            rate: 1.0,
+            ttl: Duration::from_secs(3600),
+            ranks: 10,
+        }
+    }
+}
+
+/// The load on one of the nodes closest to the hot key.
+#[derive(Clone, Debug, Serialize)]
+pub struct RankLoad {
+    /// 0 for the closest node by XOR distance, 1 for the next, …
+    pub rank: usize,
+    /// Node index in the simulation.
+    pub node: usize,
+    /// The node's id (hex).
+    pub id: String,
+    /// log2 of the XOR distance from the key.
+    pub distance_log2: f64,
+    /// Store + put-probe RPCs received per minute, averaged after minute 1.
+    pub rpcs_per_min: f64,
+    /// Get-probe RPCs received per minute, averaged after minute 1.
+    pub get_probes_per_min: f64,
+    /// Whether some put reported storing a value at this node.
+    pub stores_value: bool,
+}
+
+/// What the hot-spot experiment measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct HotspotReport {
+    /// Always `"hotspot"`.
+    pub experiment: &'static str,
+    /// Simulation seed.
+    pub seed: u64,
+    /// Nodes in the network.
+    pub nodes: usize,
+    /// log2(nodes).
+    pub log2_nodes: f64,
+    /// The load threshold `beta` (puts per key per minute).
+    pub beta: u32,
+    /// The paper's bound on the closest node's load: beta × ceil(log2 nodes).
+    pub bound: u64,
+    /// Virtual minutes of load.
+    pub minutes: u32,
+    /// Puts per node per second (and as many gets).
+    pub rate: f64,
+    /// TTL of every put, seconds.
+    pub ttl_secs: u64,
+    /// Latency model used.
+    pub latency: LatencyKind,
+    /// How the joins went.
+    pub join: JoinSummary,
+    /// Puts issued per minute, over all nodes.
+    pub aggregate_puts_per_min: f64,
+    /// Gets issued per minute, over all nodes.
+    pub aggregate_gets_per_min: f64,
+    /// Index of the node closest to the key.
+    pub closest_node: usize,
+    /// Store + put-probe RPCs the closest node received per minute, averaged
+    /// over the minutes after the first.
+    pub closest_node_rpcs_per_min: f64,
+    /// The same quantity for the busiest node.
+    pub max_node_rpcs_per_min: f64,
+    /// Index of the busiest node.
+    pub max_node: usize,
+    /// The busiest node's distance rank from the key (0 = closest).
+    pub max_node_rank: usize,
+    /// Distinct nodes reported as storing a value for the key by any put.
+    pub nodes_storing_value: usize,
+    /// Load of the closest nodes, by distance rank.
+    pub closest_ranks: Vec<RankLoad>,
+    /// The closest node's store + put-probe RPCs in each minute.
+    pub closest_node_per_minute: Vec<u64>,
+    /// Puts that reported at least one storing node, over puts finished.
+    pub put_success_rate: f64,
+    /// Gets that returned at least one value, over gets finished.
+    pub get_success_rate: f64,
+    /// Mean hops of finished gets.
+    pub get_hops_mean: f64,
+    /// Puts finished.
+    pub puts_done: usize,
+    /// Gets finished.
+    pub gets_done: usize,
+    /// Operations refused or lost (node down, put refused).
+    pub ops_failed: usize,
+    /// Datagrams delivered during the whole run.
+    pub datagrams_delivered: u64,
+    /// Fingerprint of the run (hex).
+    pub trace_hash: String,
+}
+
+const TAG_PUT: u64 = 1;
+const TAG_GET: u64 = 2;
+
+/// Runs the hot-spot experiment: every node puts (its own address) and gets
+/// one single key at `rate` per second each, with a random phase per node,
+/// for `minutes` virtual minutes, and we count the put traffic (store and
+/// put-probe RPCs) each node receives per minute.
+pub fn hotspot(p: &HotspotParams) -> Result<HotspotReport, LoadError> {
+    let (mut sim, join) = build(&p.net)?;
+    let n = sim.len();
+    let levels = Levels::ALL;
+    let key = Id::hash("coral-sim-hotspot", &p.net.seed.to_be_bytes());
+    let beta = sim.node_config().dsht.beta;
+
+    let period = Duration::from_secs_f64(1.0 / p.rate.max(1e-9));
+    let phase: Vec<Duration> = (0..n).map(|_| sim.rng().jitter(period)).collect();
+    let values: Vec<Bytes> = (0..n)
+        .map(|i| Bytes::from(sim.addr(i).to_string().into_bytes()))
+        .collect();
+
+    let load = |sim: &Sim, i: usize| {
+        sim.stats(i).map_or((0, 0), |s| {
+            (s.rpcs_in.store + s.rpcs_in.put_probe, s.rpcs_in.get_probe)
+        })
+    };
+    let t0 = sim.now();
+    let mut last: Vec<(u64, u64)> = (0..n).map(|i| load(&sim, i)).collect();
+    // per_min[i][m] = (put load, get-probe load) of node i in minute m.
+    let mut per_min: Vec<Vec<(u64, u64)>> = vec![Vec::with_capacity(p.minutes as usize); n];
+    let mut storing: Vec<Id> = Vec::new();
+    let (mut puts_issued, mut gets_issued) = (0u64, 0u64);
+    let (mut puts_done, mut puts_ok, mut gets_done, mut gets_ok, mut failed) = (0, 0, 0, 0, 0);
+    let mut get_hops = Vec::new();
+    let mut absorb = |sim: &mut Sim, storing: &mut Vec<Id>| {
+        for c in sim.take_completions() {
+            match c.event() {
+                Some(Event::PutDone { stored, .. }) => {
+                    puts_done += 1;
+                    if !stored.is_empty() {
+                        puts_ok += 1;
+                    }
+                    storing.extend(stored.iter().map(|(_, id)| *id));
+                }
+                Some(Event::GetDone { values, hops, .. }) => {
+                    gets_done += 1;
+                    get_hops.push(f64::from(*hops));
+                    if !values.is_empty() {
+                        gets_ok += 1;
+                    }
+                }
+                Some(_) => {}
+                None => failed += 1,
+            }
+        }
+        storing.sort_unstable();
+        storing.dedup();
+    };
+
+    for m in 0..u64::from(p.minutes) {
+        let from = t0 + Duration::from_secs(60 * m);
+        let to = from + Duration::from_secs(60);
+        for (i, value) in values.iter().enumerate() {
+            let mut t = from + phase[i];
+            while t < to {
+                sim.schedule(
+                    t,
+                    i,
+                    TAG_PUT,
+                    Command::Put {
+                        key,
+                        value: value.clone(),
+                        ttl: p.ttl,
+                        levels,
+                    },
+                );
+                sim.schedule(t + period / 2, i, TAG_GET, Command::Get { key, levels });
+                puts_issued += 1;
+                gets_issued += 1;
+                t += period;
+            }
+        }
+        sim.run_until(to);
+        for (i, row) in per_min.iter_mut().enumerate() {
+            let now = load(&sim, i);
+            row.push((
+                now.0.saturating_sub(last[i].0),
+                now.1.saturating_sub(last[i].1),
+            ));
+            last[i] = now;
+        }
+        absorb(&mut sim, &mut storing);
+    }
+    // Let the last operations finish so their outcomes count.
+    let end = sim.now();
+    sim.run_until_idle(end + Duration::from_secs(60));
+    absorb(&mut sim, &mut storing);
+
+    let skip = usize::from(p.minutes > 1);
+    let avg = |row: &[(u64, u64)], pick: fn(&(u64, u64)) -> u64| {
+        let tail = &row[skip.min(row.len())..];
+        if tail.is_empty() {
+            0.0
+        } else {
+            tail.iter().map(pick).sum::<u64>() as f64 / tail.len() as f64
+        }
+    };
+    let mut by_distance: Vec<usize> = (0..n).collect();
+    by_distance.sort_by_key(|&i| (sim.id(i).distance(&key), i));
+    let put_avg: Vec<f64> = per_min.iter().map(|r| avg(r, |x| x.0)).collect();
+    let (max_node, max_load) =
+        put_avg.iter().enumerate().fold(
+            (0, f64::MIN),
+            |best, (i, &v)| if v > best.1 { (i, v) } else { best },
+        );
+    let closest = by_distance.first().copied().unwrap_or(0);
+    let closest_ranks = by_distance
+        .iter()
+        .take(p.ranks)
+        .enumerate()
+        .map(|(rank, &i)| {
+            let id = sim.id(i);
+            RankLoad {
+                rank,
+                node: i,
+                id: id.to_string(),
+                distance_log2: id.distance(&key).log2(),
+                rpcs_per_min: put_avg[i],
+                get_probes_per_min: avg(&per_min[i], |x| x.1),
+                stores_value: storing.binary_search(&id).is_ok(),
+            }
+        })
+        .collect();
+    let minutes = f64::from(p.minutes.max(1));
+    let bound = u64::from(beta) * (n.max(1) as f64).log2().ceil() as u64;
+    Ok(HotspotReport {
+        experiment: "hotspot",
+        seed: p.net.seed,
+        nodes: n,
+        log2_nodes: log2(n),
+        beta,
+        bound,
+        minutes: p.minutes,
+        rate: p.rate,
+        ttl_secs: p.ttl.as_secs(),
+        latency: p.net.latency,
+        join: join.into(),
+        aggregate_puts_per_min: puts_issued as f64 / minutes,
+        aggregate_gets_per_min: gets_issued as f64 / minutes,
+        closest_node: closest,
+        closest_node_rpcs_per_min: put_avg.get(closest).copied().unwrap_or(0.0),
+        max_node_rpcs_per_min: max_load.max(0.0),
+        max_node,
+        max_node_rank: by_distance.iter().position(|&i| i == max_node).unwrap_or(0),
+        nodes_storing_value: storing.len(),
+        closest_ranks,
+        closest_node_per_minute: per_min
+            .get(closest)
+            .map(|r| r.iter().map(|x| x.0).collect())
+            .unwrap_or_default(),
+        put_success_rate: ratio(puts_ok, puts_done),
+        get_success_rate: ratio(gets_ok, gets_done),
+        get_hops_mean: mean(&get_hops),
+        puts_done,
+        gets_done,
+        ops_failed: failed,
+        datagrams_delivered: sim.counters().delivered,
+        trace_hash: format!("{:016x}", sim.trace_hash()),
+    })
+}
+
+impl HotspotReport {
+    /// A few lines for people.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "hotspot: {} nodes (log2 {:.2}), {} minutes, {} puts+gets/node/s, seed {}, latency {:?}",
+            self.nodes, self.log2_nodes, self.minutes, self.rate, self.seed, self.latency
+        );
+        let _ = writeln!(
+            s,
+            "  join: {} joined, {} empty, {} timed out, {:.1} virtual s",
+            self.join.joined, self.join.empty, self.join.timed_out, self.join.virtual_secs
+        );
+        let _ = writeln!(
+            s,
+            "  aggregate: {:.0} puts/min, {:.0} gets/min; puts ok {:.4}, gets ok {:.4}, get hops {:.2}, {} failed",
+            self.aggregate_puts_per_min,
+            self.aggregate_gets_per_min,
+            self.put_success_rate,
+            self.get_success_rate,
+            self.get_hops_mean,
+            self.ops_failed
+        );
+        let _ = writeln!(
+            s,
+            "  beta {} -> bound beta*ceil(log2 n) = {} RPCs/min",
+            self.beta, self.bound
+        );
+        let _ = writeln!(
+            s,
+            "  closest node {}: {:.1} store+put-probe RPCs/min (per minute: {:?})",
+            self.closest_node, self.closest_node_rpcs_per_min, self.closest_node_per_minute
+        );
+        let _ = writeln!(
+            s,
+            "  busiest node {} (distance rank {}): {:.1} RPCs/min",
+            self.max_node, self.max_node_rank, self.max_node_rpcs_per_min
+        );
+        let _ = writeln!(s, "  nodes storing a value: {}", self.nodes_storing_value);
+        let _ = writeln!(
+            s,
+            "  rank  node   log2(dist)  put RPCs/min  get-probes/min  stores"
+        );
+        for r in &self.closest_ranks {
+            let _ = writeln!(
+                s,
+                "  {:>4}  {:>5}  {:>10.2}  {:>12.1}  {:>14.1}  {}",
+                r.rank,
+                r.node,
+                r.distance_log2,
+                r.rpcs_per_min,
+                r.get_probes_per_min,
+                r.stores_value
+            );
+        }
+        let _ = write!(
+            s,
+            "  {} datagrams delivered, trace {}",
+            self.datagrams_delivered, self.trace_hash
+        );
+        s
+    }
+}

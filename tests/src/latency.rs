@@ -1,0 +1,722 @@
+//! Round-trip times between simulated nodes.
+//!
+//! The simulator delays every datagram by the one-way delay from sender to
+//! receiver, taken as half of the round-trip time (RTT) given here. Three
+//! models:
+//!
+//! - [`LatencyModel::constant`]: every pair has the same RTT. For small unit
+//!   tests where geography does not matter.
+//! - [`LatencyModel::sphere`]: a synthetic, seeded Internet. Nodes are points
+//!   on an Earth-sized sphere, most of them scattered around a few populated
+//!   regions (see [`SphereParams`]), and a pair's RTT is the fibre
+//!   propagation delay over the great-circle distance, inflated for indirect
+//!   routes, plus each end's access delay. RTTs range from about 2 ms (two
+//!   nodes in one metro area) to about 300 ms (antipodes behind slow access
+//!   links), with a median near 100 ms.
+//! - [`LatencyModel::matrix`]: a measured RTT matrix, usually the PlanetLab
+//!   data set in `tests/data/` (245 hosts, median RTT 131 ms) loaded with
+//!   [`RttMatrix::load`]. Node `i` sits at host `i % N`. The first `N` nodes
+//!   see the measured matrix exactly; every later node is an extra machine at
+//!   an already used host, behind an access link that adds a seeded delay
+//!   uniform in [`MATRIX_EXTRA_ACCESS_MS`] to each of its RTTs, so that two
+//!   nodes at one host are close but not at distance zero.
+//!
+//! Per-node placement is drawn from an RNG seeded by the model seed and the
+//! node index alone, so a node's place does not depend on how many nodes
+//! were added before it or in what order.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coral_core::rng::Rng;
+
+use crate::trace::mix64;
+
+/// Where the PlanetLab RTT matrix shipped with this crate lives.
+pub const PLANETLAB_RTT_PATH: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/data/planetlab-245-rtt.tsv");
+
+/// The range, in milliseconds, of the extra RTT an access link adds to every
+/// RTT of a node beyond the first `N` in [`LatencyModel::matrix`].
+pub const MATRIX_EXTRA_ACCESS_MS: (f64, f64) = (0.5, 5.0);
+
+/// Why an RTT matrix could not be loaded. Lines and columns count from 1.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// There is no row at all.
+    #[error("the matrix has no rows")]
+    Empty,
+    /// An entry is not a decimal number.
+    #[error("line {line}, column {column}: {token:?} is not a number")]
+    NotANumber {
+        /// The line in the file.
+        line: usize,
+        /// The entry's position on its line.
+        column: usize,
+        /// The text found.
+        token: String,
+    },
+    /// An entry is NaN or infinite.
+    #[error("line {line}, column {column}: {value} is not finite")]
+    NotFinite {
+        /// The line in the file.
+        line: usize,
+        /// The entry's position on its line.
+        column: usize,
+        /// The value found.
+        value: f64,
+    },
+    /// An entry is below zero.
+    #[error("line {line}, column {column}: negative RTT {value}")]
+    Negative {
+        /// The line in the file.
+        line: usize,
+        /// The entry's position on its line.
+        column: usize,
+        /// The value found.
+        value: f64,
+    },
+    /// A row does not have as many entries as the first one.
+    #[error("line {line}: {found} entries, but the first row has {expected}")]
+    RowLength {
+        /// The line in the file.
+        line: usize,
+        /// Entries on this line.
+        found: usize,
+        /// Entries on the first row.
+        expected: usize,
+    },
+    /// The number of rows differs from the number of columns.
+    #[error("{rows} rows of {columns} entries: the matrix must be square")]
+    NotSquare {
+        /// Rows found.
+        rows: usize,
+        /// Entries per row.
+        columns: usize,
+    },
+    /// A diagonal entry (a host's RTT to itself) is not zero.
+    #[error("line {line}, column {column}: diagonal entry {value} is not 0")]
+    NonZeroDiagonal {
+        /// The line in the file.
+        line: usize,
+        /// The entry's position on its line.
+        column: usize,
+        /// The value found.
+        value: f64,
+    },
+}
+
+/// A validated square matrix of RTTs between hosts, in microseconds.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RttMatrix {
+    n: usize,
+    rtt_us: Vec<u32>,
+}
+
+impl fmt::Debug for RttMatrix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RttMatrix({}×{})", self.n, self.n)
+    }
+}
+
+impl RttMatrix {
+    /// Reads and validates a matrix file: one row per line, entries in
+    /// milliseconds separated by whitespace, blank lines ignored. The matrix
+    /// must be square with a zero diagonal and finite, non-negative entries.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// The PlanetLab matrix shipped with this crate ([`PLANETLAB_RTT_PATH`]).
+    pub fn planetlab() -> Result<Self, LoadError> {
+        Self::load(PLANETLAB_RTT_PATH)
+    }
+
+    /// Parses and validates matrix text in the format of [`Self::load`].
+    pub fn parse(text: &str) -> Result<Self, LoadError> {
+        let mut rows: Vec<(usize, Vec<f64>)> = Vec::new();
+        let mut width = None;
+        for (idx, raw) in text.lines().enumerate() {
+            let line = idx + 1;
+            if raw.trim().is_empty() {
+                continue;
+            }
+            let mut row = Vec::with_capacity(width.unwrap_or(0));
+            for (cidx, token) in raw.split_whitespace().enumerate() {
+                let column = cidx + 1;
+                let value: f64 = token.parse().map_err(|_| LoadError::NotANumber {
+                    line,
+                    column,
+                    token: token.to_owned(),
+                })?;
+                if !value.is_finite() {
+                    return Err(LoadError::NotFinite {
+                        line,
+                        column,
+                        value,
+                    });
+                }
+                if value < 0.0 {
+                    return Err(LoadError::Negative {
+                        line,
+                        column,
+                        value,
+                    });
+                }
+                row.push(value);
+            }
+            let expected = *width.get_or_insert(row.len());
+            if row.len() != expected {
+                return Err(LoadError::RowLength {
+                    line,
+                    found: row.len(),
+                    expected,
+                });
+            }
+            rows.push((line, row));
+        }
+        let Some(columns) = width else {
+            return Err(LoadError::Empty);
+        };
+        if rows.len() != columns {
+            return Err(LoadError::NotSquare {
+                rows: rows.len(),
+                columns,
+            });
+        }
+        let n = columns;
+        let mut rtt_us = Vec::with_capacity(n * n);
+        for (i, (line, row)) in rows.iter().enumerate() {
+            if row[i] != 0.0 {
+                return Err(LoadError::NonZeroDiagonal {
+                    line: *line,
+                    column: i + 1,
+                    value: row[i],
+                });
+            }
+            rtt_us.extend(row.iter().map(|ms| ms_to_us(*ms)));
+        }
+        Ok(Self { n, rtt_us })
+    }
+
+    /// Number of hosts.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether the matrix has no host (never true for a loaded matrix).
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The RTT from host `i` to host `j`, in microseconds.
+    ///
+    /// # Panics
+    /// If `i` or `j` is not below [`Self::len`].
+    pub fn rtt_us(&self, i: usize, j: usize) -> u32 {
+        self.rtt_us[i * self.n + j]
+    }
+
+    /// The RTT from host `i` to host `j`.
+    pub fn rtt(&self, i: usize, j: usize) -> Duration {
+        Duration::from_micros(u64::from(self.rtt_us(i, j)))
+    }
+}
+
+fn ms_to_us(ms: f64) -> u32 {
+    // Saturating cast: an hour-long RTT is as good as infinite here.
+    (ms * 1000.0).round().min(f64::from(u32::MAX)) as u32
+}
+
+/// A populated region of the synthetic sphere: a centre and a share of nodes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Region {
+    /// Latitude of the centre, degrees north.
+    pub lat_deg: f64,
+    /// Longitude of the centre, degrees east.
+    pub lon_deg: f64,
+    /// Relative share of the nodes placed around this centre.
+    pub weight: f64,
+}
+
+/// Parameters of [`LatencyModel::sphere`].
+///
+/// ```text
+/// RTT(i, j) = 2 · route_inflation · great_circle_km(i, j) / km_per_ms
+///           + access(i) + access(j)
+/// access(x) = min(access_min_ms + Exp(mean = access_mean_ms), access_max_ms)
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct SphereParams {
+    /// Radius of the sphere: the Earth's, 6371 km.
+    pub radius_km: f64,
+    /// One-way propagation speed: light in fibre, about 200 km per ms.
+    pub km_per_ms: f64,
+    /// How much longer real routes are than the great circle. 1.3 puts the
+    /// antipodes at about 260 ms before access delays.
+    pub route_inflation: f64,
+    /// Population centres. Real hosts cluster in a few regions, which is
+    /// what gives Coral's 20 ms and 60 ms clusters something to find.
+    pub regions: Vec<Region>,
+    /// Share of nodes placed uniformly on the sphere instead of in a region.
+    pub uniform_share: f64,
+    /// Standard deviation of a node's offset from its region centre, in
+    /// degrees of arc (7° ≈ 780 km).
+    pub region_spread_deg: f64,
+    /// Smallest access RTT contribution of one node, ms.
+    pub access_min_ms: f64,
+    /// Mean of the exponential part of the access RTT, ms.
+    pub access_mean_ms: f64,
+    /// Largest access RTT contribution of one node, ms.
+    pub access_max_ms: f64,
+}
+
+impl Default for SphereParams {
+    fn default() -> Self {
+        let r = |lat_deg, lon_deg, weight| Region {
+            lat_deg,
+            lon_deg,
+            weight,
+        };
+        Self {
+            radius_km: 6371.0,
+            km_per_ms: 200.0,
+            route_inflation: 1.3,
+            regions: vec![
+                r(40.0, -77.0, 0.22),  // eastern North America
+                r(37.0, -120.0, 0.13), // western North America
+                r(50.0, 8.0, 0.25),    // Europe
+                r(35.0, 125.0, 0.15),  // East Asia
+                r(22.0, 78.0, 0.05),   // South Asia
+                r(-23.0, -47.0, 0.05), // South America
+                r(-33.0, 150.0, 0.05), // Oceania
+            ],
+            uniform_share: 0.10,
+            region_spread_deg: 7.0,
+            access_min_ms: 0.5,
+            access_mean_ms: 4.0,
+            access_max_ms: 30.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Constant { rtt_us: u32 },
+    Sphere(Box<SphereParams>),
+    Matrix(Arc<RttMatrix>),
+}
+
+/// Where one node sits in the model.
+#[derive(Clone, Copy, Debug, Default)]
+struct Place {
+    /// Unit vector on the sphere (sphere model only).
+    p: [f64; 3],
+    /// Host in the matrix (matrix model only).
+    host: u32,
+    /// This node's access contribution to every RTT, µs.
+    access_us: u32,
+}
+
+/// RTTs between simulated nodes, by node index. See the module doc.
+#[derive(Clone, Debug)]
+pub struct LatencyModel {
+    kind: Kind,
+    seed: u64,
+    places: Vec<Place>,
+}
+
+impl LatencyModel {
+    /// Every pair of distinct nodes has round-trip time `rtt`.
+    pub fn constant(rtt: Duration) -> Self {
+        let rtt_us = u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX);
+        Self {
+            kind: Kind::Constant { rtt_us },
+            seed: 0,
+            places: Vec::new(),
+        }
+    }
+
+    /// The synthetic sphere with the default [`SphereParams`].
+    pub fn sphere(seed: u64) -> Self {
+        Self::sphere_with(seed, SphereParams::default())
+    }
+
+    /// The synthetic sphere with explicit parameters.
+    pub fn sphere_with(seed: u64, params: SphereParams) -> Self {
+        Self {
+            kind: Kind::Sphere(Box::new(params)),
+            seed,
+            places: Vec::new(),
+        }
+    }
+
+    /// A measured matrix; node `i` sits at host `i % matrix.len()`. The seed
+    /// draws the access delays of nodes beyond the first `matrix.len()`.
+    pub fn matrix(matrix: Arc<RttMatrix>, seed: u64) -> Self {
+        Self {
+            kind: Kind::Matrix(matrix),
+            seed,
+            places: Vec::new(),
+        }
+    }
+
+    /// A short name of the model for reports.
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Constant { .. } => "constant",
+            Kind::Sphere(_) => "sphere",
+            Kind::Matrix(_) => "matrix",
+        }
+    }
+
+    /// Places nodes `0..n` (drawing each one's position once). The simulator
+    /// calls it when nodes are added; [`Self::rtt_us`] needs it first.
+    pub fn ensure(&mut self, n: usize) {
+        while self.places.len() < n {
+            let i = self.places.len();
+            let place = self.place(i);
+            self.places.push(place);
+        }
+    }
+
+    fn place(&self, i: usize) -> Place {
+        let mut rng = Rng::new(mix64(self.seed, i as u64));
+        match &self.kind {
+            Kind::Constant { .. } => Place::default(),
+            Kind::Sphere(params) => sphere_place(params, &mut rng),
+            Kind::Matrix(m) => {
+                let n = m.len().max(1);
+                let host = (i % n) as u32;
+                let access_us = if i < n {
+                    0
+                } else {
+                    let (lo, hi) = MATRIX_EXTRA_ACCESS_MS;
+                    ms_to_us(lo + (hi - lo) * rng.unit_f64())
+                };
+                Place {
+                    p: [0.0; 3],
+                    host,
+                    access_us,
+                }
+            }
+        }
+    }
+
+    /// Round-trip time between nodes `i` and `j` in microseconds (0 when
+    /// `i == j`).
+    ///
+    /// # Panics
+    /// If [`Self::ensure`] has not placed both nodes.
+    pub fn rtt_us(&self, i: usize, j: usize) -> u64 {
+        if i == j {
+            return 0;
+        }
+        match &self.kind {
+            Kind::Constant { rtt_us } => u64::from(*rtt_us),
+            Kind::Sphere(params) => {
+                let (a, b) = (&self.places[i], &self.places[j]);
+                let dot = (a.p[0] * b.p[0] + a.p[1] * b.p[1] + a.p[2] * b.p[2]).clamp(-1.0, 1.0);
+                let km = dot.acos() * params.radius_km;
+                let prop_ms = 2.0 * params.route_inflation * km / params.km_per_ms;
+                (prop_ms * 1000.0).round() as u64 + u64::from(a.access_us) + u64::from(b.access_us)
+            }
+            Kind::Matrix(m) => {
+                let (a, b) = (&self.places[i], &self.places[j]);
+                u64::from(m.rtt_us(a.host as usize, b.host as usize))
+                    + u64::from(a.access_us)
+                    + u64::from(b.access_us)
+            }
+        }
+    }
+
+    /// Round-trip time between nodes `i` and `j`.
+    pub fn rtt(&self, i: usize, j: usize) -> Duration {
+        Duration::from_micros(self.rtt_us(i, j))
+    }
+
+    /// One-way delay from node `i` to node `j`, in microseconds: RTT / 2.
+    pub fn one_way_us(&self, i: usize, j: usize) -> u64 {
+        self.rtt_us(i, j) / 2
+    }
+}
+
+/// A standard normal draw (Box–Muller).
+fn gaussian(rng: &mut Rng) -> f64 {
+    let u1 = 1.0 - rng.unit_f64(); // (0, 1]: keeps ln finite
+    let u2 = rng.unit_f64();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+fn unit_vector(lat_rad: f64, lon_rad: f64) -> [f64; 3] {
+    [
+        lat_rad.cos() * lon_rad.cos(),
+        lat_rad.cos() * lon_rad.sin(),
+        lat_rad.sin(),
+    ]
+}
+
+fn normalize(v: [f64; 3]) -> [f64; 3] {
+    let len = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+    if len == 0.0 {
+        [1.0, 0.0, 0.0]
+    } else {
+        [v[0] / len, v[1] / len, v[2] / len]
+    }
+}
+
+fn sphere_place(params: &SphereParams, rng: &mut Rng) -> Place {
+    let total: f64 = params.regions.iter().map(|r| r.weight.max(0.0)).sum();
+    let p = if params.regions.is_empty() || total <= 0.0 || rng.unit_f64() < params.uniform_share {
+        // Uniform on the sphere: a normalized 3-D Gaussian.
+        normalize([gaussian(rng), gaussian(rng), gaussian(rng)])
+    } else {
+        let mut pick = rng.unit_f64() * total;
+        let mut region = params.regions[params.regions.len() - 1];
+        for r in &params.regions {
+            let w = r.weight.max(0.0);
+            if pick < w {
+                region = *r;
+                break;
+            }
+            pick -= w;
+        }
+        let c = unit_vector(region.lat_deg.to_radians(), region.lon_deg.to_radians());
+        // Offset the centre by a small Gaussian in its tangent plane.
+        let sigma = params.region_spread_deg.to_radians();
+        let east = normalize([-c[1], c[0], 0.0]);
+        let north = [
+            c[1] * east[2] - c[2] * east[1],
+            c[2] * east[0] - c[0] * east[2],
+            c[0] * east[1] - c[1] * east[0],
+        ];
+        let (de, dn) = (gaussian(rng) * sigma, gaussian(rng) * sigma);
+        normalize([
+            c[0] + de * east[0] + dn * north[0],
+            c[1] + de * east[1] + dn * north[1],
+            c[2] + de * east[2] + dn * north[2],
+        ])
+    };
+    let exp = -params.access_mean_ms * (1.0 - rng.unit_f64()).ln();
+    let access_ms = (params.access_min_ms + exp).min(params.access_max_ms);
+    Place {
+        p,
+        host: 0,
+        access_us: ms_to_us(access_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::metrics::percentile;
+
+    fn rtts_ms(model: &mut LatencyModel, n: usize) -> Vec<f64> {
+        model.ensure(n);
+        let mut v = Vec::new();
+        for i in 0..n {
+            for j in (i + 1)..n {
+                v.push(model.rtt_us(i, j) as f64 / 1000.0);
+            }
+        }
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    #[test]
+    fn sphere_spread_is_realistic() {
+        let mut m = LatencyModel::sphere(42);
+        let v = rtts_ms(&mut m, 400);
+        let (min, p50, max) = (v[0], percentile(&v, 50.0), v[v.len() - 1]);
+        let under = |ms: f64| v.iter().filter(|x| **x < ms).count() as f64 / v.len() as f64;
+        eprintln!(
+            "sphere: min {min:.1} p50 {p50:.1} max {max:.1} ms; <20ms {:.3} <60ms {:.3}",
+            under(20.0),
+            under(60.0)
+        );
+        assert!(min < 5.0, "min {min}");
+        assert!((60.0..160.0).contains(&p50), "median {p50}");
+        assert!((200.0..=330.0).contains(&max), "max {max}");
+        // Clustered placement leaves a few percent of pairs within 20 ms.
+        assert!((0.01..0.2).contains(&under(20.0)), "{}", under(20.0));
+    }
+
+    #[test]
+    fn sphere_is_symmetric_seeded_and_order_independent() {
+        let mut a = LatencyModel::sphere(7);
+        let mut b = LatencyModel::sphere(7);
+        a.ensure(50);
+        b.ensure(10);
+        b.ensure(50);
+        for i in 0..50 {
+            assert_eq!(a.rtt_us(i, i), 0);
+            for j in 0..50 {
+                assert_eq!(a.rtt_us(i, j), a.rtt_us(j, i));
+                assert_eq!(a.rtt_us(i, j), b.rtt_us(i, j));
+            }
+        }
+        let mut c = LatencyModel::sphere(8);
+        c.ensure(50);
+        assert!((0..50).any(|j| c.rtt_us(0, j) != a.rtt_us(0, j)));
+        assert_eq!(a.one_way_us(1, 2), a.rtt_us(1, 2) / 2);
+    }
+
+    #[test]
+    fn planetlab_loads_and_wraps() {
+        let m = Arc::new(RttMatrix::planetlab().unwrap());
+        assert_eq!(m.len(), 245);
+        let mut model = LatencyModel::matrix(m.clone(), 3);
+        model.ensure(600);
+        // The first N nodes see the data exactly.
+        assert_eq!(model.rtt_us(0, 1), u64::from(m.rtt_us(0, 1)));
+        assert_eq!(m.rtt(0, 1), Duration::from_micros(121_445));
+        // Node 245 is a second machine at host 0.
+        let extra = model.rtt_us(0, 245);
+        assert!((500..=5000).contains(&extra), "{extra}");
+        let d = model.rtt_us(245, 1) - u64::from(m.rtt_us(0, 1));
+        assert_eq!(d, extra);
+        let v = rtts_ms(&mut LatencyModel::matrix(m, 3), 245);
+        let p50 = percentile(&v, 50.0);
+        assert!((120.0..140.0).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn constant_model() {
+        let m = LatencyModel::constant(Duration::from_millis(40));
+        assert_eq!(m.rtt(3, 9), Duration::from_millis(40));
+        assert_eq!(m.one_way_us(3, 9), 20_000);
+        assert_eq!(m.rtt_us(4, 4), 0);
+    }
+
+    fn load_text(text: &str) -> Result<RttMatrix, LoadError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.tsv");
+        std::fs::write(&path, text).unwrap();
+        RttMatrix::load(&path)
+    }
+
+    #[test]
+    fn loader_accepts_a_small_matrix() {
+        let m = load_text("0\t1.5\n1.5\t0\n\n").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.rtt_us(0, 1), 1500);
+    }
+
+    #[test]
+    fn loader_errors_name_line_and_column() {
+        let e = load_text("0 1\n1 x\n").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LoadError::NotANumber {
+                    line: 2,
+                    column: 2,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "line 2, column 2: \"x\" is not a number");
+
+        let e = load_text("0 1\n1 0 3\n").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LoadError::RowLength {
+                    line: 2,
+                    found: 3,
+                    expected: 2
+                }
+            ),
+            "{e}"
+        );
+
+        let e = load_text("0 1 2\n1 0 3\n").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LoadError::NotSquare {
+                    rows: 2,
+                    columns: 3
+                }
+            ),
+            "{e}"
+        );
+
+        let e = load_text("0 1\n1 0.5\n").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LoadError::NonZeroDiagonal {
+                    line: 2,
+                    column: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        let e = load_text("\n0 -1\n1 0\n").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LoadError::Negative {
+                    line: 2,
+                    column: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        let e = load_text("0 inf\n1 0\n").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LoadError::NotFinite {
+                    line: 1,
+                    column: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = load_text("0 NaN\n1 0\n").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LoadError::NotFinite {
+                    line: 1,
+                    column: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        let e = load_text("  \n\n").unwrap_err();
+        assert!(matches!(e, LoadError::Empty), "{e}");
+
+        let e = RttMatrix::load("/nonexistent/coral/m.tsv").unwrap_err();
+        assert!(matches!(e, LoadError::Io { .. }), "{e}");
+        assert!(e.to_string().contains("/nonexistent/coral/m.tsv"), "{e}");
+    }
+}
