@@ -26,8 +26,22 @@ pub struct Id(pub [u8; ID_LEN]);
 pub type Key = Id;
 
 /// The XOR distance between two ids, ordered as a 160-bit unsigned integer.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Distance(pub [u8; ID_LEN]);
+
+// Compared as two machine words: the derived byte-array order calls
+// `memcmp`, which dominated the halving reply on the RPC hot path.
+impl Ord for Distance {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.words().cmp(&other.words())
+    }
+}
+
+impl PartialOrd for Distance {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Id {
     /// The all-zero id.
@@ -164,37 +178,37 @@ impl Distance {
         (lz < ID_BITS).then(|| ID_BITS - 1 - lz)
     }
 
+    /// The distance as (high 32 bits, low 128 bits), for word arithmetic.
+    fn words(&self) -> (u32, u128) {
+        let mut hi = [0u8; 4];
+        let mut lo = [0u8; 16];
+        hi.copy_from_slice(&self.0[..4]);
+        lo.copy_from_slice(&self.0[4..]);
+        (u32::from_be_bytes(hi), u128::from_be_bytes(lo))
+    }
+
+    fn from_words(hi: u32, lo: u128) -> Self {
+        let mut out = [0u8; ID_LEN];
+        out[..4].copy_from_slice(&hi.to_be_bytes());
+        out[4..].copy_from_slice(&lo.to_be_bytes());
+        Self(out)
+    }
+
     /// `self / 2`, rounding down.
     pub fn half(&self) -> Self {
-        let mut out = [0u8; ID_LEN];
-        let mut carry = 0u8;
-        for (i, b) in self.0.iter().enumerate() {
-            out[i] = (b >> 1) | carry;
-            carry = (b & 1) << 7;
-        }
-        Self(out)
+        let (hi, lo) = self.words();
+        Self::from_words(hi >> 1, (lo >> 1) | (u128::from(hi & 1) << 127))
     }
 
     /// `|self - other|`.
     pub fn abs_diff(&self, other: &Self) -> Self {
-        let (hi, lo) = if self >= other {
-            (self, other)
+        let (a, b) = if self >= other {
+            (self.words(), other.words())
         } else {
-            (other, self)
+            (other.words(), self.words())
         };
-        let mut out = [0u8; ID_LEN];
-        let mut borrow = 0i16;
-        for i in (0..ID_LEN).rev() {
-            let mut v = i16::from(hi.0[i]) - i16::from(lo.0[i]) - borrow;
-            if v < 0 {
-                v += 256;
-                borrow = 1;
-            } else {
-                borrow = 0;
-            }
-            out[i] = v as u8;
-        }
-        Self(out)
+        let (lo, borrow) = a.1.overflowing_sub(b.1);
+        Self::from_words(a.0.wrapping_sub(b.0).wrapping_sub(u32::from(borrow)), lo)
     }
 
     /// An approximation of the distance as a float, for estimates and logs.

@@ -66,6 +66,8 @@
 
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 use crate::contact::Contact;
 use crate::id::{Distance, ID_BITS, Id};
 use crate::time::Instant;
@@ -571,28 +573,32 @@ impl RoutingTable {
         if n == 0 {
             return Vec::new();
         }
-        let by_target = |c: &Contact| {
-            let d = key.distance(&c.id);
-            (d.abs_diff(&target), d)
-        };
-        let by_key = |c: &Contact| key.distance(&c.id);
         let near = count.div_ceil(2).min(n);
-        let mut out = Vec::with_capacity(n);
+        // One pass on native words: each contact's distance is computed
+        // once, and most contacts are rejected by two integer comparisons.
+        // The `n` closest to the key always include the `n - near` closest
+        // not chosen by target, so selecting both at once is exact.
+        let key = Words::of(&key.0);
+        let target = Words::of(&target.0);
+        let mut by_target: SmallVec<[((Words, Words), Contact); 8]> = SmallVec::new();
+        let mut by_key: SmallVec<[(Words, Contact); 8]> = SmallVec::new();
         for e in self.iter() {
-            insert_bounded(&mut out, 0, near, e.contact, by_target);
+            let d = Words::of(&e.contact.id.0).xor(key);
+            select(&mut by_target, near, ((d.abs_diff(target), d), e.contact));
+            select(&mut by_key, n, (d, e.contact));
         }
-        // Ranks by target are unique (distinct ids have distinct distances to
-        // `key`), so a contact was chosen above exactly when its rank is at
-        // most the worst chosen one's: membership without a search.
-        if let Some(threshold) = out.last().map(by_target) {
-            for e in self.iter() {
-                if by_target(&e.contact) > threshold {
-                    insert_bounded(&mut out, near, n - near, e.contact, by_key);
-                }
+        let mut out: SmallVec<[(Words, Contact); 16]> =
+            by_target.iter().map(|&((_, d), c)| (d, c)).collect();
+        for &(d, c) in &by_key {
+            if out.len() >= n {
+                break;
+            }
+            if !by_target.iter().any(|&((_, td), _)| td == d) {
+                out.push((d, c));
             }
         }
-        out.sort_unstable_by_key(by_key);
-        out
+        out.sort_unstable_by_key(|(d, _)| *d);
+        out.into_iter().map(|(_, c)| c).collect()
     }
 
     /// Records that a lookup for `key` went through the bucket `key` falls in,
@@ -702,6 +708,46 @@ fn bucket_mut<'a>(buckets: &'a mut [Bucket], own: &Id, id: &Id) -> Option<&'a mu
 /// kept at most `cap` long. `out[start..]` is the tail of `out`, and `out`
 /// never grows beyond `start + cap`, so it never reallocates past the
 /// capacity the caller reserved.
+/// A 160-bit value as (high 32 bits, low 128 bits), for fast comparison
+/// and subtraction on the reply path.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+struct Words(u32, u128);
+
+impl Words {
+    fn of(b: &[u8; crate::id::ID_LEN]) -> Self {
+        let mut hi = [0u8; 4];
+        let mut lo = [0u8; 16];
+        hi.copy_from_slice(&b[..4]);
+        lo.copy_from_slice(&b[4..]);
+        Self(u32::from_be_bytes(hi), u128::from_be_bytes(lo))
+    }
+
+    fn xor(self, o: Self) -> Self {
+        Self(self.0 ^ o.0, self.1 ^ o.1)
+    }
+
+    fn abs_diff(self, o: Self) -> Self {
+        let (a, b) = if self >= o { (self, o) } else { (o, self) };
+        let (lo, borrow) = a.1.overflowing_sub(b.1);
+        Self(a.0.wrapping_sub(b.0).wrapping_sub(u32::from(borrow)), lo)
+    }
+}
+
+/// Keeps the `cap` smallest items of a stream in `out`, sorted.
+#[inline]
+fn select<R: Ord + Copy>(out: &mut SmallVec<[(R, Contact); 8]>, cap: usize, item: (R, Contact)) {
+    if out.len() >= cap {
+        match out.last() {
+            Some(last) if item.0 < last.0 => {
+                out.pop();
+            }
+            _ => return,
+        }
+    }
+    let pos = out.partition_point(|x| x.0 < item.0);
+    out.insert(pos, item);
+}
+
 fn insert_bounded<R: Ord>(
     out: &mut Vec<Contact>,
     start: usize,
