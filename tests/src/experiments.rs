@@ -395,6 +395,8 @@ pub struct RankLoad {
     pub distance_log2: f64,
     /// Store + put-probe RPCs received per minute, averaged after minute 1.
     pub rpcs_per_min: f64,
+    /// Of those, store RPCs.
+    pub stores_per_min: f64,
     /// Get-probe RPCs received per minute, averaged after minute 1.
     pub get_probes_per_min: f64,
     /// Whether some put reported storing a value at this node.
@@ -443,6 +445,12 @@ pub struct HotspotReport {
     pub max_node_rank: usize,
     /// Distinct nodes reported as storing a value for the key by any put.
     pub nodes_storing_value: usize,
+    /// Nodes whose store holds a value for the key at the end of the run
+    /// (read from the nodes, a cross-check of the previous field).
+    pub nodes_holding_value_at_end: usize,
+    /// The most store RPCs (alone) any node received per minute, averaged
+    /// after minute 1.
+    pub max_node_stores_per_min: f64,
     /// Load of the closest nodes, by distance rank.
     pub closest_ranks: Vec<RankLoad>,
     /// The closest node's store + put-probe RPCs in each minute.
@@ -485,15 +493,16 @@ pub fn hotspot(p: &HotspotParams) -> Result<HotspotReport, LoadError> {
         .map(|i| Bytes::from(sim.addr(i).to_string().into_bytes()))
         .collect();
 
-    let load = |sim: &Sim, i: usize| {
-        sim.stats(i).map_or((0, 0), |s| {
-            (s.rpcs_in.store + s.rpcs_in.put_probe, s.rpcs_in.get_probe)
+    // [store, put-probe, get-probe] RPCs received so far.
+    let load = |sim: &Sim, i: usize| -> [u64; 3] {
+        sim.stats(i).map_or([0; 3], |s| {
+            [s.rpcs_in.store, s.rpcs_in.put_probe, s.rpcs_in.get_probe]
         })
     };
     let t0 = sim.now();
-    let mut last: Vec<(u64, u64)> = (0..n).map(|i| load(&sim, i)).collect();
-    // per_min[i][m] = (put load, get-probe load) of node i in minute m.
-    let mut per_min: Vec<Vec<(u64, u64)>> = vec![Vec::with_capacity(p.minutes as usize); n];
+    let mut last: Vec<[u64; 3]> = (0..n).map(|i| load(&sim, i)).collect();
+    // per_min[i][m] = [store, put-probe, get-probe] RPCs node i received in minute m.
+    let mut per_min: Vec<Vec<[u64; 3]>> = vec![Vec::with_capacity(p.minutes as usize); n];
     let mut storing: Vec<Id> = Vec::new();
     let (mut puts_issued, mut gets_issued) = (0u64, 0u64);
     let (mut puts_done, mut puts_ok, mut gets_done, mut gets_ok, mut failed) = (0, 0, 0, 0, 0);
@@ -549,10 +558,7 @@ pub fn hotspot(p: &HotspotParams) -> Result<HotspotReport, LoadError> {
         sim.run_until(to);
         for (i, row) in per_min.iter_mut().enumerate() {
             let now = load(&sim, i);
-            row.push((
-                now.0.saturating_sub(last[i].0),
-                now.1.saturating_sub(last[i].1),
-            ));
+            row.push([0, 1, 2].map(|k| now[k].saturating_sub(last[i][k])));
             last[i] = now;
         }
         absorb(&mut sim, &mut storing);
@@ -563,7 +569,7 @@ pub fn hotspot(p: &HotspotParams) -> Result<HotspotReport, LoadError> {
     absorb(&mut sim, &mut storing);
 
     let skip = usize::from(p.minutes > 1);
-    let avg = |row: &[(u64, u64)], pick: fn(&(u64, u64)) -> u64| {
+    let avg = |row: &[[u64; 3]], pick: fn(&[u64; 3]) -> u64| {
         let tail = &row[skip.min(row.len())..];
         if tail.is_empty() {
             0.0
@@ -573,7 +579,20 @@ pub fn hotspot(p: &HotspotParams) -> Result<HotspotReport, LoadError> {
     };
     let mut by_distance: Vec<usize> = (0..n).collect();
     by_distance.sort_by_key(|&i| (sim.id(i).distance(&key), i));
-    let put_avg: Vec<f64> = per_min.iter().map(|r| avg(r, |x| x.0)).collect();
+    let put_avg: Vec<f64> = per_min.iter().map(|r| avg(r, |x| x[0] + x[1])).collect();
+    let store_avg: Vec<f64> = per_min.iter().map(|r| avg(r, |x| x[0])).collect();
+    let max_stores = store_avg.iter().copied().fold(0.0, f64::max);
+    let now = sim.now();
+    let holding = (0..n)
+        .filter(|&i| {
+            sim.node(i).is_some_and(|node| {
+                node.levels()
+                    .iter()
+                    .enumerate()
+                    .any(|(l, _)| !node.stored_values(now, l as u8, &key).is_empty())
+            })
+        })
+        .count();
     let (max_node, max_load) =
         put_avg.iter().enumerate().fold(
             (0, f64::MIN),
@@ -592,7 +611,8 @@ pub fn hotspot(p: &HotspotParams) -> Result<HotspotReport, LoadError> {
                 id: id.to_string(),
                 distance_log2: id.distance(&key).log2(),
                 rpcs_per_min: put_avg[i],
-                get_probes_per_min: avg(&per_min[i], |x| x.1),
+                stores_per_min: store_avg[i],
+                get_probes_per_min: avg(&per_min[i], |x| x[2]),
                 stores_value: storing.binary_search(&id).is_ok(),
             }
         })
@@ -619,10 +639,12 @@ pub fn hotspot(p: &HotspotParams) -> Result<HotspotReport, LoadError> {
         max_node,
         max_node_rank: by_distance.iter().position(|&i| i == max_node).unwrap_or(0),
         nodes_storing_value: storing.len(),
+        nodes_holding_value_at_end: holding,
+        max_node_stores_per_min: max_stores,
         closest_ranks,
         closest_node_per_minute: per_min
             .get(closest)
-            .map(|r| r.iter().map(|x| x.0).collect())
+            .map(|r| r.iter().map(|x| x[0] + x[1]).collect())
             .unwrap_or_default(),
         put_success_rate: ratio(puts_ok, puts_done),
         get_success_rate: ratio(gets_ok, gets_done),
@@ -674,19 +696,24 @@ impl HotspotReport {
             "  busiest node {} (distance rank {}): {:.1} RPCs/min",
             self.max_node, self.max_node_rank, self.max_node_rpcs_per_min
         );
-        let _ = writeln!(s, "  nodes storing a value: {}", self.nodes_storing_value);
         let _ = writeln!(
             s,
-            "  rank  node   log2(dist)  put RPCs/min  get-probes/min  stores"
+            "  nodes storing a value: {} (per PutDone), {} (holding at the end); busiest store load {:.1} stores/min",
+            self.nodes_storing_value, self.nodes_holding_value_at_end, self.max_node_stores_per_min
+        );
+        let _ = writeln!(
+            s,
+            "  rank  node   log2(dist)  put RPCs/min  (stores)  get-probes/min  holds"
         );
         for r in &self.closest_ranks {
             let _ = writeln!(
                 s,
-                "  {:>4}  {:>5}  {:>10.2}  {:>12.1}  {:>14.1}  {}",
+                "  {:>4}  {:>5}  {:>10.2}  {:>12.1}  {:>8.1}  {:>14.1}  {}",
                 r.rank,
                 r.node,
                 r.distance_log2,
                 r.rpcs_per_min,
+                r.stores_per_min,
                 r.get_probes_per_min,
                 r.stores_value
             );
