@@ -174,6 +174,9 @@ pub struct Stats {
 
 /// How often the node does its periodic housekeeping (size estimates, bucket refresh).
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
+/// Delay after joining before the first walk toward our own id is repeated:
+/// neighbours that joined at the same time did not know each other yet.
+const SELF_REFRESH_AFTER_JOIN: Duration = Duration::from_secs(20);
 /// Most bucket-refresh walks started per housekeeping tick, so a node that
 /// wakes after a long pause does not flood the network.
 const MAX_REFRESH_PER_TICK: usize = 4;
@@ -197,6 +200,8 @@ enum Purpose {
     Op(OpId),
     /// A ping to the oldest contact of a full bucket (Kademlia eviction).
     PingOldest,
+    /// A ping telling a near neighbour about us after a join walk.
+    Announce,
 }
 
 struct Inflight {
@@ -295,6 +300,8 @@ pub struct Node {
     ops: BTreeMap<OpId, Op>,
     next_op: u64,
     next_maintenance: Instant,
+    /// When to walk toward our own id again (after a join, then periodically).
+    next_self_refresh: Option<Instant>,
     outbox: VecDeque<(SocketAddr, Message)>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -368,6 +375,7 @@ impl Node {
             ops: BTreeMap::new(),
             next_op: 0,
             next_maintenance: first_tick,
+            next_self_refresh: None,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -409,6 +417,14 @@ impl Node {
         self.levels
             .get(usize::from(level))
             .map_or(0, |l| l.table.len())
+    }
+
+    /// The contacts in the routing table of `level`, by bucket (empty for an unknown level).
+    pub fn contacts(&self, level: Level) -> Vec<Contact> {
+        self.levels
+            .get(usize::from(level))
+            .map(|l| l.table.iter().map(|e| e.contact).collect())
+            .unwrap_or_default()
     }
 
     /// Values this node holds for `key` at `level`, longest-lived first.
@@ -733,21 +749,25 @@ impl Node {
         self.outbox.push_back((to, msg));
     }
 
-    /// Timeout and hedge delay for an RPC to `id`: from its own RTT
-    /// estimate when it has one, else from the node-wide estimate (most hops
-    /// of a lookup go to contacts never measured).
+    /// Timeout and hedge delay for an RPC to `id`. A measured contact gets
+    /// both from its own RTT estimate. Most hops of a lookup go to contacts
+    /// never measured: they are hedged early, from the node-wide estimate,
+    /// but only declared dead after the maximum timeout — a far peer is slow,
+    /// not dead, and dropping it would end walks short of the key.
     fn rto(&self, id: Option<Id>, level: Option<Level>) -> (Duration, Duration) {
         let d = &self.config.dsht;
         let table = self
             .levels
             .get(usize::from(level.unwrap_or(0)))
             .map(|l| &l.table);
-        let est = id
+        let own = id
             .and_then(|id| table.and_then(|t| t.get(&id)))
             .map(|e| &e.rtt)
-            .filter(|r| r.srtt().is_some())
-            .unwrap_or(&self.rtt);
-        let timeout = est.rto(d.rpc_timeout_min, d.rpc_timeout_max);
+            .filter(|r| r.srtt().is_some());
+        let (timeout, est) = match own {
+            Some(r) => (r.rto(d.rpc_timeout_min, d.rpc_timeout_max), r),
+            None => (d.rpc_timeout_max, &self.rtt),
+        };
         let hedge = est
             .hedge_after(d.hedge_after_srtts, d.rpc_timeout_min, d.rpc_timeout_max)
             .min(timeout);
@@ -1010,6 +1030,12 @@ impl Node {
             Op::Refresh(level, mut lookup) => {
                 if self.step_walk(now, op, level, &mut lookup, WalkKind::Find, outcome) {
                     self.finish_walk(now, level, &lookup);
+                    if lookup.key() == self.contact.id {
+                        // A periodic re-join: tell our neighbourhood about
+                        // us and refill the far buckets from what we now know.
+                        self.announce(now, level, &lookup);
+                        self.refresh_far_buckets(now, level);
+                    }
                     None
                 } else {
                     Some(Op::Refresh(level, lookup))
@@ -1154,6 +1180,7 @@ impl Node {
                 return Some(Op::Join(j));
             }
             self.finish_walk(now, level, &lookup);
+            self.announce(now, level, &lookup);
             self.refresh_far_buckets(now, level);
         }
         // Walk toward our own id at the next level, if any.
@@ -1167,8 +1194,30 @@ impl Node {
             self.finish_walk(now, level, &lookup);
         }
         let contacts = self.routing_len(0);
+        if contacts > 0 {
+            let jitter = self.rng.jitter(SELF_REFRESH_AFTER_JOIN);
+            self.next_self_refresh = Some(now + SELF_REFRESH_AFTER_JOIN + jitter);
+        }
         self.events.push_back(Event::Joined { op, contacts });
         None
+    }
+
+    /// A halving walk contacts one node per hop, so most of our `k` nearest
+    /// neighbours never hear of a newcomer; a ping to each of the `k`
+    /// closest nodes the walk learnt of puts us in their tables (and them in
+    /// ours), as a Kademlia join's final round does.
+    fn announce(&mut self, now: Instant, level: Level, lookup: &Lookup) {
+        for c in lookup.closest_unanswered(self.config.dsht.k) {
+            self.send_request(
+                now,
+                c.addr,
+                Some(c.id),
+                Some(level),
+                Body::Ping,
+                Purpose::Announce,
+                false,
+            );
+        }
     }
 
     /// After joining, walk toward a random id in every bucket farther than
@@ -1478,14 +1527,20 @@ impl Node {
         None
     }
 
-    /// Periodic housekeeping: refresh size estimates and stale buckets.
+    /// Periodic housekeeping: refresh size estimates, stale buckets and,
+    /// when due, our own neighbourhood.
     fn maintenance(&mut self, now: Instant) {
         let refresh = self.config.dsht.bucket_refresh;
+        let max_walks = MAX_REFRESH_PER_TICK + self.levels.len();
         let mut walks: Vec<(Level, Id)> = Vec::new();
+        if self.next_self_refresh.is_some_and(|t| t <= now) {
+            self.next_self_refresh = Some(now + refresh + self.rng.jitter(refresh / 10));
+            walks.extend((0..self.levels.len() as Level).map(|l| (l, self.contact.id)));
+        }
         for ls in &mut self.levels {
             ls.info.size = ls.table.size_estimate();
             for bucket in ls.table.stale_buckets(now, refresh) {
-                if walks.len() >= MAX_REFRESH_PER_TICK {
+                if walks.len() >= max_walks {
                     break;
                 }
                 ls.table.refreshed(bucket, now);

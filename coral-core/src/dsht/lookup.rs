@@ -144,31 +144,28 @@ impl Lookup {
         })
     }
 
-    /// Among nodes not yet asked and closer than the current position, the
-    /// one whose distance is nearest half of it (ties to the closer).
+    /// Among nodes not yet asked and closer than the current position: the
+    /// farthest at or below half of it, so each hop at least halves the
+    /// distance when it can; failing that, the closest above half.
+    ///
+    /// The paper's Figure 3 breaks its tie (distances 4 and 6 around a
+    /// target of 5) toward the lower one, which this rule generalises:
+    /// choosing the linearly nearest node to D/2 would prefer 0.9·D over
+    /// 0.01·D and waste hops.
     fn pick(&self) -> Option<Distance> {
         let half = self.position.half();
-        let below = self
+        let at_or_below = self
             .candidates
-            .range(..half)
+            .range(..=half)
             .rev()
             .find(|(_, c)| c.state == State::NotAsked)
             .map(|(d, _)| *d);
-        let above = self
-            .candidates
-            .range(half..self.position)
-            .find(|(_, c)| c.state == State::NotAsked)
-            .map(|(d, _)| *d);
-        match (below, above) {
-            (Some(b), Some(a)) => {
-                if a.abs_diff(&half) < b.abs_diff(&half) {
-                    Some(a)
-                } else {
-                    Some(b)
-                }
-            }
-            (b, a) => b.or(a),
-        }
+        at_or_below.or_else(|| {
+            self.candidates
+                .range(half..self.position)
+                .find(|(_, c)| c.state == State::NotAsked)
+                .map(|(d, _)| *d)
+        })
     }
 
     /// `from` answered with `contacts`. Returns whether it moved the walk closer.
@@ -246,6 +243,17 @@ impl Lookup {
         self.position
     }
 
+    /// The `n` closest nodes known that have not answered (never asked, or
+    /// failed), closest first.
+    pub fn closest_unanswered(&self, n: usize) -> Vec<Contact> {
+        self.candidates
+            .values()
+            .filter(|c| c.state != State::Answered)
+            .take(n)
+            .map(|c| c.contact)
+            .collect()
+    }
+
     /// The `n` closest nodes that answered, closest first.
     pub fn closest_answered(&self, n: usize) -> Vec<Contact> {
         self.candidates
@@ -288,9 +296,9 @@ mod tests {
         assert_eq!(h.contact.id, id(0));
         assert_eq!(h.target, id(2).distance(&Id::ZERO));
         // A hedge goes to the next-best candidate below D = 10: of 5 (d = 1),
-        // 2 (d = 6), 3 (d = 7) and 13 (d = 9), node 2 is nearest distance 5.
+        // 2 (d = 6), 3 (d = 7) and 13 (d = 9), only node 5 is at or below 5.
         let hedge = l.next_hop().unwrap();
-        assert_eq!(hedge.contact.id, id(2));
+        assert_eq!(hedge.contact.id, id(5));
         assert_eq!(l.in_flight(), 2);
     }
 
@@ -300,8 +308,8 @@ mod tests {
         let h = l.next_hop().unwrap();
         assert_eq!(h.contact.id, id(0));
         assert!(l.on_reply(&c(0), &[c(4), c(5), c(7)]));
-        // Distance now 4; half is 2 (node 6, unknown); nearest: 5 (d=1) vs 7 (d=3) vs 4 (d=0).
-        // |1-2| = 1, |3-2| = 1: tie goes to the closer, node 5.
+        // Distance now 4; half is 2 (node 6, unknown): of 5 (d = 1), 7 (d = 3)
+        // and 4 (d = 0), the farthest at or below 2 is node 5, as in the paper.
         let h = l.next_hop().unwrap();
         assert_eq!(h.contact.id, id(5));
         assert!(l.on_reply(&c(5), &[c(4), c(5), c(7)]));
