@@ -1338,10 +1338,12 @@ impl Node {
         // This node is the first on its own path: probe its own store.
         let info = self.store.probe_put(now, p.level, p.key);
         let full = store::is_full(&info.stored, self.config.dsht.l, p.fingerprint, p.ttl);
+        let shielded =
+            info.loaded && store::is_full_for_any(&info.stored, self.config.dsht.l, p.ttl);
         let own = self.contact;
         let own_d = own.id.distance(&p.key);
         if let PutPhase::Forward { lookup, stack } = &mut p.phase {
-            if full && info.loaded {
+            if shielded {
                 lookup.stop();
             } else {
                 stack.push((own_d, own, full));
@@ -1376,8 +1378,9 @@ impl Node {
                 if let Outcome::Reply { from, body, .. } = &outcome
                     && let Body::PutProbeReply { loaded, stored, .. } = body.as_ref()
                 {
-                    let full = store::is_full(stored, self.config.dsht.l, p.fingerprint, p.ttl);
-                    if full && *loaded {
+                    let l = self.config.dsht.l;
+                    let full = store::is_full(stored, l, p.fingerprint, p.ttl);
+                    if *loaded && store::is_full_for_any(stored, l, p.ttl) {
                         // The forward phase halts at a full and loaded node (spec §3.2).
                         lookup.on_reply(from, &[]);
                         lookup.stop();

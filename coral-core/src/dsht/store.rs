@@ -107,12 +107,36 @@ where
     I: IntoIterator,
     I::Item: Borrow<StoredInfo>,
 {
+    long_lived_at_least(stored, l, Some(fingerprint), ttl)
+}
+
+/// Whether `stored` is full for *any* new value of TTL `ttl`: [`is_full`]
+/// without excluding the inserter's own value.
+///
+/// The forward phase of a put halts at a node that is full in this sense
+/// and loaded (spec §3.2): the node is shielded from further puts whoever
+/// sends them. Excluding the inserter's own value there would let every
+/// node whose value sits at the shield walk past it on each refresh.
+pub fn is_full_for_any<I>(stored: I, l: usize, ttl: Duration) -> bool
+where
+    I: IntoIterator,
+    I::Item: Borrow<StoredInfo>,
+{
+    long_lived_at_least(stored, l, None, ttl)
+}
+
+/// At least `l` values, other than `except`, live at least half of `ttl`.
+fn long_lived_at_least<I>(stored: I, l: usize, except: Option<u64>, ttl: Duration) -> bool
+where
+    I: IntoIterator,
+    I::Item: Borrow<StoredInfo>,
+{
     stored
         .into_iter()
         .filter(|s| {
             let s = s.borrow();
             // `2·remaining ≥ T` rather than `remaining ≥ T/2`: no rounding of T.
-            s.fingerprint != fingerprint && Duration::from_secs(u64::from(s.ttl_secs) * 2) >= ttl
+            Some(s.fingerprint) != except && Duration::from_secs(u64::from(s.ttl_secs) * 2) >= ttl
         })
         .take(l)
         .count()
@@ -725,6 +749,32 @@ mod tests {
         // Works over references too.
         let list = [info(1, 40), info(2, 40)];
         assert!(is_full(list.iter(), 2, 9, t));
+    }
+
+    #[test]
+    fn full_for_any_counts_the_inserters_own_value() {
+        let t = Duration::from_secs(100);
+        let list = [
+            StoredInfo {
+                fingerprint: 1,
+                ttl_secs: 90,
+            },
+            StoredInfo {
+                fingerprint: 2,
+                ttl_secs: 90,
+            },
+        ];
+        assert!(!is_full(list, 2, 1, t));
+        assert!(is_full_for_any(list, 2, t));
+        assert!(!is_full_for_any(list, 3, t));
+        assert!(!is_full_for_any(
+            [StoredInfo {
+                fingerprint: 1,
+                ttl_secs: 40
+            }; 2],
+            2,
+            t
+        ));
     }
 
     #[test]
