@@ -247,11 +247,17 @@ enum What {
     Command(Box<(u32, u64, Command)>),
 }
 
+/// A queued event. Kept small (24 bytes) because the heap moves entries on
+/// every push and pop; payloads wait in [`Sim::slab`].
 struct Entry {
     at: Instant,
     seq: u64,
-    what: What,
+    /// The node to wake, or the payload's slot in the slab.
+    handle: u32,
+    wake: bool,
 }
+
+const _: () = assert!(std::mem::size_of::<Entry>() <= 24);
 
 impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
@@ -293,6 +299,10 @@ pub struct Sim {
     /// Commands queued and not yet issued.
     queued_commands: usize,
     completions: Vec<Completion>,
+    /// Payloads of queued datagrams and commands, by slot.
+    slab: Vec<Option<What>>,
+    /// Free slots of `slab` (reused last-in first-out, deterministically).
+    free_slots: Vec<u32>,
     /// Spare datagram buffers, so steady state allocates nothing per datagram.
     pool: Vec<Vec<u8>>,
     /// Scratch list of one flush's transmits, kept to reuse its allocation.
@@ -327,6 +337,8 @@ impl Sim {
             pending: BTreeMap::new(),
             queued_commands: 0,
             completions: Vec::new(),
+            slab: Vec::new(),
+            free_slots: Vec::new(),
             pool: Vec::new(),
             sends: Vec::new(),
         }
@@ -694,10 +706,20 @@ impl Sim {
             return false;
         };
         self.now = self.now.max(entry.at);
-        match entry.what {
-            What::Datagram { from, to, data } => self.deliver(from, to, data),
-            What::Wake { node } => self.wake(node as usize, entry.at),
-            What::Command(b) => {
+        if entry.wake {
+            self.wake(entry.handle as usize, entry.at);
+            return true;
+        }
+        let what = self
+            .slab
+            .get_mut(entry.handle as usize)
+            .and_then(Option::take);
+        self.free_slots.push(entry.handle);
+        match what {
+            None => {}
+            Some(What::Wake { node }) => self.wake(node as usize, entry.at),
+            Some(What::Datagram { from, to, data }) => self.deliver(from, to, data),
+            Some(What::Command(b)) => {
                 let (i, tag, cmd) = *b;
                 self.queued_commands -= 1;
                 if let Err(e) = self.issue(i as usize, tag, cmd) {
@@ -717,7 +739,32 @@ impl Sim {
     fn push(&mut self, at: Instant, what: What) {
         let seq = self.seq;
         self.seq += 1;
-        self.queue.push(Entry { at, seq, what });
+        let entry = if let What::Wake { node } = what {
+            Entry {
+                at,
+                seq,
+                handle: node,
+                wake: true,
+            }
+        } else {
+            let slot = match self.free_slots.pop() {
+                Some(slot) => {
+                    self.slab[slot as usize] = Some(what);
+                    slot
+                }
+                None => {
+                    self.slab.push(Some(what));
+                    (self.slab.len() - 1) as u32
+                }
+            };
+            Entry {
+                at,
+                seq,
+                handle: slot,
+                wake: false,
+            }
+        };
+        self.queue.push(entry);
     }
 
     fn deliver(&mut self, from: u32, to: u32, data: Vec<u8>) {
@@ -908,7 +955,8 @@ mod tests {
         Entry {
             at: Instant::from_micros(at),
             seq,
-            what: What::Wake { node: 0 },
+            handle: 0,
+            wake: true,
         }
     }
 
