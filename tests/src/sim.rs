@@ -257,7 +257,7 @@ struct Entry {
     wake: bool,
 }
 
-const _: () = assert!(std::mem::size_of::<Entry>() <= 24);
+const _: () = assert!(size_of::<Entry>() <= 24);
 
 impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
