@@ -60,6 +60,9 @@ pub struct DshtConfig {
     pub rpc_timeout_min: Duration,
     /// Upper bound of the per-contact RPC timeout, and its value before any sample.
     pub rpc_timeout_max: Duration,
+    /// Times a request is sent again after timing out before its contact
+    /// counts as failed (spec open question 9: one retry).
+    pub rpc_retries: u8,
     /// A lookup hedges with one extra RPC once its RPC has been out for this
     /// many smoothed RTTs (spec open question 8).
     pub hedge_after_srtts: u32,
@@ -75,6 +78,10 @@ pub struct DshtConfig {
     pub max_inflight: usize,
     /// Most application operations (get, put, join) running at once.
     pub max_ops: usize,
+    /// A get that finds nothing by halving also asks the closest nodes it
+    /// knows until this many of the closest have answered: the node closest
+    /// to a key may have joined after the value was stored beside it.
+    pub get_sweep: usize,
     /// Most RPCs one lookup at one level may send before it gives up.
     pub lookup_max_rpcs: u32,
 }
@@ -92,6 +99,7 @@ impl Default for DshtConfig {
             max_ttl: Duration::from_secs(24 * 3600),
             rpc_timeout_min: Duration::from_millis(100),
             rpc_timeout_max: Duration::from_secs(2),
+            rpc_retries: 1,
             hedge_after_srtts: 2,
             max_failures: 3,
             bucket_refresh: Duration::from_secs(15 * 60),
@@ -99,6 +107,7 @@ impl Default for DshtConfig {
             reply_values: 8,
             max_inflight: 4096,
             max_ops: 4096,
+            get_sweep: 3,
             lookup_max_rpcs: 48,
         }
     }

@@ -154,8 +154,10 @@ pub struct Stats {
     pub malformed: u64,
     /// Replies that matched no pending request.
     pub unsolicited: u64,
-    /// RPCs that timed out.
+    /// RPC attempts that timed out (each retransmission counts again).
     pub timeouts: u64,
+    /// Requests sent again after a timeout.
+    pub retransmits: u64,
     /// Extra RPCs sent because a reply was late.
     pub hedges: u64,
     /// Lookups finished (one per level walked).
@@ -212,6 +214,13 @@ struct Inflight {
     deadline: Instant,
     hedge_at: Option<Instant>,
     purpose: Purpose,
+    /// The request, kept for retransmission.
+    body: Body,
+    /// Retransmissions still allowed.
+    retries_left: u8,
+    /// Whether it was retransmitted (then its reply gives no RTT sample:
+    /// it cannot tell which copy it answers, Karn's rule).
+    retransmitted: bool,
 }
 
 /// What happened to an operation: an RPC's fate, or the kick that starts a step.
@@ -566,7 +575,9 @@ impl Node {
         let mut todo = self.levels_fastest_first(levels);
         todo.reverse(); // popped from the back: fastest first
         let level = todo.pop().unwrap_or(0);
-        let lookup = self.new_lookup(level, key);
+        let lookup = self
+            .new_lookup(level, key)
+            .with_sweep(self.config.dsht.get_sweep);
         self.ops.insert(
             op,
             Op::Get(GetOp {
@@ -802,6 +813,8 @@ impl Node {
         if let Some(h) = hedge_at {
             self.deadlines.insert((h, Timer::Hedge(req)));
         }
+        self.count_out(&body);
+        let msg = self.message(now, req, body.clone());
         self.inflight.insert(
             req,
             Inflight {
@@ -812,10 +825,11 @@ impl Node {
                 deadline,
                 hedge_at,
                 purpose,
+                body,
+                retries_left: self.config.dsht.rpc_retries,
+                retransmitted: false,
             },
         );
-        self.count_out(&body);
-        let msg = self.message(now, req, body);
         self.outbox.push_back((to, msg));
         Some(req)
     }
@@ -963,11 +977,13 @@ impl Node {
             return;
         };
         self.clear_timers(req, &f);
-        let rtt = now - f.sent;
-        self.rtt.sample(rtt);
+        let rtt = (!f.retransmitted).then(|| now - f.sent);
+        if let Some(rtt) = rtt {
+            self.rtt.sample(rtt);
+        }
         for ls in &mut self.levels {
             if ls.table.contains(&from.id) {
-                ls.table.record_success(&from.id, Some(rtt), now);
+                ls.table.record_success(&from.id, rtt, now);
             }
         }
         if let (
@@ -994,11 +1010,29 @@ impl Node {
     }
 
     fn on_rpc_timeout(&mut self, now: Instant, req: u64) {
-        let Some(f) = self.inflight.remove(&req) else {
+        let Some(mut f) = self.inflight.remove(&req) else {
             return;
         };
         self.clear_timers(req, &f);
         self.stats.timeouts += 1;
+        if f.retries_left > 0 {
+            // Retransmit under the same id: probes and stores are
+            // idempotent, and a late answer to the first copy still counts.
+            // Its hedge (if any) has fired or was cleared; the lookup keeps
+            // waiting for this contact meanwhile.
+            f.retries_left -= 1;
+            f.retransmitted = true;
+            let (timeout, _) = self.rto(f.id, f.level);
+            f.deadline = now + timeout;
+            f.hedge_at = None;
+            self.deadlines.insert((f.deadline, Timer::Rpc(req)));
+            self.stats.retransmits += 1;
+            self.count_out(&f.body);
+            let msg = self.message(now, req, f.body.clone());
+            self.outbox.push_back((f.to, msg));
+            self.inflight.insert(req, f);
+            return;
+        }
         if let Some(id) = f.id {
             let max = self.config.dsht.max_failures;
             for ls in &mut self.levels {
@@ -1324,7 +1358,9 @@ impl Node {
             return None;
         };
         let reached = g.lookup.reached();
-        g.lookup = self.continue_lookup(level, g.key, reached);
+        g.lookup = self
+            .continue_lookup(level, g.key, reached)
+            .with_sweep(self.config.dsht.get_sweep);
         g.level = level;
         self.ops.insert(op, Op::Get(g));
         self.start_get_level(now, op);

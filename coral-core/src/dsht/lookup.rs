@@ -63,6 +63,9 @@ pub struct Lookup {
     rpcs: u32,
     answers: u32,
     max_rpcs: u32,
+    /// After halving ends, also ask the nodes among the `sweep` closest
+    /// known that have not answered (see [`Lookup::with_sweep`]).
+    sweep: usize,
     stopped: bool,
 }
 
@@ -87,10 +90,21 @@ impl Lookup {
             rpcs: 0,
             answers: 0,
             max_rpcs,
+            sweep: 0,
             stopped: false,
         };
         l.learn(seeds);
         l
+    }
+
+    /// Once no known node is closer than the current one, keep asking until
+    /// the `n` closest nodes known have all answered (or failed), as a
+    /// Kademlia lookup ends. A get needs this: the node now closest to a key
+    /// may be one that joined after the value was stored one step away.
+    #[must_use]
+    pub fn with_sweep(mut self, n: usize) -> Self {
+        self.sweep = n;
+        self
     }
 
     /// Ask `contact` before anything else (continuing a walk begun at another level).
@@ -160,12 +174,20 @@ impl Lookup {
             .rev()
             .find(|(_, c)| c.state == State::NotAsked)
             .map(|(d, _)| *d);
-        at_or_below.or_else(|| {
-            self.candidates
-                .range(half..self.position)
-                .find(|(_, c)| c.state == State::NotAsked)
-                .map(|(d, _)| *d)
-        })
+        at_or_below
+            .or_else(|| {
+                self.candidates
+                    .range(half..self.position)
+                    .find(|(_, c)| c.state == State::NotAsked)
+                    .map(|(d, _)| *d)
+            })
+            .or_else(|| {
+                self.candidates
+                    .iter()
+                    .take(self.sweep)
+                    .find(|(_, c)| c.state == State::NotAsked)
+                    .map(|(d, _)| *d)
+            })
     }
 
     /// `from` answered with `contacts`. Returns whether it moved the walk closer.
@@ -348,6 +370,23 @@ mod tests {
         );
         assert!(l.on_reply(&c(200), &[c(6)]));
         assert_eq!(l.next_hop().unwrap().contact.id, id(6));
+    }
+
+    #[test]
+    fn sweep_asks_the_closest_nodes_beyond_the_halving_end() {
+        // We are node 0 looking up key 4; 5 (d = 1) answers and knows 4 (d = 0)
+        // and 6 (d = 2). Halving ends at 4; with a sweep of 3, node 6 is
+        // asked too although it is farther than 4.
+        let mut l = Lookup::new(id(0), id(4), [c(5)], 10).with_sweep(3);
+        assert_eq!(l.next_hop().unwrap().contact.id, id(5));
+        l.on_reply(&c(5), &[c(4), c(6)]);
+        assert_eq!(l.next_hop().unwrap().contact.id, id(4));
+        l.on_reply(&c(4), &[]);
+        assert_eq!(l.next_hop().unwrap().contact.id, id(6));
+        l.on_reply(&c(6), &[]);
+        assert!(l.next_hop().is_none());
+        assert!(l.is_done());
+        assert_eq!(l.reached().unwrap().id, id(4));
     }
 
     #[test]
