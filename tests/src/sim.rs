@@ -237,6 +237,10 @@ struct SimNode {
     node: Option<Node>,
     /// The deadline the node last asked for, with a wake-up queued for it.
     wake: Option<Instant>,
+    /// Times of the wake-ups of this node still in the queue, so that a
+    /// deadline the node returns to (its maintenance tick, after every
+    /// answered RPC) reuses the queued entry instead of piling up copies.
+    queued: Vec<Instant>,
     incarnation: u64,
     joined: bool,
 }
@@ -463,6 +467,7 @@ impl Sim {
                 addr,
                 node: None,
                 wake: None,
+                queued: Vec::new(),
                 incarnation: 0,
                 joined: false,
             };
@@ -560,6 +565,7 @@ impl Sim {
             return;
         }
         sn.wake = None;
+        sn.queued.clear();
         sn.joined = false;
         let key = i as u32;
         let lost: Vec<_> = self
@@ -788,6 +794,9 @@ impl Sim {
     fn wake(&mut self, i: usize, at: Instant) {
         let now = self.now;
         let sn = &mut self.nodes[i];
+        if let Some(p) = sn.queued.iter().position(|&t| t == at) {
+            sn.queued.swap_remove(p);
+        }
         let Some(node) = sn.node.as_mut() else { return };
         if sn.wake != Some(at) {
             self.counters.stale_wakes += 1;
@@ -845,7 +854,10 @@ impl Sim {
                 };
                 if sn.wake != Some(at) {
                     sn.wake = Some(at);
-                    self.push(at, What::Wake { node: i as u32 });
+                    if !sn.queued.contains(&at) {
+                        sn.queued.push(at);
+                        self.push(at, What::Wake { node: i as u32 });
+                    }
                 }
             }
         }
@@ -983,6 +995,7 @@ mod tests {
             addr: "10.0.0.1:8091".parse().expect("literal"),
             node: None,
             wake: None,
+            queued: Vec::new(),
             incarnation: 0,
             joined: false,
         });
