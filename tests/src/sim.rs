@@ -311,7 +311,12 @@ pub struct Sim {
     pool: Vec<Vec<u8>>,
     /// Scratch list of one flush's transmits, kept to reuse its allocation.
     sends: Vec<(SocketAddr, Vec<u8>)>,
+    /// Observer of every delivered datagram, for tests that inspect traffic.
+    tap: Option<Tap>,
 }
+
+/// An observer of delivered datagrams: `(time, from, to, bytes)`.
+pub type Tap = Box<dyn FnMut(Instant, usize, usize, &[u8])>;
 
 impl std::fmt::Debug for Sim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -345,6 +350,7 @@ impl Sim {
             free_slots: Vec::new(),
             pool: Vec::new(),
             sends: Vec::new(),
+            tap: None,
         }
     }
 
@@ -382,6 +388,12 @@ impl Sim {
     /// The latency model.
     pub fn latency(&self) -> &LatencyModel {
         &self.cfg.latency
+    }
+
+    /// Calls `tap` with every datagram delivered to a live node from now on
+    /// (`None` removes it). The tap only observes: it cannot change traffic.
+    pub fn set_tap(&mut self, tap: Option<Tap>) {
+        self.tap = tap;
     }
 
     /// Changes the loss probability from now on.
@@ -786,6 +798,9 @@ impl Sim {
         self.trace.word(now.as_micros());
         self.trace.word((u64::from(from) << 32) | u64::from(to));
         self.trace.bytes(&data);
+        if let Some(tap) = self.tap.as_mut() {
+            tap(now, from as usize, to as usize, &data);
+        }
         node.handle_datagram(now, from_addr, &data);
         self.pool.push(data);
         self.flush(to as usize, Input::Other);

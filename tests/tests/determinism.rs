@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +28,11 @@ fn scenario(seed: u64) -> Run {
     let mut cfg = SimConfig::new(seed);
     cfg.loss = 0.05;
     let mut sim = Sim::new(cfg);
+    let tapped = Rc::new(Cell::new(0u64));
+    let counter = tapped.clone();
+    sim.set_tap(Some(Box::new(move |_, _, _, _| {
+        counter.set(counter.get() + 1)
+    })));
     sim.add_nodes(50);
     sim.join_all(JoinOptions::default());
     let mut completions = sim.take_completions();
@@ -67,6 +74,11 @@ fn scenario(seed: u64) -> Run {
     sim.get(7, keys[0], Levels::ALL).expect("node 7 is up");
     sim.run_for(Duration::from_secs(60));
     completions.extend(sim.take_completions());
+    assert_eq!(
+        tapped.get(),
+        sim.counters().delivered,
+        "the tap sees every delivery"
+    );
     Run {
         hash: sim.trace_hash(),
         completions,
