@@ -61,7 +61,10 @@ pub struct DshtConfig {
     /// Upper bound of the per-contact RPC timeout, and its value before any sample.
     pub rpc_timeout_max: Duration,
     /// Times a request is sent again after timing out before its contact
-    /// counts as failed (spec open question 9: one retry).
+    /// counts as failed. The spec suggests one retry (open question 9);
+    /// at 5% datagram loss the simulator needed two for gets to succeed
+    /// 0.99 of the time on every seed tried, and the hedge keeps a walk
+    /// moving while a retry waits.
     pub rpc_retries: u8,
     /// A lookup hedges with one extra RPC once its RPC has been out for this
     /// many smoothed RTTs (spec open question 8).
@@ -99,7 +102,7 @@ impl Default for DshtConfig {
             max_ttl: Duration::from_secs(24 * 3600),
             rpc_timeout_min: Duration::from_millis(100),
             rpc_timeout_max: Duration::from_secs(2),
-            rpc_retries: 1,
+            rpc_retries: 2,
             hedge_after_srtts: 2,
             max_failures: 3,
             bucket_refresh: Duration::from_secs(15 * 60),

@@ -1371,18 +1371,21 @@ impl Node {
         let Some(Op::Put(mut p)) = self.ops.remove(&op) else {
             return;
         };
-        // This node is the first on its own path: probe its own store.
+        // This node is the first on its own path: probe its own store. Its
+        // own puts count toward its load like anyone's. Once it is loaded for
+        // the key (more than beta puts this minute, its own included), its
+        // puts go no further: it keeps the value itself when it can, and so
+        // sends at most about beta puts per key per minute into the network
+        // whatever its callers do. Otherwise a requester whose first hop is
+        // the key's closest node would load that node at its own rate.
         let info = self.store.probe_put(now, p.level, p.key);
         let full = store::is_full(&info.stored, self.config.dsht.l, p.fingerprint, p.ttl);
-        let shielded =
-            info.loaded && store::is_full_for_any(&info.stored, self.config.dsht.l, p.ttl);
         let own = self.contact;
         let own_d = own.id.distance(&p.key);
         if let PutPhase::Forward { lookup, stack } = &mut p.phase {
-            if shielded {
+            stack.push((own_d, own, full));
+            if info.loaded {
                 lookup.stop();
-            } else {
-                stack.push((own_d, own, full));
             }
         }
         let next = self.advance_put(now, op, p, Outcome::Start);
