@@ -55,7 +55,14 @@ pub struct NetParams {
     pub loss: f64,
 }
 
-/// A joined network, ready for an experiment.
+/// Virtual time a network runs after the last join before an experiment
+/// starts. Nodes walk toward their own id again 20–40 s after joining (so
+/// neighbours that joined in the same batch learn of each other); the
+/// experiments measure a settled network, as a deployed one is, not the
+/// first seconds of a thousand simultaneous joins.
+pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// A joined and settled network, ready for an experiment.
 fn build(net: &NetParams) -> Result<(Sim, JoinReport), LoadError> {
     let mut cfg = SimConfig::new(net.seed);
     cfg.latency = net.latency.model(net.seed)?;
@@ -63,6 +70,8 @@ fn build(net: &NetParams) -> Result<(Sim, JoinReport), LoadError> {
     let mut sim = Sim::new(cfg);
     sim.add_nodes(net.nodes);
     let join = sim.join_all(JoinOptions::default());
+    sim.run_for(SETTLE);
+    let _ = sim.take_completions();
     Ok((sim, join))
 }
 
