@@ -53,6 +53,15 @@
 //! the contacts nearest the target, the other half to the contacts closest to
 //! the key. [`RoutingTable::closest`] is the plain Kademlia answer.
 //!
+//! This reply is computed for every lookup hop that reaches us, so it does
+//! not scan the table. The contacts of one bucket all lie in one interval of
+//! distances to the key, the intervals of different buckets are disjoint, and
+//! their order follows from the bits of `d(own, key)` alone (`BucketOrder`).
+//! Each half of the reply walks the populated buckets in order of the best
+//! rank their interval allows and stops as soon as no bucket left can beat
+//! what it holds; on a full table each half typically reads one or two
+//! buckets.
+//!
 //! # Refresh and size
 //!
 //! Buckets no lookup has passed through for `bucket_refresh` are reported by
@@ -298,6 +307,9 @@ pub struct RoutingTable {
     /// Always [`ID_BITS`] long; bucket `i` holds contacts whose distance has
     /// its highest set bit at `i`.
     buckets: Vec<Bucket>,
+    /// Bit `i` is set exactly when bucket `i` holds a contact, so the reply
+    /// path finds the populated buckets without looking at the empty ones.
+    used: Words,
     len: usize,
     inserted: u64,
     evicted: u64,
@@ -321,6 +333,7 @@ impl RoutingTable {
             own,
             k: k.max(1),
             buckets,
+            used: Words::ZERO,
             len: 0,
             inserted: 0,
             evicted: 0,
@@ -342,6 +355,15 @@ impl RoutingTable {
     fn bucket_of(&self, id: &Id) -> Option<&Bucket> {
         let i = self.own.bucket_index(id)?;
         self.buckets.get(i)
+    }
+
+    /// Brings the bit of `id`'s bucket in `used` up to date after a change
+    /// of that bucket's membership.
+    fn sync_used(&mut self, id: &Id) {
+        if let Some(i) = self.own.bucket_index(id) {
+            let filled = self.buckets.get(i).is_some_and(|b| !b.entries.is_empty());
+            self.used = self.used.with_bit(i, filled);
+        }
     }
 
     /// We heard from `contact` first-hand (it sent us a message or answered
@@ -375,6 +397,7 @@ impl RoutingTable {
             bucket.entries.push(Entry::new(contact, now));
             self.len += 1;
             self.inserted += 1;
+            self.sync_used(&contact.id);
             return Observe::Inserted;
         }
         let Some(oldest) = bucket.entries.first().map(|e| e.contact) else {
@@ -454,6 +477,7 @@ impl RoutingTable {
             bucket.promote();
             self.evicted += 1;
             self.inserted += 1;
+            self.sync_used(id);
             return Failure::Replaced;
         }
         let Some(e) = bucket.entries.get_mut(pos) else {
@@ -471,6 +495,7 @@ impl RoutingTable {
         } else {
             self.len -= 1;
         }
+        self.sync_used(id);
         Failure::Dropped
     }
 
@@ -490,6 +515,7 @@ impl RoutingTable {
         } else {
             self.len -= 1;
         }
+        self.sync_used(id);
         Some(e)
     }
 
@@ -566,39 +592,147 @@ impl RoutingTable {
     /// target and the contact closest to the key; with `count == 1` only the
     /// former.
     ///
-    /// Answered once per incoming RPC, so it is a linear scan with two
-    /// bounded selections and allocates only the result.
+    /// Answered once per incoming RPC, so it visits only the buckets that
+    /// can still improve the answer (see the module doc) and allocates only
+    /// the result.
     pub fn nearest_to_distance(&self, key: &Id, target: Distance, count: usize) -> Vec<Contact> {
         let n = count.min(self.len);
         if n == 0 {
             return Vec::new();
         }
         let near = count.div_ceil(2).min(n);
-        // One pass on native words: each contact's distance is computed
-        // once, and most contacts are rejected by two integer comparisons.
-        // The `n` closest to the key always include the `n - near` closest
-        // not chosen by target, so selecting both at once is exact.
         let key = Words::of(&key.0);
         let target = Words::of(&target.0);
-        let mut by_target: SmallVec<[((Words, Words), Contact); 8]> = SmallVec::new();
-        let mut by_key: SmallVec<[(Words, Contact); 8]> = SmallVec::new();
-        for e in self.iter() {
-            let d = Words::of(&e.contact.id.0).xor(key);
-            select(&mut by_target, near, ((d.abs_diff(target), d), e.contact));
-            select(&mut by_key, n, (d, e.contact));
+        let order = BucketOrder::new(self.used, Words::of(&self.own.0).xor(key));
+        // Filled in place: each is a few hundred bytes, and moving it out of
+        // a callee would cost a `memcpy`.
+        let mut by_target = SmallVec::new();
+        self.select_by_target(&order, key, target, near, &mut by_target);
+        let mut by_key = SmallVec::new();
+        self.select_by_key(&order, key, n - near, &by_target, &mut by_key);
+
+        // The halves are disjoint; merging them by distance gives the reply's
+        // order.
+        by_target.sort_unstable_by_key(|&((_, d), _)| d);
+        let mut out = Vec::with_capacity(n);
+        let (mut a, mut b) = (by_target.as_slice(), by_key.as_slice());
+        loop {
+            let e = match (a, b) {
+                ([((_, x), e), rest @ ..], [(y, _), ..]) if x < y => {
+                    a = rest;
+                    e
+                }
+                (_, [(_, e), rest @ ..]) => {
+                    b = rest;
+                    e
+                }
+                ([(_, e), rest @ ..], []) => {
+                    a = rest;
+                    e
+                }
+                ([], []) => break,
+            };
+            out.push(e.contact);
         }
-        let mut out: SmallVec<[(Words, Contact); 16]> =
-            by_target.iter().map(|&((_, d), c)| (d, c)).collect();
-        for &(d, c) in &by_key {
-            if out.len() >= n {
+        out
+    }
+
+    /// The `cap` entries whose distance `d` to `key` is nearest `target`,
+    /// ranked by `(|d − target|, d)`, best first.
+    ///
+    /// Buckets are visited outwards from `target` in order of the lower bound
+    /// `|d − target|` their interval allows, and the walk stops at the first
+    /// bucket whose bound exceeds the worst rank kept. Only a strictly greater
+    /// bound stops it: on an equal bound the bucket may hold an entry that
+    /// ties on `|d − target|` and wins on `d`.
+    fn select_by_target<'a>(
+        &'a self,
+        order: &BucketOrder,
+        key: Words,
+        target: Words,
+        cap: usize,
+        sel: &mut SmallVec<[((Words, Words), &'a Entry); 8]>,
+    ) {
+        if cap == 0 {
+            return;
+        }
+        // Buckets `below` lie wholly below `target`; the others reach it or
+        // lie above, so their bound is their lower end's excess.
+        let (mut below, mut above) = order.around(target);
+        let bound_below = |b: u8| target.abs_diff(order.interval(b).1);
+        let bound_above = |b: u8| {
+            let lo = order.interval(b).0;
+            if lo > target {
+                lo.abs_diff(target)
+            } else {
+                Words::ZERO
+            }
+        };
+        let (mut lo_next, mut hi_next) = (
+            below.next().map(|b| (bound_below(b), b)),
+            above.next().map(|b| (bound_above(b), b)),
+        );
+        loop {
+            let (bound, b) = match (lo_next, hi_next) {
+                (Some(l), Some(h)) if l.0 < h.0 => {
+                    lo_next = below.next().map(|b| (bound_below(b), b));
+                    l
+                }
+                (_, Some(h)) => {
+                    hi_next = above.next().map(|b| (bound_above(b), b));
+                    h
+                }
+                (Some(l), None) => {
+                    lo_next = below.next().map(|b| (bound_below(b), b));
+                    l
+                }
+                (None, None) => break,
+            };
+            if sel.len() >= cap && sel.last().is_some_and(|w| bound > w.0.0) {
                 break;
             }
-            if !by_target.iter().any(|&((_, td), _)| td == d) {
-                out.push((d, c));
+            for e in self.entries_of(b) {
+                let d = Words::of(&e.contact.id.0).xor(key);
+                select(sel, cap, ((d.abs_diff(target), d), e));
             }
         }
-        out.sort_unstable_by_key(|(d, _)| *d);
-        out.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// The `cap` entries closest to `key` that are not in `taken`, closest
+    /// first.
+    ///
+    /// Buckets are visited in ascending order of their intervals, which are
+    /// disjoint, so once `cap` entries are kept every later bucket holds only
+    /// farther ones.
+    fn select_by_key<'a>(
+        &'a self,
+        order: &BucketOrder,
+        key: Words,
+        cap: usize,
+        taken: &[((Words, Words), &Entry)],
+        sel: &mut SmallVec<[(Words, &'a Entry); 8]>,
+    ) {
+        if cap == 0 {
+            return;
+        }
+        for b in order.ascending() {
+            if sel.len() >= cap {
+                break;
+            }
+            for e in self.entries_of(b) {
+                let d = Words::of(&e.contact.id.0).xor(key);
+                if !taken.iter().any(|t| std::ptr::eq(t.1, e)) {
+                    select(sel, cap, (d, e));
+                }
+            }
+        }
+    }
+
+    /// The entries of bucket `b` (none if out of range).
+    fn entries_of(&self, b: u8) -> &[Entry] {
+        self.buckets
+            .get(usize::from(b))
+            .map_or(&[], |b| b.entries.as_slice())
     }
 
     /// Records that a lookup for `key` went through the bucket `key` falls in,
@@ -704,16 +838,15 @@ fn bucket_mut<'a>(buckets: &'a mut [Bucket], own: &Id, id: &Id) -> Option<&'a mu
     buckets.get_mut(own.bucket_index(id)?)
 }
 
-/// Inserts `c` into `out[start..]`, which is sorted ascending by `rank` and
-/// kept at most `cap` long. `out[start..]` is the tail of `out`, and `out`
-/// never grows beyond `start + cap`, so it never reallocates past the
-/// capacity the caller reserved.
 /// A 160-bit value as (high 32 bits, low 128 bits), for fast comparison
-/// and subtraction on the reply path.
+/// and arithmetic on the reply path. Bit `i` is the bit of weight `2^i`,
+/// so it is also the index of the bucket whose distances have it highest.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 struct Words(u32, u128);
 
 impl Words {
+    const ZERO: Self = Self(0, 0);
+
     fn of(b: &[u8; crate::id::ID_LEN]) -> Self {
         let mut hi = [0u8; 4];
         let mut lo = [0u8; 16];
@@ -726,16 +859,216 @@ impl Words {
         Self(self.0 ^ o.0, self.1 ^ o.1)
     }
 
+    fn and(self, o: Self) -> Self {
+        Self(self.0 & o.0, self.1 & o.1)
+    }
+
+    fn or(self, o: Self) -> Self {
+        Self(self.0 | o.0, self.1 | o.1)
+    }
+
+    fn not(self) -> Self {
+        Self(!self.0, !self.1)
+    }
+
+    /// `|self − o|`, without branches: which operand is larger is a coin
+    /// toss on the reply path, and a mispredicted branch costs more than
+    /// the arithmetic.
     fn abs_diff(self, o: Self) -> Self {
-        let (a, b) = if self >= o { (self, o) } else { (o, self) };
-        let (lo, borrow) = a.1.overflowing_sub(b.1);
-        Self(a.0.wrapping_sub(b.0).wrapping_sub(u32::from(borrow)), lo)
+        let (lo, borrow) = self.1.overflowing_sub(o.1);
+        let (hi, under1) = self.0.overflowing_sub(o.0);
+        let (hi, under2) = hi.overflowing_sub(u32::from(borrow));
+        // Negative: negate in two's complement, `!x + 1`.
+        let neg = under1 | under2;
+        let (lo, carry) =
+            (lo ^ 0u128.wrapping_sub(u128::from(neg))).overflowing_add(u128::from(neg));
+        let hi = (hi ^ 0u32.wrapping_sub(u32::from(neg))).wrapping_add(u32::from(carry));
+        Self(hi, lo)
+    }
+
+    /// `2^i`, or zero when `i` is 160 or more.
+    fn bit(i: usize) -> Self {
+        match i.checked_sub(128) {
+            None => Self(0, 1u128 << i),
+            Some(h) => Self(
+                u32::try_from(h).map_or(0, |h| 1u32.checked_shl(h).unwrap_or(0)),
+                0,
+            ),
+        }
+    }
+
+    /// `2^i − 1`: the bits below `i`, all 160 when `i` is 160 or more.
+    fn low_mask(i: usize) -> Self {
+        match i.checked_sub(128) {
+            None => Self(0, (1u128 << i) - 1),
+            Some(h) => Self(
+                u32::try_from(h)
+                    .ok()
+                    .and_then(|h| 1u32.checked_shl(h))
+                    .map_or(u32::MAX, |v| v - 1),
+                u128::MAX,
+            ),
+        }
+    }
+
+    /// `self` with bit `i` set to `on`.
+    fn with_bit(self, i: usize, on: bool) -> Self {
+        let b = Self::bit(i);
+        if on { self.or(b) } else { self.and(b.not()) }
+    }
+
+    /// The index of the highest set bit, `None` for zero.
+    fn highest_bit(self) -> Option<usize> {
+        if self.0 != 0 {
+            Some(159 - self.0.leading_zeros() as usize)
+        } else if self.1 != 0 {
+            Some(127 - self.1.leading_zeros() as usize)
+        } else {
+            None
+        }
+    }
+
+    /// Clears the highest set bit and returns its index, `None` for zero.
+    fn pop_highest(&mut self) -> Option<usize> {
+        let i = self.highest_bit()?;
+        *self = self.xor(Self::bit(i));
+        Some(i)
+    }
+
+    /// Clears the lowest set bit and returns its index, `None` for zero.
+    fn pop_lowest(&mut self) -> Option<usize> {
+        if self.1 != 0 {
+            let i = self.1.trailing_zeros() as usize;
+            self.1 &= self.1 - 1;
+            Some(i)
+        } else if self.0 != 0 {
+            let i = 128 + self.0.trailing_zeros() as usize;
+            self.0 &= self.0 - 1;
+            Some(i)
+        } else {
+            None
+        }
     }
 }
 
-/// Keeps the `cap` smallest items of a stream in `out`, sorted.
+/// The non-empty buckets of a table, ordered by the distances to one key
+/// that their contacts can have.
+///
+/// With own id `o` and `D = d(o, key)`, a contact `c` of bucket `b` (the
+/// highest bit of `d(c, o)` is `b`) has `d(c, key) = d(c, o) XOR D`: its bits
+/// above `b` are `D`'s, its bit `b` is the opposite of `D`'s, and its lower
+/// bits are anything. So bucket `b` covers exactly the interval
+/// `[P_b, P_b + 2^b − 1]` of distances to the key, with `P_b` being `D` with
+/// bit `b` flipped and the bits below cleared ([`BucketOrder::interval`]).
+/// Intervals of different buckets are disjoint, and ascending order is: the
+/// buckets where `D` has a one, highest first (`P_b < D`), then those where
+/// it has a zero, lowest first (`P_b > D`), which is Kademlia's classic walk.
+/// Both orders here are read off bitmaps lazily: a reply rarely gets past
+/// its first two or three buckets.
+#[derive(Clone, Copy)]
+struct BucketOrder {
+    /// The populated buckets.
+    used: Words,
+    /// `D`.
+    dk: Words,
+}
+
+impl BucketOrder {
+    fn new(used: Words, dk: Words) -> Self {
+        Self { used, dk }
+    }
+
+    /// The smallest and largest distance to the key a contact of bucket `b`
+    /// can have.
+    fn interval(&self, b: u8) -> (Words, Words) {
+        let b = usize::from(b);
+        let low = Words::low_mask(b);
+        let lo = self.dk.xor(Words::bit(b)).and(low.not());
+        (lo, lo.or(low))
+    }
+
+    /// Every populated bucket, in ascending order of their intervals.
+    fn ascending(&self) -> Walk {
+        let (ones, zeros) = (self.used.and(self.dk), self.used.and(self.dk.not()));
+        Walk::new([(ones, false), (zeros, true), (Words::ZERO, true)])
+    }
+
+    /// The populated buckets wholly below `t`, and the others, each side
+    /// nearest `t` first.
+    ///
+    /// `t` agrees with `D` above the highest bit `h` of `t XOR D`, so bucket
+    /// `h` is the one whose interval holds `t`. A bucket above `h` is on the
+    /// same side of `t` as of `D`; every bucket below `h` is on the side of
+    /// `t` where `D` is.
+    fn around(&self, t: Words) -> (Walk, Walk) {
+        let (ones, zeros) = (self.used.and(self.dk), self.used.and(self.dk.not()));
+        let none = (Words::ZERO, true);
+        let Some(h) = t.xor(self.dk).highest_bit() else {
+            // `t` is `D`: the one-buckets below, nearest (lowest) first.
+            return (
+                Walk::new([(ones, true), none, none]),
+                Walk::new([(zeros, true), none, none]),
+            );
+        };
+        let holder = self.used.and(Words::bit(h));
+        let under = Words::low_mask(h);
+        let over = Words::low_mask(h + 1).not();
+        if self.dk.and(Words::bit(h)) == Words::ZERO {
+            // `t > D`: below are all one-buckets and the zero-buckets under h.
+            (
+                Walk::new([(zeros.and(under), false), (ones, true), none]),
+                Walk::new([(holder, true), (zeros.and(over), true), none]),
+            )
+        } else {
+            // `t < D`: below are only the one-buckets over h.
+            (
+                Walk::new([(ones.and(over), true), none, none]),
+                Walk::new([(holder, true), (ones.and(under), false), (zeros, true)]),
+            )
+        }
+    }
+}
+
+/// Bucket indices from up to three bitmaps in turn, each read lowest bit
+/// first (`true`) or highest first.
+struct Walk {
+    parts: [(Words, bool); 3],
+    at: usize,
+}
+
+impl Walk {
+    fn new(parts: [(Words, bool); 3]) -> Self {
+        Self { parts, at: 0 }
+    }
+}
+
+impl Iterator for Walk {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        while let Some((bits, up)) = self.parts.get_mut(self.at) {
+            let b = if *up {
+                bits.pop_lowest()
+            } else {
+                bits.pop_highest()
+            };
+            match b {
+                // Indices are below 160.
+                Some(b) => return u8::try_from(b).ok(),
+                None => self.at += 1,
+            }
+        }
+        None
+    }
+}
+
+/// Keeps the `cap` smallest items of a stream in `out`, sorted by rank.
+///
+/// `cap` is a handful on the reply path, so a newcomer finds its place by
+/// shifting bigger items up from the end: cheaper there than a binary
+/// search and a `memmove`.
 #[inline]
-fn select<R: Ord + Copy>(out: &mut SmallVec<[(R, Contact); 8]>, cap: usize, item: (R, Contact)) {
+fn select<R: Ord + Copy, T: Copy>(out: &mut SmallVec<[(R, T); 8]>, cap: usize, item: (R, T)) {
     if out.len() >= cap {
         match out.last() {
             Some(last) if item.0 < last.0 => {
@@ -744,10 +1077,20 @@ fn select<R: Ord + Copy>(out: &mut SmallVec<[(R, Contact); 8]>, cap: usize, item
             _ => return,
         }
     }
-    let pos = out.partition_point(|x| x.0 < item.0);
-    out.insert(pos, item);
+    let mut i = out.len();
+    out.push(item);
+    let s = out.as_mut_slice();
+    while i > 0 && item.0 < s[i - 1].0 {
+        s[i] = s[i - 1];
+        i -= 1;
+    }
+    s[i] = item;
 }
 
+/// Inserts `c` into `out[start..]`, which is sorted ascending by `rank` and
+/// kept at most `cap` long. `out[start..]` is the tail of `out`, and `out`
+/// never grows beyond `start + cap`, so it never reallocates past the
+/// capacity the caller reserved.
 fn insert_bounded<R: Ord>(
     out: &mut Vec<Contact>,
     start: usize,
@@ -860,6 +1203,10 @@ mod tests {
         assert_eq!(total, table.len());
         assert_eq!(table.iter().count(), table.len());
         assert_eq!(table.is_empty(), total == 0);
+        for (i, b) in table.buckets.iter().enumerate() {
+            let bit = table.used.and(Words::bit(i)) != Words::ZERO;
+            assert_eq!(bit, !b.entries.is_empty(), "used bit of bucket {i}");
+        }
     }
 
     // ---- RttEstimator ----
@@ -1223,6 +1570,160 @@ mod tests {
         );
     }
 
+    // ---- bucket intervals ----
+
+    fn words(d: &Distance) -> Words {
+        Words::of(&d.0)
+    }
+
+    fn dist(w: Words) -> Distance {
+        let mut b = [0u8; ID_LEN];
+        b[..4].copy_from_slice(&w.0.to_be_bytes());
+        b[4..].copy_from_slice(&w.1.to_be_bytes());
+        Distance(b)
+    }
+
+    /// `a + b` modulo `2^160`.
+    fn add(a: Words, b: Words) -> Words {
+        let (lo, carry) = a.1.overflowing_add(b.1);
+        Words(a.0.wrapping_add(b.0).wrapping_add(u32::from(carry)), lo)
+    }
+
+    /// `a − b` modulo `2^160`.
+    fn sub(a: Words, b: Words) -> Words {
+        let (lo, borrow) = a.1.overflowing_sub(b.1);
+        Words(a.0.wrapping_sub(b.0).wrapping_sub(u32::from(borrow)), lo)
+    }
+
+    fn order_of(rt: &RoutingTable, key: &Id) -> BucketOrder {
+        BucketOrder::new(rt.used, words(&rt.own().distance(key)))
+    }
+
+    fn ones(w: Words) -> usize {
+        (w.0.count_ones() + w.1.count_ones()) as usize
+    }
+
+    #[test]
+    fn words_bits_at_the_edges() {
+        assert_eq!(Words::bit(0), Words(0, 1));
+        assert_eq!(Words::bit(127), Words(0, 1 << 127));
+        assert_eq!(Words::bit(128), Words(1, 0));
+        assert_eq!(Words::bit(159), Words(1 << 31, 0));
+        assert_eq!(Words::bit(160), Words::ZERO);
+        assert_eq!(Words::low_mask(0), Words::ZERO);
+        assert_eq!(Words::low_mask(128), Words(0, u128::MAX));
+        assert_eq!(Words::low_mask(159), Words(u32::MAX >> 1, u128::MAX));
+        assert_eq!(Words::low_mask(160), Words(u32::MAX, u128::MAX));
+        assert_eq!(Words::low_mask(500), Words(u32::MAX, u128::MAX));
+        let mut w = Words(1 << 31 | 1, 1 << 127 | 1);
+        assert_eq!(ones(w), 4);
+        assert_eq!(w.highest_bit(), Some(159));
+        let mut v = w;
+        let popped: Vec<usize> = std::iter::from_fn(|| v.pop_highest()).collect();
+        assert_eq!(popped, vec![159, 128, 127, 0]);
+        let popped: Vec<usize> = std::iter::from_fn(|| w.pop_lowest()).collect();
+        assert_eq!(popped, vec![0, 127, 128, 159]);
+        assert_eq!(w, Words::ZERO);
+    }
+
+    #[test]
+    fn bucket_order_of_own_id_zero() {
+        // Own id 0 and key 0b01010: D = 0b01010. Bucket b keeps D's bits
+        // above b and flips bit b: bucket 3 covers [0, 7], bucket 1 [8, 9],
+        // bucket 0 [11, 11], bucket 2 [12, 15], bucket 4 [16, 31]; D = 10
+        // itself is in none. The contacts 1, 2, 4, 8, 16 are at distances
+        // 11, 8, 14, 2, 26 from the key, one in each.
+        let mut rt = RoutingTable::new(Id::ZERO, 8, t(0));
+        for v in [1u64, 2, 4, 8, 16] {
+            rt.observe(contact(small_id(v), v as u32), t(0));
+        }
+        let order = order_of(&rt, &small_id(0b1010));
+        assert_eq!(order.ascending().collect::<Vec<_>>(), vec![3, 1, 0, 2, 4]);
+        let ivs: Vec<(u64, u64)> = order
+            .ascending()
+            .map(|b| {
+                let (lo, hi) = order.interval(b);
+                (lo.1 as u64, hi.1 as u64)
+            })
+            .collect();
+        assert_eq!(ivs, vec![(0, 7), (8, 9), (11, 11), (12, 15), (16, 31)]);
+    }
+
+    #[test]
+    fn a_bucket_whose_bound_ties_the_worst_is_still_visited() {
+        // Own id and key 0, so distances are ids and bucket b covers
+        // [2^b, 2^(b+1) − 1]. Target 8 lies in bucket 3, whose only contact
+        // 9 is 1 away. Bucket 2's bound is 8 − 7 = 1 as well, and its
+        // contact 7 ties on |d − target| and wins on d, so the walk must
+        // not stop at an equal bound.
+        let mut rt = RoutingTable::new(Id::ZERO, 8, t(0));
+        for v in [9u64, 7, 1] {
+            rt.observe(contact(small_id(v), v as u32), t(0));
+        }
+        let got = |count| -> Vec<Id> {
+            rt.nearest_to_distance(&Id::ZERO, small_dist(8), count)
+                .iter()
+                .map(|c| c.id)
+                .collect()
+        };
+        assert_eq!(got(1), vec![small_id(7)]);
+        assert_eq!(got(2), vec![small_id(1), small_id(7)]);
+        assert_eq!(got(3), vec![small_id(1), small_id(7), small_id(9)]);
+    }
+
+    /// A table whose contacts spread over many buckets, near as well as far,
+    /// unlike the top few buckets random ids fill; `picks` are
+    /// (bucket, seed) pairs.
+    fn spread_table(own: Id, k: usize, picks: &[(usize, u64)]) -> RoutingTable {
+        let mut rt = RoutingTable::new(own, k, t(0));
+        for (i, &(b, seed)) in picks.iter().enumerate() {
+            let id = own.random_in_bucket(b, &mut Rng::new(seed));
+            rt.observe(contact(id, i as u32), t(i as u64));
+        }
+        check_invariants(&rt);
+        rt
+    }
+
+    /// Targets that probe the pruning's edges: inside and outside populated
+    /// intervals, on their ends and just past them, on contacts' own
+    /// distances and exactly between two of them (where the rank ties).
+    fn probe_target(rt: &RoutingTable, key: &Id, kind: u8, pick: usize, rng: &mut Rng) -> Distance {
+        let ds: Vec<Words> = rt
+            .iter()
+            .map(|e| words(&key.distance(&e.contact.id)))
+            .collect();
+        let order = order_of(rt, key);
+        let buckets: Vec<u8> = order.ascending().collect();
+        let one = Words(0, 1);
+        let d_at = |i: usize| ds.get(i % ds.len().max(1)).copied().unwrap_or(Words::ZERO);
+        let iv = |i: usize| {
+            buckets
+                .get(i % buckets.len().max(1))
+                .map_or((Words::ZERO, Words::ZERO), |&b| order.interval(b))
+        };
+        let w = match kind % 12 {
+            0 => words(&Id::random(rng).distance(key)),
+            1 => words(&key.distance(&rt.own()).half()),
+            2 => d_at(pick),
+            3 => add(d_at(pick), one),
+            4 => sub(d_at(pick), one),
+            5 => {
+                // The midpoint of two contacts' distances: with an even gap,
+                // both are equally far from it.
+                let (a, b) = (d_at(pick), d_at(pick / 7 + 1));
+                let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+                add(lo, words(&dist(sub(hi, lo)).half()))
+            }
+            6 => iv(pick).0,
+            7 => iv(pick).1,
+            8 => sub(iv(pick).0, one),
+            9 => add(iv(pick).1, one),
+            10 => words(&key.distance(&rt.own())),
+            _ => [Words::ZERO, words(&Distance::MAX)][pick % 2],
+        };
+        dist(w)
+    }
+
     // ---- proptests ----
 
     #[derive(Clone, Debug)]
@@ -1286,6 +1787,196 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn words_agree_with_distance(
+            a in any::<[u8; ID_LEN]>(),
+            b in any::<[u8; ID_LEN]>(),
+            i in 0usize..ID_BITS,
+        ) {
+            let (da, db) = (Distance(a), Distance(b));
+            let (wa, wb) = (Words::of(&a), Words::of(&b));
+            prop_assert_eq!(wa.cmp(&wb), da.cmp(&db));
+            prop_assert_eq!(dist(wa.abs_diff(wb)), da.abs_diff(&db));
+            prop_assert_eq!(dist(wa.xor(wb)), Distance(Id(a).distance(&Id(b)).0));
+            prop_assert_eq!(dist(wa), da);
+            // Bit `i` is the bucket index of a distance whose highest bit it is.
+            prop_assert_eq!(dist(Words::bit(i)).bucket(), Some(i));
+            prop_assert_eq!(dist(Words::low_mask(i)).bucket(), i.checked_sub(1));
+            prop_assert_eq!(wa.with_bit(i, true).with_bit(i, false), wa.and(Words::bit(i).not()));
+            let mut bits = wa;
+            let mut n = 0;
+            let mut last = None;
+            while let Some(j) = bits.pop_lowest() {
+                prop_assert!(last.is_none_or(|l| l < j));
+                prop_assert!(wa.and(Words::bit(j)) != Words::ZERO);
+                last = Some(j);
+                n += 1;
+            }
+            prop_assert_eq!(n, ones(wa));
+            prop_assert_eq!(wa.highest_bit(), da.bucket());
+        }
+
+        #[test]
+        fn bucket_interval_holds_every_distance_of_its_contacts(
+            own in any::<[u8; ID_LEN]>().prop_map(Id),
+            key in any::<[u8; ID_LEN]>().prop_map(Id),
+            c in any::<[u8; ID_LEN]>().prop_map(Id),
+            near_bits in 0usize..=ID_BITS,
+        ) {
+            // `near_bits` of the contact's low bits come from the key or own
+            // id, so small buckets and small distances to the key get tried.
+            let mask = dist(Words::low_mask(near_bits));
+            let c = if near_bits % 2 == 0 { own.xor(&Distance(c.0)) } else { key.xor(&Distance(c.0)) };
+            let c = Id(std::array::from_fn(|i| (c.0[i] & mask.0[i]) | (own.0[i] & !mask.0[i])));
+            let Some(b) = own.bucket_index(&c) else {
+                return Ok(());
+            };
+            let order = BucketOrder::new(Words::ZERO, words(&own.distance(&key)));
+            let (lo, hi) = order.interval(b as u8);
+            let d = words(&key.distance(&c));
+            prop_assert!(lo <= d && d <= hi, "bucket {} interval {:?}..{:?} misses {:?}", b, lo, hi, d);
+            // Exactly the `2^b` values with the bucket's fixed high bits.
+            prop_assert_eq!(sub(hi, lo), Words::low_mask(b));
+            prop_assert_eq!(lo.and(Words::low_mask(b)), Words::ZERO);
+        }
+
+        #[test]
+        fn bucket_order_is_ascending_and_disjoint(
+            used in (any::<u32>(), any::<u128>()).prop_map(|(h, l)| Words(h, l)),
+            sparse in any::<u64>(),
+            dk in (any::<u32>(), any::<u128>()).prop_map(|(h, l)| Words(h, l)),
+            t in (any::<u32>(), any::<u128>()).prop_map(|(h, l)| Words(h, l)),
+            t_kind in 0u8..4,
+        ) {
+            // Thin the bitmap out sometimes, as real tables are.
+            let used = if sparse % 2 == 0 { used } else { used.and(Words(0xffff_0000, sparse as u128)) };
+            let order = BucketOrder::new(used, dk);
+            let asc: Vec<u8> = order.ascending().collect();
+            let listed: BTreeSet<u8> = asc.iter().copied().collect();
+            prop_assert_eq!(listed.len(), asc.len());
+            prop_assert_eq!(listed.len(), ones(used));
+            for &b in &listed {
+                prop_assert!(used.and(Words::bit(usize::from(b))) != Words::ZERO);
+            }
+            for w in asc.windows(2) {
+                let (a, b) = (order.interval(w[0]), order.interval(w[1]));
+                prop_assert!(a.0 <= a.1 && a.1 < b.0, "{:?} then {:?}", a, b);
+            }
+            // Our own id is in no bucket: `D` lies in no interval.
+            for &b in &asc {
+                let (lo, hi) = order.interval(b);
+                prop_assert!(dk < lo || hi < dk);
+            }
+            // Around a target (random, `D` itself, or an interval's end), the
+            // two sides split the ascending order at the target and each
+            // comes nearest first.
+            let t = match (t_kind, asc.get(sparse as usize % asc.len().max(1))) {
+                (1, _) => dk,
+                (2, Some(&b)) => order.interval(b).0,
+                (3, Some(&b)) => order.interval(b).1,
+                _ => t,
+            };
+            let (below, above) = order.around(t);
+            let (below, above): (Vec<u8>, Vec<u8>) = (below.collect(), above.collect());
+            let split = asc.iter().take_while(|&&b| order.interval(b).1 < t).count();
+            let expect_below: Vec<u8> = asc[..split].iter().rev().copied().collect();
+            prop_assert_eq!(below, expect_below);
+            prop_assert_eq!(above, asc[split..].to_vec());
+        }
+
+        #[test]
+        fn nearest_to_distance_matches_brute_force_on_spread_tables(
+            own in any::<[u8; ID_LEN]>().prop_map(Id),
+            k in 1usize..6,
+            picks in proptest::collection::vec((0usize..ID_BITS, any::<u64>()), 0..120),
+            key_kind in 0u8..4,
+            key_bits in any::<[u8; ID_LEN]>(),
+            near_bits in 0usize..ID_BITS,
+            kind in any::<u8>(),
+            pick in any::<usize>(),
+            count in 0usize..20,
+            seed in any::<u64>(),
+        ) {
+            // Half the picks crowd the top buckets, as in a real table.
+            let picks: Vec<(usize, u64)> = picks
+                .into_iter()
+                .enumerate()
+                .map(|(i, (b, s))| if i % 2 == 0 { (ID_BITS - 1 - b % 12, s) } else { (b, s) })
+                .collect();
+            let rt = spread_table(own, k, &picks);
+            let all: Vec<Contact> = rt.iter().map(|e| e.contact).collect();
+            let mask = dist(Words::low_mask(near_bits));
+            let key = match key_kind {
+                // Random, near our own id, our own id, or a contact's id.
+                0 => Id(key_bits),
+                1 => own.xor(&Distance(std::array::from_fn(|i| key_bits[i] & mask.0[i]))),
+                2 => own,
+                _ => all.get(pick % all.len().max(1)).map_or(own, |c| c.id),
+            };
+            let mut rng = Rng::new(seed);
+            let target = probe_target(&rt, &key, kind, pick, &mut rng);
+            prop_assert_eq!(
+                rt.nearest_to_distance(&key, target, count),
+                nearest_reference(&all, &key, target, count)
+            );
+        }
+
+        #[test]
+        fn nearest_to_distance_breaks_ties_like_brute_force(
+            own in any::<[u8; ID_LEN]>().prop_map(Id),
+            key in any::<[u8; ID_LEN]>().prop_map(Id),
+            target in any::<[u8; ID_LEN]>().prop_map(Distance),
+            gaps in proptest::collection::vec((0usize..ID_BITS, any::<u64>()), 1..30),
+            count in 1usize..16,
+        ) {
+            // Pairs of contacts at distances `target ± x`, which tie on
+            // `|d − target|`, in whatever buckets those land.
+            let mut rt = RoutingTable::new(own, 8, t(0));
+            let tw = words(&target);
+            for (i, &(bits, seed)) in gaps.iter().enumerate() {
+                let x = Words::of(&Id::random(&mut Rng::new(seed)).0).and(Words::low_mask(bits));
+                for (j, d) in [sub(tw, x), add(tw, x)].into_iter().enumerate() {
+                    rt.observe(contact(key.xor(&dist(d)), (2 * i + j) as u32), t(0));
+                }
+            }
+            check_invariants(&rt);
+            let all: Vec<Contact> = rt.iter().map(|e| e.contact).collect();
+            prop_assert_eq!(
+                rt.nearest_to_distance(&key, target, count),
+                nearest_reference(&all, &key, target, count)
+            );
+        }
+
+        #[test]
+        fn nearest_to_distance_visits_buckets_whose_bound_ties(
+            own in any::<[u8; ID_LEN]>().prop_map(Id),
+            key in any::<[u8; ID_LEN]>().prop_map(Id),
+            b in 1usize..ID_BITS,
+            x in any::<u64>(),
+            noise in proptest::collection::vec((0usize..ID_BITS, any::<u64>()), 0..40),
+            count in 1usize..6,
+        ) {
+            // A contact at the top end `hi` of bucket b's interval and a target
+            // `x` above it: the bucket's bound is exactly `x`. Another contact at
+            // `target + x` ties with it on `|d − target|` and loses on `d`.
+            let order = BucketOrder::new(Words::ZERO, words(&own.distance(&key)));
+            let hi = order.interval(b as u8).1;
+            let x = match Words(0, u128::from(x)).and(Words::low_mask(b)) {
+                Words::ZERO => Words(0, 1),
+                x => x,
+            };
+            let target = add(hi, x);
+            let mut rt = spread_table(own, 8, &noise);
+            rt.observe(contact(key.xor(&dist(hi)), 1000), t(0));
+            rt.observe(contact(key.xor(&dist(add(target, x))), 1001), t(0));
+            check_invariants(&rt);
+            let all: Vec<Contact> = rt.iter().map(|e| e.contact).collect();
+            prop_assert_eq!(
+                rt.nearest_to_distance(&key, dist(target), count),
+                nearest_reference(&all, &key, dist(target), count)
+            );
+        }
+
         #[test]
         fn table_invariants_hold_under_any_sequence(
             seed in any::<u64>(),
