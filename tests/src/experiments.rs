@@ -441,6 +441,9 @@ pub struct HotspotReport {
     pub aggregate_puts_per_min: f64,
     /// Gets issued per minute, over all nodes.
     pub aggregate_gets_per_min: f64,
+    /// Store + put-probe RPCs received per minute over all nodes, averaged
+    /// after minute 1: how much put traffic reached the network at all.
+    pub aggregate_put_rpcs_per_min: f64,
     /// Index of the node closest to the key.
     pub closest_node: usize,
     /// Store + put-probe RPCs the closest node received per minute, averaged
@@ -642,6 +645,7 @@ pub fn hotspot(p: &HotspotParams) -> Result<HotspotReport, LoadError> {
         join: join.into(),
         aggregate_puts_per_min: puts_issued as f64 / minutes,
         aggregate_gets_per_min: gets_issued as f64 / minutes,
+        aggregate_put_rpcs_per_min: put_avg.iter().sum(),
         closest_node: closest,
         closest_node_rpcs_per_min: put_avg.get(closest).copied().unwrap_or(0.0),
         max_node_rpcs_per_min: max_load.max(0.0),
@@ -692,8 +696,8 @@ impl HotspotReport {
         );
         let _ = writeln!(
             s,
-            "  beta {} -> bound beta*ceil(log2 n) = {} RPCs/min",
-            self.beta, self.bound
+            "  beta {} -> bound beta*ceil(log2 n) = {} RPCs/min; {:.1} put RPCs/min reached the network",
+            self.beta, self.bound, self.aggregate_put_rpcs_per_min
         );
         let _ = writeln!(
             s,
