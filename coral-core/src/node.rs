@@ -164,6 +164,8 @@ pub struct Stats {
     pub lookups: u64,
     /// Sum of hops over finished lookups.
     pub lookup_hops: u64,
+    /// Puts this node kept itself because it was loaded for their key.
+    pub puts_kept: u64,
     /// Stores refused because this node was full.
     pub refused_full: u64,
     /// Stores refused because this node was full and loaded.
@@ -1371,22 +1373,29 @@ impl Node {
         let Some(Op::Put(mut p)) = self.ops.remove(&op) else {
             return;
         };
-        // This node is the first on its own path: probe its own store. Its
-        // own puts count toward its load like anyone's. Once it is loaded for
-        // the key (more than beta puts this minute, its own included), its
-        // puts go no further: it keeps the value itself when it can, and so
-        // sends at most about beta puts per key per minute into the network
-        // whatever its callers do. Otherwise a requester whose first hop is
-        // the key's closest node would load that node at its own rate.
+        // This node is the first on its own path, and the puts it sends on
+        // count toward its load like anyone's. While it is loaded for the key
+        // (more than beta puts sent on within the window), it keeps further
+        // puts itself, uncounted, instead of sending them: each node then
+        // sends at most about beta + 1 puts per key per window into the
+        // network whatever its callers do. Otherwise a requester whose first
+        // hop is the key's closest node would load that node at its own rate.
+        if self.store.is_loaded(now, p.level, p.key) {
+            if self.store.keep(now, p.level, p.key, p.value.clone(), p.ttl) == StoreResult::Ok {
+                p.stored.push((p.level, self.contact.id));
+            }
+            self.stats.puts_kept += 1;
+            if let Some(state) = self.next_put_level(now, op, p) {
+                self.ops.insert(op, state);
+            }
+            return;
+        }
         let info = self.store.probe_put(now, p.level, p.key);
         let full = store::is_full(&info.stored, self.config.dsht.l, p.fingerprint, p.ttl);
         let own = self.contact;
         let own_d = own.id.distance(&p.key);
-        if let PutPhase::Forward { lookup, stack } = &mut p.phase {
+        if let PutPhase::Forward { stack, .. } = &mut p.phase {
             stack.push((own_d, own, full));
-            if info.loaded {
-                lookup.stop();
-            }
         }
         let next = self.advance_put(now, op, p, Outcome::Start);
         if let Some(state) = next {

@@ -356,6 +356,33 @@ impl Store {
         value: Bytes,
         ttl: Duration,
     ) -> StoreResult {
+        self.insert(now, level, key, value, ttl, true)
+    }
+
+    /// Stores this node's own value exactly as [`Store::store`] does, but
+    /// without counting a put traversal: a requester that is loaded for the
+    /// key keeps its own put instead of sending it on (see the node's put),
+    /// and a put that went nowhere must not keep it loaded.
+    pub fn keep(
+        &mut self,
+        now: Instant,
+        level: Level,
+        key: Key,
+        value: Bytes,
+        ttl: Duration,
+    ) -> StoreResult {
+        self.insert(now, level, key, value, ttl, false)
+    }
+
+    fn insert(
+        &mut self,
+        now: Instant,
+        level: Level,
+        key: Key,
+        value: Bytes,
+        ttl: Duration,
+        count: bool,
+    ) -> StoreResult {
         if value.len() > self.max_value_len {
             self.stats.refused_invalid += 1;
             return StoreResult::Full;
@@ -368,7 +395,9 @@ impl Store {
             self.stats.refused_full += 1;
             return StoreResult::Full;
         }
-        self.record_put(now, slot);
+        if count {
+            self.record_put(now, slot);
+        }
         let Some(state) = self.keys.get_mut(&slot) else {
             // ensure_key just made sure the entry exists.
             self.stats.refused_full += 1;
@@ -749,6 +778,37 @@ mod tests {
         // Works over references too.
         let list = [info(1, 40), info(2, 40)];
         assert!(is_full(list.iter(), 2, 9, t));
+    }
+
+    #[test]
+    fn keep_stores_without_counting_a_put() {
+        let cfg = DshtConfig {
+            beta: 1,
+            ..DshtConfig::default()
+        };
+        let mut st = Store::new(&cfg);
+        let k = Id::hash("t", b"keep");
+        let now = Instant::from_millis(1000);
+        for i in 0..cfg.l as u8 {
+            assert_eq!(
+                st.keep(now, 0, k, Bytes::from(vec![i]), Duration::from_secs(60)),
+                StoreResult::Ok
+            );
+        }
+        // The full rule still applies to kept values.
+        let z = Bytes::from_static(b"z");
+        assert_eq!(
+            st.keep(now, 0, k, z, Duration::from_secs(60)),
+            StoreResult::Full
+        );
+        assert!(
+            !st.is_loaded(now, 0, k),
+            "kept values are not puts traversing the node"
+        );
+        assert_eq!(st.values_for(now, 0, k), cfg.l);
+        st.store(now, 0, k, Bytes::from_static(b"x"), Duration::from_secs(1));
+        st.store(now, 0, k, Bytes::from_static(b"y"), Duration::from_secs(1));
+        assert!(st.is_loaded(now, 0, k));
     }
 
     #[test]
