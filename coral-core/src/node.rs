@@ -1078,7 +1078,12 @@ impl Node {
                 }
             }
         };
-        if let Some(state) = next {
+        self.resume(op, next);
+    }
+
+    /// Puts a running operation back after a step; `None` means it ended.
+    fn resume(&mut self, op: OpId, state: Option<Op>) {
+        if let Some(state) = state {
             self.ops.insert(op, state);
         }
     }
@@ -1311,9 +1316,7 @@ impl Node {
             return;
         }
         let next = self.advance_get(now, op, g, Outcome::Start);
-        if let Some(state) = next {
-            self.ops.insert(op, state);
-        }
+        self.resume(op, next);
     }
 
     fn advance_get(
@@ -1385,9 +1388,8 @@ impl Node {
                 p.stored.push((p.level, self.contact.id));
             }
             self.stats.puts_kept += 1;
-            if let Some(state) = self.next_put_level(now, op, p) {
-                self.ops.insert(op, state);
-            }
+            let next = self.next_put_level(now, op, p);
+            self.resume(op, next);
             return;
         }
         let info = self.store.probe_put(now, p.level, p.key);
@@ -1398,9 +1400,7 @@ impl Node {
             stack.push((own_d, own, full));
         }
         let next = self.advance_put(now, op, p, Outcome::Start);
-        if let Some(state) = next {
-            self.ops.insert(op, state);
-        }
+        self.resume(op, next);
     }
 
     fn advance_put(

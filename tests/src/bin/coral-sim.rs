@@ -91,6 +91,27 @@ fn check(nodes: usize, loss: f64) -> Result<()> {
     Ok(())
 }
 
+/// Prints a finished experiment: the JSON object alone on stdout with
+/// `--json`, else the human summary; the wall time goes to stderr.
+fn report(
+    seed: u64,
+    wall: std::time::Instant,
+    json: bool,
+    r: &impl serde::Serialize,
+    human: String,
+) -> Result<()> {
+    eprintln!(
+        "seed {seed}: done in {:.1} s wall",
+        wall.elapsed().as_secs_f64()
+    );
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        println!("{human}");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let wall = std::time::Instant::now();
@@ -120,15 +141,7 @@ fn main() -> Result<()> {
             );
             p.gets_per_node = gets_per_node.max(1);
             let r = experiments::lookup(&p).context("building the network")?;
-            eprintln!(
-                "seed {seed}: done in {:.1} s wall",
-                wall.elapsed().as_secs_f64()
-            );
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!("{}", r.human());
-            }
+            report(seed, wall, json, &r, r.human())?;
         }
         Cmd::Hotspot {
             nodes,
@@ -159,15 +172,7 @@ fn main() -> Result<()> {
             p.rate = rate;
             p.ttl = Duration::from_secs(ttl);
             let r = experiments::hotspot(&p).context("building the network")?;
-            eprintln!(
-                "seed {seed}: done in {:.1} s wall",
-                wall.elapsed().as_secs_f64()
-            );
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!("{}", r.human());
-            }
+            report(seed, wall, json, &r, r.human())?;
         }
     }
     Ok(())
