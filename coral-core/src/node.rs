@@ -1436,7 +1436,24 @@ impl Node {
                         stack.push((from.id.distance(&p.key), *from, full));
                     }
                 }
-                if !self.step_walk(now, op, p.level, &mut lookup, WalkKind::PutProbe, outcome) {
+                let mut done =
+                    self.step_walk(now, op, p.level, &mut lookup, WalkKind::PutProbe, outcome);
+                if done && !lookup.is_stopped() && !lookup.sweeping() && stack.iter().all(|e| e.2) {
+                    // The walk reached the key without meeting a shield, and
+                    // every node it probed is full for this value (say the
+                    // requester is itself the key's closest node): widen it
+                    // to the key's other closest nodes, as a get's sweep does.
+                    lookup.set_sweep(self.config.dsht.get_sweep);
+                    done = self.step_walk(
+                        now,
+                        op,
+                        p.level,
+                        &mut lookup,
+                        WalkKind::PutProbe,
+                        Outcome::Start,
+                    );
+                }
+                if !done {
                     p.phase = PutPhase::Forward { lookup, stack };
                     return Some(Op::Put(p));
                 }
@@ -1834,6 +1851,59 @@ mod tests {
         for n in &net.nodes {
             assert!(n.stored_values(net.now, 0, &key).len() <= 2);
         }
+    }
+
+    #[test]
+    fn a_full_requester_next_to_the_key_stores_beside_it() {
+        let mut config = Config::default();
+        config.dsht.l = 1;
+        let mut net = Net::new(30, &config);
+        net.join_all();
+        let key = Id::for_url("http://example.com/e");
+        let mut order: Vec<usize> = (0..30).collect();
+        order.sort_by_key(|i| net.nodes[*i].id().distance(&key));
+        let closest = order[0];
+        // Fill the closest node (l = 1) with a value from elsewhere.
+        let now = net.now;
+        let far = order[29];
+        let put = net.nodes[far]
+            .put(
+                now,
+                key,
+                Bytes::from_static(b"a"),
+                Duration::from_secs(600),
+                Levels::ALL,
+            )
+            .unwrap();
+        net.after(Duration::from_secs(1));
+        let Some(Event::PutDone { stored, .. }) = net.take_event(put) else {
+            panic!()
+        };
+        assert_eq!(stored, vec![(0, net.nodes[closest].id())]);
+        // Now the closest node puts a value of its own: it is full, and no
+        // node on its (empty) path is closer; it must store at a neighbour.
+        let now = net.now;
+        let put = net.nodes[closest]
+            .put(
+                now,
+                key,
+                Bytes::from_static(b"b"),
+                Duration::from_secs(600),
+                Levels::ALL,
+            )
+            .unwrap();
+        net.after(Duration::from_secs(1));
+        let Some(Event::PutDone { stored, .. }) = net.take_event(put) else {
+            panic!()
+        };
+        assert_eq!(stored.len(), 1, "stored nowhere");
+        let holder = stored[0].1;
+        assert_ne!(holder, net.nodes[closest].id());
+        let rank = order
+            .iter()
+            .position(|i| net.nodes[*i].id() == holder)
+            .unwrap();
+        assert!(rank <= 3, "stored at rank {rank}, not beside the key");
     }
 
     #[test]

@@ -107,6 +107,22 @@ impl Lookup {
         self
     }
 
+    /// Turns the sweep of [`Lookup::with_sweep`] on for a walk under way
+    /// (a put whose path offered no node with room).
+    pub fn set_sweep(&mut self, n: usize) {
+        self.sweep = n;
+    }
+
+    /// Whether a sweep is on.
+    pub fn sweeping(&self) -> bool {
+        self.sweep > 0
+    }
+
+    /// Whether [`Lookup::stop`] ended the walk.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
     /// Ask `contact` before anything else (continuing a walk begun at another level).
     pub fn start_at(&mut self, contact: Contact) {
         if contact.id != self.own {
