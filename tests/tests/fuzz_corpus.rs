@@ -8,6 +8,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use coral_core::fuzzing;
+use coral_core::rng::Rng;
 use coral_core::wire::Message;
 
 /// A fuzz target's body.
@@ -15,7 +16,10 @@ type Target = fn(&[u8]);
 
 /// Every fuzz target in `fuzz/fuzz_targets/`, by name, with its body. A new
 /// target is one line here.
-const TARGETS: &[(&str, Target)] = &[("wire_decode", fuzzing::wire_decode)];
+const TARGETS: &[(&str, Target)] = &[
+    ("wire_decode", fuzzing::wire_decode),
+    ("node_inputs", fuzzing::node_inputs),
+];
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -92,5 +96,69 @@ fn regenerate_wire_decode_seeds() {
         let mut bytes = Vec::new();
         msg.encode(&mut bytes);
         fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+/// Rewrites the `node_inputs` seeds from `fuzzing::seed_node_inputs`. Run by
+/// hand after changing the script format or the seed scripts:
+/// `cargo test -p coral-tests --test fuzz_corpus -- --ignored`.
+#[test]
+#[ignore = "writes into fuzz/corpus; run by hand after a script format change"]
+fn regenerate_node_inputs_seeds() {
+    let dir = fuzz_dir().join("corpus/node_inputs");
+    fs::create_dir_all(&dir).unwrap();
+    for (name, script) in fuzzing::seed_node_inputs() {
+        fs::write(dir.join(name), script).unwrap();
+    }
+}
+
+/// The checked-in `node_inputs` seeds are the current seed scripts: a
+/// change of the script format that forgot to regenerate them would leave
+/// the fuzzer starting from noise.
+#[test]
+fn node_inputs_seeds_are_current() {
+    for (name, script) in fuzzing::seed_node_inputs() {
+        let path = fuzz_dir().join("corpus/node_inputs").join(name);
+        let data = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(data, script, "seed {name} is stale; regenerate it");
+    }
+}
+
+/// Fuzzing without libFuzzer, so every `cargo test` drives the node beyond
+/// the corpus: seeded random scripts, and random mutations of the seeds
+/// (which keep the run deep in joins, puts and gets). Deterministic: a
+/// failure prints the input to add to the corpus.
+#[test]
+fn node_inputs_survive_random_scripts() {
+    let seeds: Vec<Vec<u8>> = fuzzing::seed_node_inputs()
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    let mut rng = Rng::new(0x00c0_4a1f_u64);
+    for i in 0..5000u64 {
+        let data = if i % 2 == 0 {
+            let mut data = vec![0u8; rng.below(200) as usize];
+            rng.fill(&mut data);
+            data
+        } else {
+            let mut data = seeds[rng.below(seeds.len() as u64) as usize].clone();
+            for _ in 0..=rng.below(4) {
+                let at = rng.below(data.len() as u64) as usize;
+                match rng.below(3) {
+                    0 => data[at] = rng.u64() as u8,
+                    1 => data.insert(at, rng.u64() as u8),
+                    _ => {
+                        data.remove(at);
+                    }
+                }
+                if data.is_empty() {
+                    data.push(0);
+                }
+            }
+            data
+        };
+        if catch_unwind(AssertUnwindSafe(|| fuzzing::node_inputs(&data))).is_err() {
+            panic!("node_inputs fails on script {i}: {data:?}");
+        }
     }
 }
