@@ -29,7 +29,7 @@ use crate::wire::{
     Body, ErrorCode, MAX_CONTACTS, MAX_DATAGRAM, MAX_LEVELS, MAX_STORED, MAX_VALUE_LEN, MAX_VALUES,
     Message, Scope, StoreResult, StoredInfo,
 };
-use crate::{Event, Levels, Node, OpId, PutError};
+use crate::{Event, Levels, Node, OpError, OpId};
 
 /// Decodes `data` as a datagram; whatever decodes must re-encode to exactly
 /// `data` and decode again to the same message (the codec's strictness).
@@ -547,9 +547,6 @@ struct Harness {
     advertised: BTreeMap<SocketAddr, Id>,
     /// Every application operation started, by id.
     ops: BTreeMap<OpId, AppOp>,
-    /// `get`s and `join`s started while `max_ops` operations were already
-    /// running: neither command checks `max_ops`, so each may exceed it by one.
-    over_cap: usize,
     /// The most operations seen running at once.
     ops_peak: usize,
     /// Every event, in order (at most one per operation).
@@ -579,7 +576,6 @@ impl Harness {
             recent: VecDeque::new(),
             advertised: BTreeMap::new(),
             ops: BTreeMap::new(),
-            over_cap: 0,
             ops_peak: 0,
             events: Vec::new(),
             last_value: Bytes::new(),
@@ -980,16 +976,34 @@ impl Harness {
                     .filter(|i| mask & (1 << i) != 0)
                     .map(|i| self.peers[i])
                     .collect();
-                self.count_over_cap();
-                let op = self.node.join(self.now, &bootstrap);
-                self.started(op, AppKind::Join, None);
+                let busy = self.busy();
+                match self.node.join(self.now, &bootstrap) {
+                    Ok(op) => {
+                        assert!(!busy, "join accepted at the cap");
+                        self.started(op, AppKind::Join, None);
+                    }
+                    Err(OpError::Busy) => {
+                        assert!(busy, "join refused below the cap");
+                        self.settle(None);
+                    }
+                    Err(e) => panic!("join refused: {e}"),
+                }
             }
             op::GET => {
                 let key = self.key(input.byte());
                 let levels = Levels(input.byte());
-                self.count_over_cap();
-                let op = self.node.get(self.now, key, levels);
-                self.started(op, AppKind::Get, Some(key));
+                let busy = self.busy();
+                match self.node.get(self.now, key, levels) {
+                    Ok(op) => {
+                        assert!(!busy, "get accepted at the cap");
+                        self.started(op, AppKind::Get, Some(key));
+                    }
+                    Err(OpError::Busy) => {
+                        assert!(busy, "get refused below the cap");
+                        self.settle(None);
+                    }
+                    Err(e) => panic!("get refused: {e}"),
+                }
             }
             op::PUT => {
                 let key = self.key(input.byte());
@@ -998,7 +1012,7 @@ impl Harness {
                 let ttl = Duration::from_secs(u64::from(ttl_secs(input.byte())));
                 let levels = Levels(input.byte());
                 let value = Bytes::from(vec![fill; len]);
-                let busy = self.node.ops_in_flight() >= self.config.dsht.max_ops;
+                let busy = self.busy();
                 let max_len = self.config.dsht.max_value_len.min(MAX_VALUE_LEN);
                 match self.node.put(self.now, key, value.clone(), ttl, levels) {
                     Ok(op) => {
@@ -1009,12 +1023,12 @@ impl Harness {
                         self.last_value = value;
                         self.started(op, AppKind::Put, Some(key));
                     }
-                    Err(PutError::ValueTooLong { len: l, max }) => {
+                    Err(OpError::ValueTooLong { len: l, max }) => {
                         assert_eq!((l, max), (len, max_len));
                         assert!(len > max_len);
                         self.settle(None);
                     }
-                    Err(PutError::Busy) => {
+                    Err(OpError::Busy) => {
                         assert!(busy && len <= max_len, "put refused as busy");
                         self.settle(None);
                     }
@@ -1116,10 +1130,8 @@ impl Harness {
         self.settle(None);
     }
 
-    fn count_over_cap(&mut self) {
-        if self.node.ops_in_flight() >= self.config.dsht.max_ops {
-            self.over_cap += 1;
-        }
+    fn busy(&self) -> bool {
+        self.node.ops_in_flight() >= self.config.dsht.max_ops
     }
 
     fn started(&mut self, op: OpId, kind: AppKind, key: Option<Id>) {
@@ -1194,17 +1206,7 @@ impl Harness {
         }
 
         self.ops_peak = self.ops_peak.max(self.node.ops_in_flight());
-        // KNOWN CORE BUGS, tolerated here so the fuzzer can look further
-        // (seeds `gets_past_max_ops` and `joins_refresh_past_max_ops`):
-        // - `get` and `join` never check `max_ops` (only `put` does), so
-        //   each one started at the cap counts in `over_cap`;
-        // - `Node::advance` takes the operation it advances out of `ops`,
-        //   so a join that finishes a level and starts bucket refreshes
-        //   (`refresh_far_buckets` → `start_refresh`) sees one operation
-        //   fewer than are running and may fill `ops` to `max_ops` before
-        //   the join goes back in: one over.
-        // Tighten to `max_ops` alone once both are fixed.
-        let max_ops = self.config.dsht.max_ops + self.over_cap + 1;
+        let max_ops = self.config.dsht.max_ops;
         assert!(
             self.node.ops_in_flight() <= max_ops,
             "{} operations running, cap {max_ops}",

@@ -34,9 +34,9 @@
 //!     let now = || Instant::from_duration(epoch.elapsed());
 //!     let config = Config { seed: 42, ..Config::default() }; // log the seed in real use
 //!     let mut node = Node::new(config, socket.local_addr()?, now());
-//!     node.join(now(), &["127.0.0.1:8093".parse().unwrap()]);
+//!     node.join(now(), &["127.0.0.1:8093".parse().unwrap()]).expect("a new node has room");
 //!     let key = coral_core::id::Id::for_url("http://example.com/");
-//!     node.get(now(), key, Levels::ALL);
+//!     node.get(now(), key, Levels::ALL).expect("a new node has room");
 //!     let (mut out, mut inbuf) = (Vec::new(), [0u8; 1500]);
 //!     loop {
 //!         while let Some(t) = node.poll_transmit(&mut out) {
@@ -69,7 +69,7 @@
 //! - Every collection fed by the network is bounded by configuration
 //!   ([`config::DshtConfig`]).
 //! - Outcomes such as "not found" are values inside [`Event`]s; `Err` is only
-//!   for local misuse ([`PutError`]).
+//!   for local misuse ([`OpError`]).
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -83,4 +83,4 @@ pub mod rng;
 pub mod time;
 pub mod wire;
 
-pub use node::{Event, Levels, Node, OpId, PutError, Stats, Transmit};
+pub use node::{Event, Levels, Node, OpError, OpId, Stats, Transmit};

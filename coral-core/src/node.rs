@@ -109,10 +109,10 @@ pub enum Event {
     },
 }
 
-/// Local misuse of [`Node::put`].
+/// Why [`Node::join`], [`Node::get`] or [`Node::put`] refused to start.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum PutError {
+pub enum OpError {
     /// The value is longer than the configured maximum.
     #[error("value of {len} bytes exceeds the maximum of {max}")]
     ValueTooLong {
@@ -121,7 +121,7 @@ pub enum PutError {
         /// The maximum.
         max: usize,
     },
-    /// Too many operations are already running.
+    /// `max_ops` operations are already running.
     #[error("too many operations in flight")]
     Busy,
 }
@@ -310,6 +310,9 @@ pub struct Node {
     deadlines: BTreeSet<(Instant, Timer)>,
     ops: BTreeMap<OpId, Op>,
     next_op: u64,
+    /// Operations taken out of `ops` while they take a step; they still
+    /// count against `max_ops`.
+    stepping: usize,
     next_maintenance: Instant,
     /// When to walk toward our own id again (after a join, then periodically).
     next_self_refresh: Option<Instant>,
@@ -385,6 +388,7 @@ impl Node {
             deadlines: BTreeSet::new(),
             ops: BTreeMap::new(),
             next_op: 0,
+            stepping: 0,
             next_maintenance: first_tick,
             next_self_refresh: None,
             outbox: VecDeque::new(),
@@ -448,7 +452,15 @@ impl Node {
 
     /// Operations still running.
     pub fn ops_in_flight(&self) -> usize {
-        self.ops.len()
+        self.ops.len() + self.stepping
+    }
+
+    /// Refuses a new operation when `max_ops` are running.
+    fn check_capacity(&self) -> Result<(), OpError> {
+        if self.ops_in_flight() >= self.config.dsht.max_ops {
+            return Err(OpError::Busy);
+        }
+        Ok(())
     }
 
     // ----- inputs ----------------------------------------------------------
@@ -546,7 +558,10 @@ impl Node {
     /// Joins the network through `bootstrap` addresses by looking up our own
     /// id. With no bootstrap address the node is a network of one and
     /// [`Event::Joined`] follows at once.
-    pub fn join(&mut self, now: Instant, bootstrap: &[SocketAddr]) -> OpId {
+    ///
+    /// Refused with [`OpError::Busy`] when `max_ops` operations are running.
+    pub fn join(&mut self, now: Instant, bootstrap: &[SocketAddr]) -> Result<OpId, OpError> {
+        self.check_capacity()?;
         let op = self.alloc_op();
         let levels = self.all_levels_slowest_first();
         let mut join = JoinOp {
@@ -567,12 +582,15 @@ impl Node {
         if self.op_pending_pings(op) == 0 {
             self.advance(now, op, Outcome::Start);
         }
-        op
+        Ok(op)
     }
 
     /// Starts a get of `key` at `levels`, fastest level first. The result
     /// arrives as [`Event::GetDone`].
-    pub fn get(&mut self, now: Instant, key: Id, levels: Levels) -> OpId {
+    ///
+    /// Refused with [`OpError::Busy`] when `max_ops` operations are running.
+    pub fn get(&mut self, now: Instant, key: Id, levels: Levels) -> Result<OpId, OpError> {
+        self.check_capacity()?;
         let op = self.alloc_op();
         let mut todo = self.levels_fastest_first(levels);
         todo.reverse(); // popped from the back: fastest first
@@ -591,7 +609,7 @@ impl Node {
             }),
         );
         self.start_get_level(now, op);
-        op
+        Ok(op)
     }
 
     /// Starts a put of `value` under `key` for `ttl` at every level in
@@ -603,17 +621,15 @@ impl Node {
         value: Bytes,
         ttl: Duration,
         levels: Levels,
-    ) -> Result<OpId, PutError> {
+    ) -> Result<OpId, OpError> {
         let max = self.config.dsht.max_value_len;
         if value.len() > max {
-            return Err(PutError::ValueTooLong {
+            return Err(OpError::ValueTooLong {
                 len: value.len(),
                 max,
             });
         }
-        if self.ops.len() >= self.config.dsht.max_ops {
-            return Err(PutError::Busy);
-        }
+        self.check_capacity()?;
         let op = self.alloc_op();
         let ttl = ttl
             .min(self.config.dsht.max_ttl)
@@ -1059,6 +1075,7 @@ impl Node {
         let Some(state) = self.ops.remove(&op) else {
             return;
         };
+        self.stepping += 1;
         let next = match state {
             Op::Join(j) => self.advance_join(now, op, j, outcome),
             Op::Get(g) => self.advance_get(now, op, g, outcome),
@@ -1078,6 +1095,7 @@ impl Node {
                 }
             }
         };
+        self.stepping -= 1;
         self.resume(op, next);
     }
 
@@ -1283,7 +1301,7 @@ impl Node {
     }
 
     fn start_refresh(&mut self, now: Instant, level: Level, target: Id) {
-        if self.ops.len() >= self.config.dsht.max_ops {
+        if self.check_capacity().is_err() {
             return;
         }
         let op = self.alloc_op();
@@ -1722,12 +1740,12 @@ mod tests {
 
         fn join_all(&mut self) {
             let boot = addr(0);
-            let first = self.nodes[0].join(self.now, &[]);
+            let first = self.nodes[0].join(self.now, &[]).unwrap();
             self.after(Duration::from_millis(1));
             assert!(matches!(self.take_event(first), Some(Event::Joined { .. })));
             for i in 1..self.nodes.len() {
                 let now = self.now;
-                let op = self.nodes[i].join(now, &[boot]);
+                let op = self.nodes[i].join(now, &[boot]).unwrap();
                 self.after(Duration::from_millis(1));
                 assert!(
                     matches!(self.take_event(op), Some(Event::Joined { .. })),
@@ -1757,7 +1775,7 @@ mod tests {
             Some(Event::PutDone { stored, .. }) => assert_eq!(stored, vec![(0, net.nodes[0].id())]),
             e => panic!("unexpected {e:?}"),
         }
-        let get = net.nodes[0].get(net.now, key, Levels::ALL);
+        let get = net.nodes[0].get(net.now, key, Levels::ALL).unwrap();
         net.after(Duration::from_millis(1));
         match net.take_event(get) {
             Some(Event::GetDone {
@@ -1774,7 +1792,7 @@ mod tests {
         }
         // The value expires with its TTL.
         net.after(Duration::from_secs(61));
-        let get = net.nodes[0].get(net.now, key, Levels::ALL);
+        let get = net.nodes[0].get(net.now, key, Levels::ALL).unwrap();
         net.after(Duration::from_millis(1));
         assert!(
             matches!(net.take_event(get), Some(Event::GetDone { values, .. }) if values.is_empty())
@@ -1808,7 +1826,7 @@ mod tests {
         }
         for i in 0..40 {
             let now = net.now;
-            let get = net.nodes[i].get(now, key, Levels::ALL);
+            let get = net.nodes[i].get(now, key, Levels::ALL).unwrap();
             net.after(Duration::from_millis(10));
             match net.take_event(get) {
                 Some(Event::GetDone { values, .. }) => {
@@ -1921,7 +1939,7 @@ mod tests {
                     continue;
                 }
                 let now = net.now;
-                let _ = net.nodes[i].get(now, victim_id, Levels::ALL);
+                let _ = net.nodes[i].get(now, victim_id, Levels::ALL).unwrap();
             }
             net.after(Duration::from_secs(5));
             let _ = round;
@@ -2011,7 +2029,7 @@ mod tests {
         assert!(
             matches!(net.take_event(put), Some(Event::PutDone { stored, .. }) if stored.len() == 1)
         );
-        let get = net.nodes[11].get(net.now, key, Levels::ALL);
+        let get = net.nodes[11].get(net.now, key, Levels::ALL).unwrap();
         net.after(Duration::from_secs(1));
         match net.take_event(get) {
             Some(Event::GetDone { values, level, .. }) => {
@@ -2034,7 +2052,7 @@ mod tests {
         assert!(
             matches!(net.take_event(put), Some(Event::PutDone { stored, .. }) if stored.len() == 3)
         );
-        let get = net.nodes[12].get(net.now, key, Levels::ALL);
+        let get = net.nodes[12].get(net.now, key, Levels::ALL).unwrap();
         net.after(Duration::from_secs(1));
         assert!(matches!(
             net.take_event(get),

@@ -43,7 +43,7 @@ use coral_core::config::Config;
 use coral_core::id::Id;
 use coral_core::rng::Rng;
 use coral_core::time::Instant;
-use coral_core::{Event, Levels, Node, OpId, PutError, Stats};
+use coral_core::{Event, Levels, Node, OpError, OpId, Stats};
 
 use crate::latency::LatencyModel;
 use crate::trace::{TraceHash, mix64};
@@ -122,9 +122,9 @@ pub enum SimError {
     /// The node crashed while the operation was running.
     #[error("node {0} crashed before the operation finished")]
     Crashed(usize),
-    /// The node refused the put.
-    #[error("put refused: {0}")]
-    Put(PutError),
+    /// The node refused to start the operation.
+    #[error("operation refused: {0}")]
+    Refused(OpError),
 }
 
 /// What came of one operation.
@@ -558,10 +558,9 @@ impl Sim {
                 value,
                 ttl,
                 levels,
-            } => node
-                .put(now, key, value, ttl, levels)
-                .map_err(SimError::Put)?,
-        };
+            } => node.put(now, key, value, ttl, levels),
+        }
+        .map_err(SimError::Refused)?;
         self.pending.insert((i as u32, op.0), (now, tag));
         self.flush(i, Input::Other);
         Ok(op)
