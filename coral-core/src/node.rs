@@ -1645,6 +1645,7 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::StoredInfo;
 
     /// Drives nodes with zero network delay and a shared clock.
     struct Net {
@@ -1751,6 +1752,107 @@ mod tests {
                     matches!(self.take_event(op), Some(Event::Joined { .. })),
                     "node {i} did not join"
                 );
+            }
+        }
+    }
+
+    /// One scripted answer per probe: (loaded, values held as (lifetime
+    /// in seconds), contacts to suggest by peer index).
+    type ProbeScript = (bool, Vec<u32>, Vec<u8>);
+
+    proptest::proptest! {
+        /// Spec §3.2: whatever the peers answer, a put never sends a store to
+        /// a node that reported itself full and loaded on the forward path.
+        #[test]
+        fn put_never_stores_at_a_full_and_loaded_node(
+            scripts in proptest::collection::vec(
+                (proptest::bool::ANY,
+                 proptest::collection::vec(0u32..200, 0..4),
+                 proptest::collection::vec(0u8..16, 0..6)),
+                1..40),
+            store_ok in proptest::collection::vec(proptest::bool::ANY, 16),
+            puts in 1usize..4,
+        ) {
+            let mut config = Config { seed: 5, ..Config::default() };
+            config.dsht.l = 2;
+            let me = addr(100);
+            let mut node = Node::new(config, me, Instant::ZERO);
+            let peers: Vec<SocketAddr> = (0..16).map(addr).collect();
+            let cluster = ClusterInfo { level: 0, cluster: initial_cluster(0), size: 16, age_secs: 0 };
+            let mut now = Instant::ZERO;
+            let mut buf = Vec::new();
+            let msg = |from: SocketAddr, request_id: u64, body: Body| {
+                let m = Message {
+                    request_id,
+                    sender: Id::for_node(from),
+                    services: Services::NONE,
+                    clusters: SmallVec::from_slice(&[cluster]),
+                    body,
+                };
+                let mut b = Vec::new();
+                m.encode(&mut b);
+                b
+            };
+            for (i, p) in peers.iter().enumerate() {
+                node.handle_datagram(now, *p, &msg(*p, i as u64, Body::Ping));
+            }
+            while node.poll_transmit(&mut buf).is_some() {}
+            let mut script = scripts.iter().cycle();
+            let mut stores = store_ok.iter().cycle();
+            for n in 0..puts {
+                let key = Id::for_url(&format!("http://x/{n}"));
+                let value = Bytes::from(format!("v{n}"));
+                let ttl = Duration::from_secs(100);
+                let op = node.put(now, key, value, ttl, Levels::ALL).unwrap();
+                let mut shields: BTreeSet<SocketAddr> = BTreeSet::new();
+                let mut done = false;
+                for _ in 0..400 {
+                    let mut out = Vec::new();
+                    while let Some(t) = node.poll_transmit(&mut buf) {
+                        out.push((t.destination, Message::decode(&buf[..t.size]).unwrap()));
+                    }
+                    for (to, m) in out {
+                        let reply = match m.body {
+                            Body::PutProbe { .. } => {
+                                let (loaded, held, suggest) = script.next().unwrap().clone();
+                                let stored: SmallVec<[StoredInfo; 4]> = held
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, secs)| StoredInfo { fingerprint: i as u64, ttl_secs: *secs })
+                                    .collect();
+                                if loaded && store::is_full_for_any(&stored, 2, ttl) {
+                                    shields.insert(to);
+                                }
+                                let contacts = suggest
+                                    .iter()
+                                    .map(|i| Contact::from_addr(peers[usize::from(*i)], Services::NONE))
+                                    .collect();
+                                Body::PutProbeReply { loaded, stored, contacts }
+                            }
+                            Body::Store { .. } => {
+                                proptest::prop_assert!(
+                                    !shields.contains(&to),
+                                    "stored at {to}, which reported full and loaded"
+                                );
+                                let result = if *stores.next().unwrap() { StoreResult::Ok } else { StoreResult::Full };
+                                Body::StoreReply { result }
+                            }
+                            _ => continue,
+                        };
+                        node.handle_datagram(now, to, &msg(to, m.request_id, reply));
+                    }
+                    while let Some(e) = node.poll_event() {
+                        if matches!(e, Event::PutDone { op: o, .. } if o == op) {
+                            done = true;
+                        }
+                    }
+                    if done {
+                        break;
+                    }
+                    now = node.poll_timeout().unwrap().max(now + Duration::from_millis(1));
+                    node.handle_timeout(now);
+                }
+                proptest::prop_assert!(done, "put {n} never finished");
             }
         }
     }
