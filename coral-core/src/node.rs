@@ -1756,15 +1756,13 @@ mod tests {
         }
     }
 
-    /// One scripted answer per probe: (loaded, values held as (lifetime
-    /// in seconds), contacts to suggest by peer index).
-    type ProbeScript = (bool, Vec<u32>, Vec<u8>);
-
     proptest::proptest! {
         /// Spec §3.2: whatever the peers answer, a put never sends a store to
         /// a node that reported itself full and loaded on the forward path.
         #[test]
         fn put_never_stores_at_a_full_and_loaded_node(
+            // One answer per probe: loaded, the held values' lifetimes in
+            // seconds, and the peers to suggest as contacts.
             scripts in proptest::collection::vec(
                 (proptest::bool::ANY,
                  proptest::collection::vec(0u32..200, 0..4),
