@@ -1739,6 +1739,49 @@ mod tests {
             Some(self.events.remove(pos).1)
         }
 
+        /// Node `i` puts `value` under `key`, the network runs for `wait`;
+        /// returns where the value was stored.
+        fn put_and_wait(
+            &mut self,
+            i: usize,
+            key: Id,
+            value: &[u8],
+            ttl: Duration,
+            levels: Levels,
+            wait: Duration,
+        ) -> Vec<(Level, Id)> {
+            let value = Bytes::copy_from_slice(value);
+            let op = self.nodes[i]
+                .put(self.now, key, value, ttl, levels)
+                .unwrap();
+            self.after(wait);
+            match self.take_event(op) {
+                Some(Event::PutDone { stored, .. }) => stored,
+                e => panic!("put from node {i}: {e:?}"),
+            }
+        }
+
+        /// Node `i` gets `key`, the network runs for `wait`; returns the
+        /// values, the level they were found at and the hops.
+        fn get_and_wait(
+            &mut self,
+            i: usize,
+            key: Id,
+            wait: Duration,
+        ) -> (Vec<Bytes>, Option<Level>, u32) {
+            let op = self.nodes[i].get(self.now, key, Levels::ALL).unwrap();
+            self.after(wait);
+            match self.take_event(op) {
+                Some(Event::GetDone {
+                    values,
+                    level,
+                    hops,
+                    ..
+                }) => (values, level, hops),
+                e => panic!("get from node {i}: {e:?}"),
+            }
+        }
+
         fn join_all(&mut self) {
             let boot = addr(0);
             let first = self.nodes[0].join(self.now, &[]).unwrap();
@@ -1860,43 +1903,18 @@ mod tests {
         let mut net = Net::new(1, &Config::default());
         net.join_all();
         let key = Id::for_url("http://example.com/a");
-        let now = net.now;
-        let put = net.nodes[0]
-            .put(
-                now,
-                key,
-                Bytes::from_static(b"me"),
-                Duration::from_secs(60),
-                Levels::ALL,
-            )
-            .unwrap();
-        net.after(Duration::from_millis(1));
-        match net.take_event(put) {
-            Some(Event::PutDone { stored, .. }) => assert_eq!(stored, vec![(0, net.nodes[0].id())]),
-            e => panic!("unexpected {e:?}"),
-        }
-        let get = net.nodes[0].get(net.now, key, Levels::ALL).unwrap();
-        net.after(Duration::from_millis(1));
-        match net.take_event(get) {
-            Some(Event::GetDone {
-                values,
-                level,
-                hops,
-                ..
-            }) => {
-                assert_eq!(values, vec![Bytes::from_static(b"me")]);
-                assert_eq!(level, Some(0));
-                assert_eq!(hops, 0);
-            }
-            e => panic!("unexpected {e:?}"),
-        }
+        let (ttl, wait) = (Duration::from_secs(60), Duration::from_millis(1));
+        let stored = net.put_and_wait(0, key, b"me", ttl, Levels::ALL, wait);
+        assert_eq!(stored, vec![(0, net.nodes[0].id())]);
+        let (values, level, hops) = net.get_and_wait(0, key, wait);
+        assert_eq!(values, vec![Bytes::from_static(b"me")]);
+        assert_eq!(level, Some(0));
+        assert_eq!(hops, 0);
         // The value expires with its TTL.
         net.after(Duration::from_secs(61));
-        let get = net.nodes[0].get(net.now, key, Levels::ALL).unwrap();
-        net.after(Duration::from_millis(1));
-        assert!(
-            matches!(net.take_event(get), Some(Event::GetDone { values, .. }) if values.is_empty())
-        );
+        let (values, level, _) = net.get_and_wait(0, key, wait);
+        assert!(values.is_empty());
+        assert_eq!(level, None);
     }
 
     #[test]
@@ -1907,33 +1925,12 @@ mod tests {
         let closest = (0..40)
             .min_by_key(|i| net.nodes[*i].id().distance(&key))
             .unwrap();
-        let now = net.now;
-        let put = net.nodes[7]
-            .put(
-                now,
-                key,
-                Bytes::from_static(b"v7"),
-                Duration::from_secs(600),
-                Levels::ALL,
-            )
-            .unwrap();
-        net.after(Duration::from_secs(1));
-        match net.take_event(put) {
-            Some(Event::PutDone { stored, .. }) => {
-                assert_eq!(stored, vec![(0, net.nodes[closest].id())])
-            }
-            e => panic!("unexpected {e:?}"),
-        }
+        let ttl = Duration::from_secs(600);
+        let stored = net.put_and_wait(7, key, b"v7", ttl, Levels::ALL, Duration::from_secs(1));
+        assert_eq!(stored, vec![(0, net.nodes[closest].id())]);
         for i in 0..40 {
-            let now = net.now;
-            let get = net.nodes[i].get(now, key, Levels::ALL).unwrap();
-            net.after(Duration::from_millis(10));
-            match net.take_event(get) {
-                Some(Event::GetDone { values, .. }) => {
-                    assert_eq!(values, vec![Bytes::from_static(b"v7")], "node {i}")
-                }
-                e => panic!("node {i}: unexpected {e:?}"),
-            }
+            let (values, _, _) = net.get_and_wait(i, key, Duration::from_millis(10));
+            assert_eq!(values, vec![Bytes::from_static(b"v7")], "node {i}");
         }
     }
 
@@ -1946,20 +1943,13 @@ mod tests {
         let key = Id::for_url("http://example.com/c");
         let mut holders = BTreeSet::new();
         // Putters far from the key, so each forward path is long enough to
-        // spill back along (a putter next to the key whose whole path is
-        // full correctly stores nowhere).
+        // spill back along.
         let mut far: Vec<usize> = (0..30).collect();
         far.sort_by_key(|i| std::cmp::Reverse(net.nodes[*i].id().distance(&key)));
+        let (ttl, wait) = (Duration::from_secs(600), Duration::from_millis(100));
         for &i in &far[..12] {
-            let now = net.now;
-            let v = Bytes::from(format!("v{i}"));
-            let put = net.nodes[i]
-                .put(now, key, v, Duration::from_secs(600), Levels::ALL)
-                .unwrap();
-            net.after(Duration::from_millis(100));
-            let Some(Event::PutDone { stored, .. }) = net.take_event(put) else {
-                panic!("put {i}")
-            };
+            let v = format!("v{i}");
+            let stored = net.put_and_wait(i, key, v.as_bytes(), ttl, Levels::ALL, wait);
             assert_eq!(stored.len(), 1, "put from node {i}");
             holders.insert(stored[0].1);
         }
@@ -1981,39 +1971,13 @@ mod tests {
         let mut order: Vec<usize> = (0..30).collect();
         order.sort_by_key(|i| net.nodes[*i].id().distance(&key));
         let closest = order[0];
+        let (ttl, wait) = (Duration::from_secs(600), Duration::from_secs(1));
         // Fill the closest node (l = 1) with a value from elsewhere.
-        let now = net.now;
-        let far = order[29];
-        let put = net.nodes[far]
-            .put(
-                now,
-                key,
-                Bytes::from_static(b"a"),
-                Duration::from_secs(600),
-                Levels::ALL,
-            )
-            .unwrap();
-        net.after(Duration::from_secs(1));
-        let Some(Event::PutDone { stored, .. }) = net.take_event(put) else {
-            panic!()
-        };
+        let stored = net.put_and_wait(order[29], key, b"a", ttl, Levels::ALL, wait);
         assert_eq!(stored, vec![(0, net.nodes[closest].id())]);
         // Now the closest node puts a value of its own: it is full, and no
         // node on its (empty) path is closer; it must store at a neighbour.
-        let now = net.now;
-        let put = net.nodes[closest]
-            .put(
-                now,
-                key,
-                Bytes::from_static(b"b"),
-                Duration::from_secs(600),
-                Levels::ALL,
-            )
-            .unwrap();
-        net.after(Duration::from_secs(1));
-        let Some(Event::PutDone { stored, .. }) = net.take_event(put) else {
-            panic!()
-        };
+        let stored = net.put_and_wait(closest, key, b"b", ttl, Levels::ALL, wait);
         assert_eq!(stored.len(), 1, "stored nowhere");
         let holder = stored[0].1;
         assert_ne!(holder, net.nodes[closest].id());
@@ -2114,49 +2078,17 @@ mod tests {
         let mut net = Net::new(20, &config);
         net.join_all();
         let key = Id::for_url("http://example.com/d");
-        let now = net.now;
+        let (ttl, wait) = (Duration::from_secs(60), Duration::from_secs(1));
         // Stored at level 0 only: a get over all levels misses at 2 and 1.
-        let put = net.nodes[3]
-            .put(
-                now,
-                key,
-                Bytes::from_static(b"x"),
-                Duration::from_secs(60),
-                Levels::only(0),
-            )
-            .unwrap();
-        net.after(Duration::from_secs(1));
-        assert!(
-            matches!(net.take_event(put), Some(Event::PutDone { stored, .. }) if stored.len() == 1)
-        );
-        let get = net.nodes[11].get(net.now, key, Levels::ALL).unwrap();
-        net.after(Duration::from_secs(1));
-        match net.take_event(get) {
-            Some(Event::GetDone { values, level, .. }) => {
-                assert_eq!(values.len(), 1);
-                assert_eq!(level, Some(0));
-            }
-            e => panic!("unexpected {e:?}"),
-        }
+        let stored = net.put_and_wait(3, key, b"x", ttl, Levels::only(0), wait);
+        assert_eq!(stored.len(), 1);
+        let (values, level, _) = net.get_and_wait(11, key, wait);
+        assert_eq!(values.len(), 1);
+        assert_eq!(level, Some(0));
         // Stored at every level: found at the fastest.
-        let put = net.nodes[4]
-            .put(
-                net.now,
-                key,
-                Bytes::from_static(b"y"),
-                Duration::from_secs(60),
-                Levels::ALL,
-            )
-            .unwrap();
-        net.after(Duration::from_secs(1));
-        assert!(
-            matches!(net.take_event(put), Some(Event::PutDone { stored, .. }) if stored.len() == 3)
-        );
-        let get = net.nodes[12].get(net.now, key, Levels::ALL).unwrap();
-        net.after(Duration::from_secs(1));
-        assert!(matches!(
-            net.take_event(get),
-            Some(Event::GetDone { level: Some(2), .. })
-        ));
+        let stored = net.put_and_wait(4, key, b"y", ttl, Levels::ALL, wait);
+        assert_eq!(stored.len(), 3);
+        let (_, level, _) = net.get_and_wait(12, key, wait);
+        assert_eq!(level, Some(2));
     }
 }
