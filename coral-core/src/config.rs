@@ -73,6 +73,19 @@ pub struct DshtConfig {
     pub max_failures: u8,
     /// A bucket not touched by a lookup for this long is refreshed.
     pub bucket_refresh: Duration,
+    /// How often the node does its housekeeping: size estimates, stale
+    /// bucket refreshes, re-joins. 10 s: cheap, and quick enough for the
+    /// re-join below.
+    pub maintenance_interval: Duration,
+    /// A node walks toward its own id again between this long and twice
+    /// this long after joining (then every `bucket_refresh`): neighbours
+    /// that joined at the same moment did not know each other yet. 20 s:
+    /// after a batch of joins has settled.
+    pub rejoin_after: Duration,
+    /// Most bucket-refresh walks started per housekeeping tick (besides the
+    /// re-join walks), so a node waking after a long pause does not flood
+    /// the network.
+    pub max_refresh_per_tick: usize,
     /// Most contacts a node returns in one reply.
     pub reply_contacts: usize,
     /// Most values a node returns in one get reply.
@@ -106,6 +119,9 @@ impl Default for DshtConfig {
             hedge_after_srtts: 2,
             max_failures: 3,
             bucket_refresh: Duration::from_secs(15 * 60),
+            maintenance_interval: Duration::from_secs(10),
+            rejoin_after: Duration::from_secs(20),
+            max_refresh_per_tick: 4,
             reply_contacts: 8,
             reply_values: 8,
             max_inflight: 4096,

@@ -176,15 +176,6 @@ pub struct Stats {
     pub inflight_overflow: u64,
 }
 
-/// How often the node does its periodic housekeeping (size estimates, bucket refresh).
-const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
-/// Delay after joining before the first walk toward our own id is repeated:
-/// neighbours that joined at the same time did not know each other yet.
-const SELF_REFRESH_AFTER_JOIN: Duration = Duration::from_secs(20);
-/// Most bucket-refresh walks started per housekeeping tick, so a node that
-/// wakes after a long pause does not flood the network.
-const MAX_REFRESH_PER_TICK: usize = 4;
-
 struct LevelState {
     info: ClusterInfo,
     founded: Instant,
@@ -376,7 +367,8 @@ impl Node {
             })
             .collect();
         let store = Store::new(&config.dsht);
-        let first_tick = now + MAINTENANCE_INTERVAL + rng.jitter(MAINTENANCE_INTERVAL);
+        let tick = config.dsht.maintenance_interval;
+        let first_tick = now + tick + rng.jitter(tick);
         Self {
             config,
             contact,
@@ -515,8 +507,9 @@ impl Node {
         }
         if self.next_maintenance <= now {
             self.maintenance(now);
-            self.next_maintenance =
-                now + MAINTENANCE_INTERVAL + self.rng.jitter(MAINTENANCE_INTERVAL / 5);
+            self.next_maintenance = now
+                + self.config.dsht.maintenance_interval
+                + self.rng.jitter(self.config.dsht.maintenance_interval / 5);
         }
     }
 
@@ -1254,8 +1247,8 @@ impl Node {
         }
         let contacts = self.routing_len(0);
         if contacts > 0 {
-            let jitter = self.rng.jitter(SELF_REFRESH_AFTER_JOIN);
-            self.next_self_refresh = Some(now + SELF_REFRESH_AFTER_JOIN + jitter);
+            let after = self.config.dsht.rejoin_after;
+            self.next_self_refresh = Some(now + after + self.rng.jitter(after));
         }
         self.events.push_back(Event::Joined { op, contacts });
         None
@@ -1617,7 +1610,7 @@ impl Node {
     /// when due, our own neighbourhood.
     fn maintenance(&mut self, now: Instant) {
         let refresh = self.config.dsht.bucket_refresh;
-        let max_walks = MAX_REFRESH_PER_TICK + self.levels.len();
+        let max_walks = self.config.dsht.max_refresh_per_tick + self.levels.len();
         let mut walks: Vec<(Level, Id)> = Vec::new();
         if self.next_self_refresh.is_some_and(|t| t <= now) {
             self.next_self_refresh = Some(now + refresh + self.rng.jitter(refresh / 10));
