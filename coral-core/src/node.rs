@@ -195,8 +195,9 @@ enum Purpose {
     Op(OpId),
     /// A ping to the oldest contact of a full bucket (Kademlia eviction).
     PingOldest,
-    /// A ping telling a near neighbour about us after a join walk.
-    Announce,
+    /// A ping whose answer needs no further step: telling a neighbour
+    /// about us after a join walk, or measuring a contact's RTT.
+    Probe,
 }
 
 struct Inflight {
@@ -1266,7 +1267,7 @@ impl Node {
                 Some(c.id),
                 Some(level),
                 Body::Ping,
-                Purpose::Announce,
+                Purpose::Probe,
                 false,
             );
         }
@@ -1631,6 +1632,35 @@ impl Node {
         }
         for (level, target) in walks {
             self.start_refresh(now, level, target);
+        }
+        self.measure_unmeasured(now);
+    }
+
+    /// Pings a few level-0 contacts never measured: each answer is an RTT
+    /// sample and carries the contact's cluster at every level, which is
+    /// what latency clustering and `nodes()` rank by (spec §4.2: RTTs come
+    /// from RPCs "plus explicit pings").
+    fn measure_unmeasured(&mut self, now: Instant) {
+        let Some(ls) = self.levels.first() else {
+            return;
+        };
+        let todo: Vec<Contact> = ls
+            .table
+            .iter()
+            .filter(|e| e.rtt.srtt().is_none())
+            .take(self.config.dsht.probes_per_tick)
+            .map(|e| e.contact)
+            .collect();
+        for c in todo {
+            self.send_request(
+                now,
+                c.addr,
+                Some(c.id),
+                Some(0),
+                Body::Ping,
+                Purpose::Probe,
+                false,
+            );
         }
     }
 }
