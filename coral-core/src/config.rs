@@ -90,6 +90,11 @@ pub struct DshtConfig {
     /// sample. 4 per 10 s: a table of ~100 contacts is measured within
     /// minutes at negligible cost.
     pub probes_per_tick: usize,
+    /// Most values this node keeps alive with `publish` (hints included).
+    pub max_published: usize,
+    /// TTL of network hints (spec §5, open question 10: 1 h, refreshed
+    /// every 30 min).
+    pub hint_ttl: Duration,
     /// Most contacts a node returns in one reply.
     pub reply_contacts: usize,
     /// Most values a node returns in one get reply.
@@ -127,6 +132,8 @@ impl Default for DshtConfig {
             rejoin_after: Duration::from_secs(20),
             max_refresh_per_tick: 4,
             probes_per_tick: 4,
+            max_published: 1024,
+            hint_ttl: Duration::from_secs(3600),
             reply_contacts: 8,
             reply_values: 8,
             max_inflight: 4096,

@@ -258,6 +258,8 @@ struct PutOp {
     phase: PutPhase,
     stored: Vec<(Level, Id)>,
     hops: u32,
+    /// Whether the end is reported as [`Event::PutDone`].
+    notify: bool,
 }
 
 enum PutPhase {
@@ -275,6 +277,13 @@ enum PutPhase {
         candidates: VecDeque<Contact>,
         awaiting: Option<u64>,
     },
+}
+
+/// A value the node keeps alive in the DSHT.
+struct Publication {
+    ttl: Duration,
+    levels: Levels,
+    next_refresh: Instant,
 }
 
 struct JoinOp {
@@ -308,6 +317,10 @@ pub struct Node {
     next_maintenance: Instant,
     /// When to walk toward our own id again (after a join, then periodically).
     next_self_refresh: Option<Instant>,
+    /// Values this node keeps alive by re-putting them (see [`Node::publish`]).
+    published: BTreeMap<(Id, Bytes), Publication>,
+    /// `published` ordered by next refresh, so refreshes never scan.
+    refresh_due: BTreeSet<(Instant, Id, Bytes)>,
     outbox: VecDeque<(SocketAddr, Message)>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -384,6 +397,8 @@ impl Node {
             stepping: 0,
             next_maintenance: first_tick,
             next_self_refresh: None,
+            published: BTreeMap::new(),
+            refresh_due: BTreeSet::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -506,6 +521,7 @@ impl Node {
         if self.store.next_expiry().is_some_and(|t| t <= now) {
             self.store.expire(now);
         }
+        self.refresh_publications(now);
         if self.next_maintenance <= now {
             self.maintenance(now);
             self.next_maintenance = now
@@ -536,6 +552,9 @@ impl Node {
             t = t.min(at);
         }
         if let Some(at) = self.store.next_expiry() {
+            t = t.min(at);
+        }
+        if let Some(&(at, _, _)) = self.refresh_due.first() {
             t = t.min(at);
         }
         Some(t)
@@ -616,6 +635,20 @@ impl Node {
         ttl: Duration,
         levels: Levels,
     ) -> Result<OpId, OpError> {
+        self.start_put(now, key, value, ttl, levels, true)
+    }
+
+    /// Starts a put; `notify` says whether its end is an application event
+    /// (refreshes and hints the node makes on its own are not).
+    fn start_put(
+        &mut self,
+        now: Instant,
+        key: Id,
+        value: Bytes,
+        ttl: Duration,
+        levels: Levels,
+        notify: bool,
+    ) -> Result<OpId, OpError> {
         let max = self.config.dsht.max_value_len;
         if value.len() > max {
             return Err(OpError::ValueTooLong {
@@ -648,10 +681,129 @@ impl Node {
                 },
                 stored: Vec::new(),
                 hops: 0,
+                notify,
             }),
         );
         self.start_put_level(now, op);
         Ok(op)
+    }
+
+    /// Puts `value` under `key` and keeps it alive: the node re-puts it
+    /// every `ttl / 2` (soft state refreshed by its publisher, spec §2) and
+    /// again at a level whose cluster it joins, until [`Self::withdraw`].
+    /// Publishing a value already published updates its TTL and levels.
+    /// The first put's result arrives as [`Event::PutDone`].
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        key: Id,
+        value: Bytes,
+        ttl: Duration,
+        levels: Levels,
+    ) -> Result<OpId, OpError> {
+        self.publish_quietly(now, key, value, ttl, levels, true)
+    }
+
+    fn publish_quietly(
+        &mut self,
+        now: Instant,
+        key: Id,
+        value: Bytes,
+        ttl: Duration,
+        levels: Levels,
+        notify: bool,
+    ) -> Result<OpId, OpError> {
+        let slot = (key, value.clone());
+        if !self.published.contains_key(&slot)
+            && self.published.len() >= self.config.dsht.max_published
+        {
+            return Err(OpError::Busy);
+        }
+        let op = self.start_put(now, key, value.clone(), ttl, levels, notify)?;
+        let ttl = ttl
+            .min(self.config.dsht.max_ttl)
+            .max(Duration::from_secs(2));
+        let next_refresh = now + ttl / 2;
+        if let Some(old) = self.published.insert(
+            slot,
+            Publication {
+                ttl,
+                levels,
+                next_refresh,
+            },
+        ) {
+            self.refresh_due
+                .remove(&(old.next_refresh, key, value.clone()));
+        }
+        self.refresh_due.insert((next_refresh, key, value));
+        Ok(op)
+    }
+
+    /// Stops refreshing a published value; it expires with its TTL.
+    /// Returns whether it was published.
+    pub fn withdraw(&mut self, key: &Id, value: &[u8]) -> bool {
+        let slot = (*key, Bytes::copy_from_slice(value));
+        match self.published.remove(&slot) {
+            Some(p) => {
+                self.refresh_due.remove(&(p.next_refresh, slot.0, slot.1));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Re-puts the due publications. A publication that cannot start now
+    /// (too many operations) is retried at the next housekeeping tick.
+    fn refresh_publications(&mut self, now: Instant) {
+        while let Some((at, key, value)) = self.refresh_due.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.refresh_due.remove(&(at, key, value.clone()));
+            let Some(p) = self.published.get(&(key, value.clone())) else {
+                continue;
+            };
+            let (ttl, levels) = (p.ttl, p.levels);
+            let next = match self.start_put(now, key, value.clone(), ttl, levels, false) {
+                Ok(_) => now + ttl / 2,
+                Err(_) => now + self.config.dsht.maintenance_interval,
+            };
+            if let Some(p) = self.published.get_mut(&(key, value.clone())) {
+                p.next_refresh = next;
+            }
+            self.refresh_due.insert((next, key, value));
+        }
+    }
+
+    /// Publishes this node's network hints (spec §5): its IPv4 /24 (or
+    /// IPv6 /48) prefix, and any `routers` on its path, each mapped to this
+    /// node at every level. Hints for routers no longer listed are withdrawn.
+    pub fn publish_hints(&mut self, now: Instant, routers: &[IpAddr]) {
+        let me = wire::contact_value(&self.contact);
+        let ttl = self.config.dsht.hint_ttl;
+        let prefix = match self.contact.addr.ip() {
+            IpAddr::V4(v4) => Id::for_ipv4_prefix(v4),
+            IpAddr::V6(v6) => Id::for_ipv6_prefix(v6),
+        };
+        let mut keys: BTreeSet<Id> = routers.iter().map(|r| Id::for_router(*r)).collect();
+        keys.insert(prefix);
+        let stale: Vec<Id> = self
+            .published
+            .keys()
+            .filter(|(k, v)| *v == me && !keys.contains(k))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            self.withdraw(&k, &me);
+        }
+        for k in keys {
+            let _ = self.publish_quietly(now, k, me.clone(), ttl, Levels::ALL, false);
+        }
+    }
+
+    /// Publications this node keeps alive.
+    pub fn publications(&self) -> usize {
+        self.published.len()
     }
 
     /// Up to `count` live nodes of this node's cluster at `level` (spec §2
@@ -1252,6 +1404,7 @@ impl Node {
             self.next_self_refresh = Some(now + after + self.rng.jitter(after));
         }
         self.events.push_back(Event::Joined { op, contacts });
+        self.publish_hints(now, &[]);
         None
     }
 
@@ -1589,12 +1742,14 @@ impl Node {
             PutPhase::Forward { lookup, .. } => lookup.reached(),
         };
         let Some(level) = p.levels.pop() else {
-            self.events.push_back(Event::PutDone {
-                op,
-                key: p.key,
-                stored: p.stored,
-                hops: p.hops,
-            });
+            if p.notify {
+                self.events.push_back(Event::PutDone {
+                    op,
+                    key: p.key,
+                    stored: p.stored,
+                    hops: p.hops,
+                });
+            }
             return None;
         };
         p.level = level;
@@ -1753,11 +1908,16 @@ mod tests {
             self.run(until);
         }
 
-        fn take_event(&mut self, op: OpId) -> Option<Event> {
-            let pos = self.events.iter().position(|(_, e)| match e {
-                Event::Joined { op: o, .. }
-                | Event::GetDone { op: o, .. }
-                | Event::PutDone { op: o, .. } => *o == op,
+        /// The event of operation `op` of node `i` (each node numbers its
+        /// operations itself, so the node is part of the match).
+        fn take_event(&mut self, i: usize, op: OpId) -> Option<Event> {
+            let pos = self.events.iter().position(|(n, e)| {
+                *n == i
+                    && match e {
+                        Event::Joined { op: o, .. }
+                        | Event::GetDone { op: o, .. }
+                        | Event::PutDone { op: o, .. } => *o == op,
+                    }
             })?;
             Some(self.events.remove(pos).1)
         }
@@ -1778,7 +1938,7 @@ mod tests {
                 .put(self.now, key, value, ttl, levels)
                 .unwrap();
             self.after(wait);
-            match self.take_event(op) {
+            match self.take_event(i, op) {
                 Some(Event::PutDone { stored, .. }) => stored,
                 e => panic!("put from node {i}: {e:?}"),
             }
@@ -1794,7 +1954,7 @@ mod tests {
         ) -> (Vec<Bytes>, Option<Level>, u32) {
             let op = self.nodes[i].get(self.now, key, Levels::ALL).unwrap();
             self.after(wait);
-            match self.take_event(op) {
+            match self.take_event(i, op) {
                 Some(Event::GetDone {
                     values,
                     level,
@@ -1809,13 +1969,16 @@ mod tests {
             let boot = addr(0);
             let first = self.nodes[0].join(self.now, &[]).unwrap();
             self.after(Duration::from_millis(1));
-            assert!(matches!(self.take_event(first), Some(Event::Joined { .. })));
+            assert!(matches!(
+                self.take_event(0, first),
+                Some(Event::Joined { .. })
+            ));
             for i in 1..self.nodes.len() {
                 let now = self.now;
                 let op = self.nodes[i].join(now, &[boot]).unwrap();
                 self.after(Duration::from_millis(1));
                 assert!(
-                    matches!(self.take_event(op), Some(Event::Joined { .. })),
+                    matches!(self.take_event(i, op), Some(Event::Joined { .. })),
                     "node {i} did not join"
                 );
             }
@@ -2009,6 +2172,59 @@ mod tests {
             .position(|i| net.nodes[*i].id() == holder)
             .unwrap();
         assert!(rank <= 3, "stored at rank {rank}, not beside the key");
+    }
+
+    #[test]
+    fn published_values_outlive_their_ttl_until_withdrawn() {
+        let mut net = Net::new(20, &Config::default());
+        net.join_all();
+        let key = Id::for_url("http://example.com/pub");
+        let ttl = Duration::from_secs(60);
+        let op = net.nodes[5]
+            .publish(net.now, key, Bytes::from_static(b"p"), ttl, Levels::ALL)
+            .unwrap();
+        net.after(Duration::from_secs(1));
+        assert!(
+            matches!(net.take_event(5, op), Some(Event::PutDone { stored, .. }) if stored.len() == 1)
+        );
+        // Five TTLs later the value is still found: it was re-put.
+        net.after(Duration::from_secs(300));
+        let (values, _, _) = net.get_and_wait(13, key, Duration::from_secs(1));
+        assert_eq!(values, vec![Bytes::from_static(b"p")]);
+        assert_eq!(net.take_event(5, op), None, "refreshes are silent");
+        // Withdrawn, it expires with its TTL.
+        assert!(net.nodes[5].withdraw(&key, b"p"));
+        assert!(!net.nodes[5].withdraw(&key, b"p"));
+        net.after(Duration::from_secs(61));
+        let (values, _, _) = net.get_and_wait(13, key, Duration::from_secs(1));
+        assert!(values.is_empty(), "{values:?}");
+    }
+
+    #[test]
+    fn prefix_hints_name_the_nodes_of_the_prefix() {
+        let mut net = Net::new(12, &Config::default());
+        net.join_all();
+        net.after(Duration::from_secs(5));
+        // All test nodes live in 10.0.0.0/24: the hint maps it to them.
+        let key = Id::for_ipv4_prefix(std::net::Ipv4Addr::new(10, 0, 0, 200));
+        let (values, _, _) = net.get_and_wait(3, key, Duration::from_secs(1));
+        assert!(!values.is_empty());
+        for v in &values {
+            let c = wire::contact_from_value(v).unwrap();
+            assert!(net.index(c.addr).is_some(), "{c:?} is not a node");
+            assert_eq!(c.id, Id::for_node(c.addr));
+        }
+        assert_eq!(net.nodes[3].publications(), 1);
+        // Routers supplied later are published too, and replaced ones withdrawn.
+        let r1: IpAddr = "192.0.2.1".parse().unwrap();
+        let r2: IpAddr = "192.0.2.2".parse().unwrap();
+        net.nodes[3].publish_hints(net.now, &[r1]);
+        assert_eq!(net.nodes[3].publications(), 2);
+        net.nodes[3].publish_hints(net.now, &[r2]);
+        assert_eq!(net.nodes[3].publications(), 2);
+        net.after(Duration::from_secs(1));
+        let (values, _, _) = net.get_and_wait(7, Id::for_router(r2), Duration::from_secs(1));
+        assert_eq!(values, vec![wire::contact_value(&net.nodes[3].contact())]);
     }
 
     #[test]

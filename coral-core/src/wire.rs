@@ -306,20 +306,42 @@ fn put_contacts(buf: &mut impl BufMut, cs: &[Contact]) {
     let cs = capped(cs, MAX_CONTACTS);
     buf.put_u8(count_byte(cs.len()));
     for c in cs {
-        put_id(buf, &c.id.0);
-        buf.put_u8(c.services.0);
-        match c.addr {
-            SocketAddr::V4(a) => {
-                buf.put_u8(FAMILY_V4);
-                buf.put_slice(&a.ip().octets());
-            }
-            SocketAddr::V6(a) => {
-                buf.put_u8(FAMILY_V6);
-                buf.put_slice(&a.ip().octets());
-            }
-        }
-        buf.put_u16(c.addr.port());
+        put_contact(buf, c);
     }
+}
+
+fn put_contact(buf: &mut impl BufMut, c: &Contact) {
+    put_id(buf, &c.id.0);
+    buf.put_u8(c.services.0);
+    match c.addr {
+        SocketAddr::V4(a) => {
+            buf.put_u8(FAMILY_V4);
+            buf.put_slice(&a.ip().octets());
+        }
+        SocketAddr::V6(a) => {
+            buf.put_u8(FAMILY_V6);
+            buf.put_slice(&a.ip().octets());
+        }
+    }
+    buf.put_u16(c.addr.port());
+}
+
+/// A contact as a DSHT value, for values that name a node (network hints,
+/// proxy references): the same bytes as a contact inside a message.
+pub fn contact_value(c: &Contact) -> Bytes {
+    let mut buf = Vec::with_capacity(contact_len(c));
+    put_contact(&mut buf, c);
+    Bytes::from(buf)
+}
+
+/// Reads a value written by [`contact_value`]. Never panics.
+pub fn contact_from_value(value: &[u8]) -> Result<Contact, DecodeError> {
+    let mut r = Reader(value);
+    let c = r.contact()?;
+    if !r.0.is_empty() {
+        return Err(DecodeError::Trailing(r.0.len()));
+    }
+    Ok(c)
 }
 
 impl StoreResult {
@@ -735,17 +757,21 @@ impl Reader<'_> {
         let n = self.count("contacts", MAX_CONTACTS, CONTACT_MIN_LEN)?;
         let mut out = SmallVec::with_capacity(n);
         for _ in 0..n {
-            let id = Id(self.id()?);
-            let services = Services(self.u8()?);
-            let ip = match self.u8()? {
-                FAMILY_V4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
-                FAMILY_V6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
-                _ => return Err(DecodeError::Invalid("address family")),
-            };
-            let addr = SocketAddr::new(ip, self.u16()?);
-            out.push(Contact { id, addr, services });
+            out.push(self.contact()?);
         }
         Ok(out)
+    }
+
+    fn contact(&mut self) -> Result<Contact, DecodeError> {
+        let id = Id(self.id()?);
+        let services = Services(self.u8()?);
+        let ip = match self.u8()? {
+            FAMILY_V4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
+            FAMILY_V6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
+            _ => return Err(DecodeError::Invalid("address family")),
+        };
+        let addr = SocketAddr::new(ip, self.u16()?);
+        Ok(Contact { id, addr, services })
     }
 }
 
@@ -1493,6 +1519,26 @@ mod tests {
         prop::sample::select(vec![
             0x01, 0x02, 0x03, 0x04, 0x05, 0x81, 0x82, 0x83, 0x84, 0x85, 0xFF,
         ])
+    }
+
+    #[test]
+    fn contact_values_round_trip_and_reject_garbage() {
+        for c in [
+            v6_contact(3),
+            Contact::from_addr("10.1.2.3:8091".parse().unwrap(), Services::HTTP),
+        ] {
+            let v = contact_value(&c);
+            assert!(v.len() <= MAX_VALUE_LEN);
+            assert_eq!(contact_from_value(&v), Ok(c));
+            assert_eq!(
+                contact_from_value(&v[..v.len() - 1]),
+                Err(DecodeError::Truncated)
+            );
+            let mut long = v.to_vec();
+            long.push(0);
+            assert_eq!(contact_from_value(&long), Err(DecodeError::Trailing(1)));
+        }
+        assert!(contact_from_value(b"").is_err());
     }
 
     proptest! {
