@@ -1,5 +1,6 @@
 //! The distributed sloppy hash table (spec §1–3): routing, storage, lookups.
 
+pub mod cluster;
 pub mod lookup;
 pub mod routing;
 pub mod store;

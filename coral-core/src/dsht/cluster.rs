@@ -1,0 +1,1455 @@
+//! Cluster membership decisions for one level of the hierarchy (spec §4.2–4.4).
+//!
+//! A Coral node is in exactly one cluster per level (spec §4.1). Level 0 is
+//! one global cluster; for every level above it the node owns one
+//! [`LevelClusters`], a pure decision sub-machine that learns about clusters
+//! from normal traffic and decides when to move. It holds no socket, no
+//! routing table and no timer: the node feeds it observations, calls
+//! [`LevelClusters::evaluate`] on its own jittered timer, and acts on the
+//! [`Switch`] it returns (re-seeding the level's routing table, re-inserting
+//! hints and values).
+//!
+//! # What it learns (spec §4.4, "epidemic clustering")
+//!
+//! Every message carries the sender's [`ClusterInfo`] for every level, and
+//! most carry an RTT sample (every RPC is timed, plus explicit pings; spec
+//! §4.2). [`LevelClusters::observe`] records, per *candidate* cluster:
+//!
+//! - its **size**: the largest of the latest claims of its members we have
+//!   heard from within `sample_ttl`. One member's stale or low estimate
+//!   cannot shrink the cluster, and an inflated claim ages out with the
+//!   member who made it rather than sticking forever (as a plain running
+//!   maximum would);
+//! - its **founding time**: `now − age` of every claim, keeping the oldest.
+//!   It is kept as signed microseconds on this node's clock, so a cluster
+//!   founded before this node's time epoch is still ordered correctly
+//!   against another one (saturating at the epoch would make every old
+//!   cluster look equally old, and nodes with different uptimes would then
+//!   disagree about which is older);
+//! - per member: its [`Contact`] (the node re-seeds its routing table from
+//!   these after a switch), when it was last heard, and an RTT estimate.
+//!   The estimate is the **minimum** of the samples in a two-window sliding
+//!   minimum spanning the last `sample_ttl / 2` to `sample_ttl`: the minimum
+//!   is robust to queueing delay, which only ever adds to an RTT, and the
+//!   sliding window lets a lasting route change show through.
+//!
+//! Our own cluster is a candidate like any other; its members are the nodes
+//! we hear from that say they are in it. A member that says it is now in
+//! another cluster moves there, keeping its RTT estimate (the RTT is a
+//! property of the path, not of the cluster).
+//!
+//! Every collection is capped ([`ClusterParams::max_clusters`],
+//! [`ClusterParams::max_members`]) and evictions are counted in
+//! [`ClusterStats`]; our own cluster is never evicted.
+//!
+//! # The membership rule (spec §4.2, open question 4)
+//!
+//! A node may be in a level-i cluster when at least `fraction` (80%) of the
+//! cluster's members it has measured within `sample_ttl` are within the
+//! level's diameter. A verdict needs enough samples: `min_samples` members,
+//! or every other member when the cluster is smaller than that. See
+//! [`LevelClusters::acceptable`] for the exact rule, including the one
+//! asymmetry: our own cluster is kept until the samples *show* it no longer
+//! qualifies, because leaving on too little evidence would cause churn.
+//!
+//! # The merge order (spec §4.4, open question 5)
+//!
+//! Nodes prefer the largest acceptable cluster; about equal sizes go to the
+//! older cluster, then to the smaller cluster id. "Sizes within 10% are
+//! equal" is not transitive (100 ≈ 109 ≈ 119 but 100 ≉ 119), so sizes are
+//! quantized into geometric buckets, `floor(log_{1+h}(size))`, and clusters
+//! are compared by the tuple (bucket, founding second, id) — see [`Rank`].
+//! Because this is a total order computed from information the nodes share,
+//! two nodes with the same information can never decide opposite switches:
+//! a node in A moves to B only if B ranks above A (or A stopped qualifying),
+//! and a node in B would then need A above B. A node's private knowledge is
+//! only about its own cluster (its own size estimate, its own founding
+//! claim), and that only ever ranks its own cluster *higher* in its own
+//! eyes, which can stop a switch but never cause one.
+//!
+//! # Decisions (spec §4.3–4.4, open question 7)
+//!
+//! [`LevelClusters::evaluate`] runs on the node's timer (every ~60 s with
+//! jitter). It takes the best acceptable candidate, our own included while it
+//! qualifies. If that is another cluster, the decision is "join it"; if
+//! nothing is acceptable, not even our own, it is "found a new cluster with
+//! a random id"; otherwise nothing changes. A decision takes effect only when
+//! two consecutive evaluations agree on it, so one noisy sample or one
+//! transient claim cannot move a node.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::time::Duration;
+
+use crate::contact::{ClusterInfo, Contact, Level};
+use crate::id::Id;
+use crate::rng::Rng;
+use crate::time::Instant;
+
+const MICROS_PER_SEC: i128 = 1_000_000;
+
+/// The finest size hysteresis honoured: finer buckets would order noise in
+/// the size estimates, and a floor keeps [`size_bucket`] cheap (at most
+/// about 2 200 steps for any `u32` size).
+pub const MIN_SIZE_HYSTERESIS: f64 = 0.01;
+
+/// Tunables of one level's clustering.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClusterParams {
+    /// The level's RTT diameter: a member is "near" when its RTT estimate is
+    /// at most this.
+    pub diameter: Duration,
+    /// The fraction of measured members that must be near (spec open
+    /// question 4).
+    pub fraction: f64,
+    /// Relative size difference treated as "about equal" (spec open
+    /// question 5), applied as geometric size buckets.
+    pub size_hysteresis: f64,
+    /// How many measured members a verdict needs; a cluster with no more
+    /// members than this is judged on all of them.
+    pub min_samples: usize,
+    /// Samples and members older than this are forgotten.
+    pub sample_ttl: Duration,
+    /// Most candidate clusters tracked, our own included (at least 1).
+    pub max_clusters: usize,
+    /// Most members tracked per candidate cluster.
+    pub max_members: usize,
+}
+
+impl Default for ClusterParams {
+    /// Defaults for level 1 of the default hierarchy.
+    fn default() -> Self {
+        Self {
+            // Spec §4.1: level 1 ("national") clusters are < 60 ms; level 2
+            // uses 20 ms (see `for_diameter`).
+            diameter: Duration::from_millis(60),
+            // Spec §4.2 / open question 4: the paper's recalled 80%, which
+            // tolerates one bad sample in five.
+            fraction: 0.8,
+            // Spec open question 5: sizes within about ±10% tie and the older
+            // cluster wins, so estimates that wobble do not flip the order.
+            size_hysteresis: 0.1,
+            // Three samples: one far sample among three still fails 80%, so a
+            // verdict is not made on one or two lucky or unlucky RTTs.
+            min_samples: 3,
+            // Thirty minutes: twice the 15-minute half window of the RTT
+            // minimum, long enough to span many 60 s evaluations, short
+            // enough that departed nodes stop counting (spec open question 10
+            // refreshes soft state every 30 min).
+            sample_ttl: Duration::from_secs(30 * 60),
+            // Bounds memory against a flood of made-up cluster ids (convention
+            // 8); PlanetLab-scale deployments see a few dozen clusters per
+            // level.
+            max_clusters: 64,
+            // Enough members to judge a cluster and to seed a routing table
+            // (a few k-buckets of k = 8, spec open question 8).
+            max_members: 32,
+        }
+    }
+}
+
+impl ClusterParams {
+    /// The defaults with another diameter (spec §4.1: 60 ms at level 1,
+    /// 20 ms at level 2).
+    pub fn for_diameter(diameter: Duration) -> Self {
+        Self {
+            diameter,
+            ..Self::default()
+        }
+    }
+}
+
+/// The size bucket of `size`: the largest `b` with `(1 + h)^b ≤ size`, that
+/// is `floor(ln(size) / ln(1 + h))`, and 0 for sizes 0 and 1.
+///
+/// Computed by repeated multiplication rather than `ln`, because IEEE 754
+/// rounds a product exactly the same everywhere while `ln` depends on the
+/// platform's maths library: two nodes must never put one size in different
+/// buckets. `h` below [`MIN_SIZE_HYSTERESIS`] (or NaN) counts as that minimum.
+pub fn size_bucket(size: u32, size_hysteresis: f64) -> u32 {
+    let h = if size_hysteresis >= MIN_SIZE_HYSTERESIS {
+        size_hysteresis
+    } else {
+        MIN_SIZE_HYSTERESIS
+    };
+    let step = 1.0 + h;
+    let size = f64::from(size);
+    let mut bucket = 0;
+    let mut threshold = step;
+    while threshold <= size {
+        bucket += 1;
+        threshold *= step;
+    }
+    bucket
+}
+
+/// What the merge order compares about a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// The cluster's id.
+    pub cluster: Id,
+    /// Its size estimate.
+    pub size: u32,
+    /// When it was founded, in whole seconds since this node's time epoch
+    /// (negative for clusters older than the epoch).
+    pub founded_secs: i64,
+}
+
+/// A cluster's position in the merge order; greater is better.
+///
+/// Compared as (size bucket, larger first; founding second, earlier first;
+/// cluster id, smaller first). The founding time is compared in whole
+/// seconds because ages travel in whole seconds: finer differences are
+/// message delay, not age.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rank {
+    bucket: u32,
+    older: Reverse<i64>,
+    smaller_id: Reverse<Id>,
+}
+
+impl Candidate {
+    /// This cluster's rank under the given size hysteresis.
+    pub fn rank(&self, size_hysteresis: f64) -> Rank {
+        Rank {
+            bucket: size_bucket(self.size, size_hysteresis),
+            older: Reverse(self.founded_secs),
+            smaller_id: Reverse(self.cluster),
+        }
+    }
+}
+
+/// The merge order: `Greater` when `a` is the better cluster to be in.
+///
+/// A total order on clusters (two different cluster ids never compare
+/// `Equal`), so nodes that share information never decide opposite switches.
+pub fn better(a: &Candidate, b: &Candidate, size_hysteresis: f64) -> Ordering {
+    a.rank(size_hysteresis).cmp(&b.rank(size_hysteresis))
+}
+
+/// A decision returned by [`LevelClusters::evaluate`], already applied to the
+/// sub-machine; the node re-seeds the level's routing table and re-inserts
+/// its hints and values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Switch {
+    /// Move into an existing cluster.
+    Join {
+        /// The cluster joined.
+        cluster: Id,
+        /// Its size estimate.
+        size: u32,
+        /// When it was founded (saturating at this node's time epoch).
+        founded: Instant,
+        /// Its members we know, nearest first (measured by RTT, then the
+        /// unmeasured), to seed the routing table.
+        members: Vec<Contact>,
+    },
+    /// Found a new cluster, alone in it for now.
+    Found {
+        /// The new cluster's random id.
+        cluster: Id,
+    },
+}
+
+/// Counters for diagnostics and the simulator.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Candidate clusters tracked now, our own included.
+    pub candidates: usize,
+    /// Times this node changed cluster (joins and foundings).
+    pub switches: u64,
+    /// Of those, the times it founded a new cluster.
+    pub founded: u64,
+    /// Calls to [`LevelClusters::evaluate`].
+    pub evaluations: u64,
+    /// Candidate clusters dropped because of `max_clusters`.
+    pub evicted_candidates: u64,
+    /// Members dropped because of `max_members`.
+    pub evicted_members: u64,
+    /// Observations ignored (another level, or about ourselves).
+    pub ignored: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decision {
+    Join(Id),
+    Found,
+}
+
+/// A sliding minimum of RTT samples over two windows.
+#[derive(Clone, Copy, Debug)]
+struct RttMin {
+    cur: Duration,
+    cur_start: Instant,
+    prev: Option<Duration>,
+    last_sample: Instant,
+}
+
+impl RttMin {
+    fn new(sample: Duration, now: Instant) -> Self {
+        Self {
+            cur: sample,
+            cur_start: now,
+            prev: None,
+            last_sample: now,
+        }
+    }
+
+    fn sample(&mut self, sample: Duration, now: Instant, window: Duration) {
+        let age = now.saturating_duration_since(self.cur_start);
+        if age >= window.saturating_mul(2) {
+            self.prev = None;
+            self.cur = sample;
+            self.cur_start = now;
+        } else if age >= window {
+            self.prev = Some(self.cur);
+            self.cur = sample;
+            self.cur_start = now;
+        } else {
+            self.cur = self.cur.min(sample);
+        }
+        self.last_sample = self.last_sample.max(now);
+    }
+
+    fn estimate(&self) -> Duration {
+        self.prev.map_or(self.cur, |p| p.min(self.cur))
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Member {
+    contact: Contact,
+    claimed_size: u32,
+    last_seen: Instant,
+    rtt: Option<RttMin>,
+}
+
+impl Member {
+    /// The RTT estimate if its latest sample is within `ttl`.
+    fn fresh_rtt(&self, now: Instant, ttl: Duration) -> Option<Duration> {
+        self.rtt
+            .filter(|r| now.saturating_duration_since(r.last_sample) <= ttl)
+            .map(|r| r.estimate())
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Tracked {
+    /// Oldest founding time claimed, in signed µs on this node's clock.
+    founded_us: i128,
+    last_heard: Instant,
+    members: BTreeMap<Id, Member>,
+}
+
+fn micros(t: Instant) -> i128 {
+    i128::from(t.as_micros())
+}
+
+fn secs_floor(us: i128) -> i64 {
+    let s = us.div_euclid(MICROS_PER_SEC);
+    i64::try_from(s).unwrap_or(if s < 0 { i64::MIN } else { i64::MAX })
+}
+
+fn instant_of(us: i128) -> Instant {
+    Instant::from_micros(u64::try_from(us.max(0)).unwrap_or(u64::MAX))
+}
+
+fn age_secs(now: Instant, founded_us: i128) -> u32 {
+    let s = (micros(now) - founded_us).div_euclid(MICROS_PER_SEC);
+    u32::try_from(s.max(0)).unwrap_or(u32::MAX)
+}
+
+/// Cluster membership for one level > 0: what this node knows of the
+/// clusters around it, and when it should move (see the module doc).
+#[derive(Clone, Debug)]
+pub struct LevelClusters {
+    level: Level,
+    params: ClusterParams,
+    own: Id,
+    current: Id,
+    own_size: u32,
+    /// Invariant: always holds `current`.
+    clusters: BTreeMap<Id, Tracked>,
+    /// Which candidate each tracked member is in; exactly the union of the
+    /// candidates' member maps.
+    member_of: BTreeMap<Id, Id>,
+    pending: Option<Decision>,
+    stats: ClusterStats,
+}
+
+impl LevelClusters {
+    /// A node `own` at `level` that starts in the cluster `initial`, which it
+    /// founded at `now`, with a size estimate of 1 (itself).
+    pub fn new(level: Level, params: ClusterParams, own: Id, initial: Id, now: Instant) -> Self {
+        let mut clusters = BTreeMap::new();
+        clusters.insert(
+            initial,
+            Tracked {
+                founded_us: micros(now),
+                last_heard: now,
+                members: BTreeMap::new(),
+            },
+        );
+        Self {
+            level,
+            params,
+            own,
+            current: initial,
+            own_size: 1,
+            clusters,
+            member_of: BTreeMap::new(),
+            pending: None,
+            stats: ClusterStats::default(),
+        }
+    }
+
+    /// The level this sub-machine decides for.
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// Its tunables.
+    pub fn params(&self) -> &ClusterParams {
+        &self.params
+    }
+
+    /// The id of the cluster this node is in.
+    pub fn cluster(&self) -> Id {
+        self.current
+    }
+
+    /// What this node advertises about its cluster at `now`: the id, the
+    /// node's own size estimate ([`Self::set_size`]) and the age since the
+    /// oldest founding time known for it.
+    pub fn current(&self, now: Instant) -> ClusterInfo {
+        ClusterInfo {
+            level: self.level,
+            cluster: self.current,
+            size: self.own_size,
+            age_secs: age_secs(now, self.own_founded_us()),
+        }
+    }
+
+    /// When our cluster was founded, as the oldest claim known (saturating
+    /// at this node's time epoch).
+    pub fn founded(&self) -> Instant {
+        instant_of(self.own_founded_us())
+    }
+
+    /// Sets this node's estimate of its cluster's size (spec open question
+    /// 6: the node derives it from the level's routing table).
+    pub fn set_size(&mut self, size: u32) {
+        self.own_size = size;
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ClusterStats {
+        ClusterStats {
+            candidates: self.clusters.len(),
+            ..self.stats
+        }
+    }
+
+    fn own_founded_us(&self) -> i128 {
+        self.clusters
+            .get(&self.current)
+            .map_or(i128::MIN, |t| t.founded_us)
+    }
+
+    fn fresh(&self, now: Instant, t: Instant) -> bool {
+        now.saturating_duration_since(t) <= self.params.sample_ttl
+    }
+
+    /// A message from `member` says it is in `info.cluster` at this level,
+    /// with the size and age it advertises; `rtt` is a round-trip time we
+    /// measured to it, if any. Observations for another level, or about this
+    /// node itself, are counted and ignored.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        member: Contact,
+        info: &ClusterInfo,
+        rtt: Option<Duration>,
+    ) {
+        if info.level != self.level || member.id == self.own {
+            self.stats.ignored += 1;
+            return;
+        }
+        let claimed_us = micros(now) - i128::from(info.age_secs) * MICROS_PER_SEC;
+        let mut record = None;
+        if let Some(&old) = self.member_of.get(&member.id) {
+            if old != info.cluster {
+                record = self.detach(&member.id);
+            }
+        }
+        if let Entry::Vacant(e) = self.clusters.entry(info.cluster) {
+            e.insert(Tracked {
+                founded_us: claimed_us,
+                last_heard: now,
+                members: BTreeMap::new(),
+            });
+            if !self.enforce_cluster_cap(&info.cluster) {
+                return;
+            }
+        }
+        let window = self.params.sample_ttl / 2;
+        let Some(t) = self.clusters.get_mut(&info.cluster) else {
+            return;
+        };
+        t.last_heard = t.last_heard.max(now);
+        t.founded_us = t.founded_us.min(claimed_us);
+        let m = t.members.entry(member.id).or_insert_with(|| {
+            record.unwrap_or(Member {
+                contact: member,
+                claimed_size: info.size,
+                last_seen: now,
+                rtt: None,
+            })
+        });
+        m.contact = member;
+        m.claimed_size = info.size;
+        m.last_seen = m.last_seen.max(now);
+        if let Some(sample) = rtt {
+            match &mut m.rtt {
+                Some(r) => r.sample(sample, now, window),
+                None => m.rtt = Some(RttMin::new(sample, now)),
+            }
+        }
+        self.member_of.insert(member.id, info.cluster);
+        self.enforce_member_cap(now, &info.cluster);
+    }
+
+    /// The node dropped `member` (dead or evicted): forget it everywhere.
+    pub fn forget(&mut self, member: &Id) {
+        let _ = self.detach(member);
+    }
+
+    /// Removes `member` from its candidate, dropping the candidate if that
+    /// leaves it empty (unless it is ours), and returns its record.
+    fn detach(&mut self, member: &Id) -> Option<Member> {
+        let cluster = self.member_of.remove(member)?;
+        let t = self.clusters.get_mut(&cluster)?;
+        let record = t.members.remove(member);
+        if t.members.is_empty() && cluster != self.current {
+            self.clusters.remove(&cluster);
+        }
+        record
+    }
+
+    /// Evicts least recently heard candidates (never ours, and `new` only if
+    /// nothing else can go) while over the cap. Returns whether `new` stays.
+    fn enforce_cluster_cap(&mut self, new: &Id) -> bool {
+        let cap = self.params.max_clusters.max(1);
+        while self.clusters.len() > cap {
+            let pick = |skip_new: bool| {
+                self.clusters
+                    .iter()
+                    .filter(|(id, _)| **id != self.current && !(skip_new && *id == new))
+                    .min_by_key(|(id, t)| (t.last_heard, **id))
+                    .map(|(id, _)| *id)
+            };
+            let Some(victim) = pick(true).or_else(|| pick(false)) else {
+                break;
+            };
+            if let Some(t) = self.clusters.remove(&victim) {
+                for id in t.members.keys() {
+                    self.member_of.remove(id);
+                }
+            }
+            self.stats.evicted_candidates += 1;
+        }
+        self.clusters.contains_key(new)
+    }
+
+    /// Evicts members of `cluster` while over the cap: first those without
+    /// a fresh RTT sample (they cannot count towards a verdict), then the
+    /// longest unheard, then the larger id.
+    fn enforce_member_cap(&mut self, now: Instant, cluster: &Id) {
+        let (cap, ttl) = (self.params.max_members, self.params.sample_ttl);
+        let Some(t) = self.clusters.get_mut(cluster) else {
+            return;
+        };
+        while t.members.len() > cap {
+            let victim = t
+                .members
+                .iter()
+                .min_by_key(|(id, m)| (m.fresh_rtt(now, ttl).is_some(), m.last_seen, Reverse(**id)))
+                .map(|(id, _)| *id);
+            let Some(victim) = victim else {
+                break;
+            };
+            t.members.remove(&victim);
+            self.member_of.remove(&victim);
+            self.stats.evicted_members += 1;
+        }
+        if t.members.is_empty() && *cluster != self.current {
+            self.clusters.remove(cluster);
+        }
+    }
+
+    /// (measured members with a fresh sample, of those within the diameter).
+    fn counts(&self, now: Instant, t: &Tracked) -> (usize, usize) {
+        let mut measured = 0;
+        let mut within = 0;
+        for m in t.members.values() {
+            if let Some(rtt) = m.fresh_rtt(now, self.params.sample_ttl) {
+                measured += 1;
+                if rtt <= self.params.diameter {
+                    within += 1;
+                }
+            }
+        }
+        (measured, within)
+    }
+
+    /// The size estimate of a candidate: the largest latest claim of its
+    /// members heard within `sample_ttl`, and at least our own estimate if
+    /// it is our cluster.
+    fn size_of(&self, now: Instant, id: &Id, t: &Tracked) -> u32 {
+        let claims = t
+            .members
+            .values()
+            .filter(|m| self.fresh(now, m.last_seen))
+            .map(|m| m.claimed_size)
+            .max()
+            .unwrap_or(0);
+        if *id == self.current {
+            claims.max(self.own_size)
+        } else {
+            claims
+        }
+    }
+
+    fn candidate(&self, now: Instant, id: &Id, t: &Tracked) -> Candidate {
+        Candidate {
+            cluster: *id,
+            size: self.size_of(now, id, t),
+            founded_secs: secs_floor(t.founded_us),
+        }
+    }
+
+    fn acceptable_tracked(&self, now: Instant, id: &Id, t: &Tracked) -> bool {
+        let (measured, within) = self.counts(now, t);
+        let size = self.size_of(now, id, t) as usize;
+        let passes = || within as f64 / measured as f64 >= self.params.fraction;
+        if *id == self.current {
+            // We are one of the `size` members: judge on the others.
+            let required = self.params.min_samples.min(size.saturating_sub(1)).max(1);
+            measured < required || passes()
+        } else {
+            let required = self.params.min_samples.min(size).max(1);
+            measured >= required && passes()
+        }
+    }
+
+    /// Whether this node may be in `cluster` at `now` (spec §4.2, open
+    /// question 4).
+    ///
+    /// Let `measured` be the cluster's tracked members whose latest RTT
+    /// sample is at most `sample_ttl` old and `within` those whose estimate
+    /// is at most `diameter`. The rule holds when `within / measured ≥
+    /// fraction` and `measured ≥ required`, where `required` is
+    /// `min(min_samples, other members)` but at least 1, and "other
+    /// members" is the cluster's size estimate (minus one for our own
+    /// cluster, which counts us).
+    ///
+    /// For our own cluster too few samples mean "keep it": a verdict to
+    /// leave needs the same evidence as a verdict to join. In particular a
+    /// node alone in the cluster it founded, with no member measured, is
+    /// acceptable vacuously. Unknown clusters are not acceptable.
+    pub fn acceptable(&self, now: Instant, cluster: &Id) -> bool {
+        self.clusters
+            .get(cluster)
+            .is_some_and(|t| self.acceptable_tracked(now, cluster, t))
+    }
+
+    /// Every candidate, best first in the merge order, as (what we know of
+    /// it, members measured, of those within the diameter), for
+    /// diagnostics.
+    pub fn candidates(&self, now: Instant) -> Vec<(ClusterInfo, usize, usize)> {
+        let h = self.params.size_hysteresis;
+        let mut out: Vec<(Rank, (ClusterInfo, usize, usize))> = self
+            .clusters
+            .iter()
+            .map(|(id, t)| {
+                let c = self.candidate(now, id, t);
+                let (measured, within) = self.counts(now, t);
+                let info = ClusterInfo {
+                    level: self.level,
+                    cluster: *id,
+                    size: c.size,
+                    age_secs: age_secs(now, t.founded_us),
+                };
+                (c.rank(h), (info, measured, within))
+            })
+            .collect();
+        out.sort_by_key(|(rank, _)| Reverse(*rank));
+        out.into_iter().map(|(_, x)| x).collect()
+    }
+
+    /// Forgets members not heard from within `sample_ttl` and candidates
+    /// left empty; none of them can affect a decision.
+    fn prune(&mut self, now: Instant) {
+        let ttl = self.params.sample_ttl;
+        let current = self.current;
+        let member_of = &mut self.member_of;
+        self.clusters.retain(|id, t| {
+            t.members.retain(|mid, m| {
+                let keep = now.saturating_duration_since(m.last_seen) <= ttl;
+                if !keep {
+                    member_of.remove(mid);
+                }
+                keep
+            });
+            *id == current || !t.members.is_empty()
+        });
+    }
+
+    fn decide(&self, now: Instant) -> Option<Decision> {
+        let h = self.params.size_hysteresis;
+        let best = self
+            .clusters
+            .iter()
+            .filter(|(id, t)| self.acceptable_tracked(now, id, t))
+            .map(|(id, t)| (self.candidate(now, id, t).rank(h), *id))
+            .max();
+        match best {
+            Some((_, id)) if id == self.current => None,
+            Some((_, id)) => Some(Decision::Join(id)),
+            None => Some(Decision::Found),
+        }
+    }
+
+    /// Re-evaluates membership (spec §4.4; the node calls this every ~60 s
+    /// with jitter, spec open question 7) and returns a switch once two
+    /// consecutive evaluations agree on it. The switch is already applied
+    /// when returned. `rng` supplies the id of a newly founded cluster.
+    pub fn evaluate(&mut self, now: Instant, rng: &mut Rng) -> Option<Switch> {
+        self.stats.evaluations += 1;
+        self.prune(now);
+        let decision = self.decide(now);
+        if decision.is_none() || decision != self.pending {
+            self.pending = decision;
+            return None;
+        }
+        self.pending = None;
+        match decision? {
+            Decision::Join(id) => self.join(now, id),
+            Decision::Found => Some(self.found(now, rng)),
+        }
+    }
+
+    fn leave_current(&mut self) {
+        let old = self.current;
+        if self
+            .clusters
+            .get(&old)
+            .is_some_and(|t| t.members.is_empty())
+        {
+            self.clusters.remove(&old);
+        }
+    }
+
+    fn join(&mut self, now: Instant, id: Id) -> Option<Switch> {
+        let t = self.clusters.get(&id)?;
+        let size = self.size_of(now, &id, t);
+        let founded_us = t.founded_us;
+        let mut members: Vec<(Option<Duration>, Contact)> = t
+            .members
+            .values()
+            .map(|m| (m.fresh_rtt(now, self.params.sample_ttl), m.contact))
+            .collect();
+        members.sort_by_key(|(rtt, c)| (rtt.is_none(), *rtt, c.id));
+        self.leave_current();
+        self.current = id;
+        self.own_size = size.max(1);
+        self.stats.switches += 1;
+        Some(Switch::Join {
+            cluster: id,
+            size,
+            founded: instant_of(founded_us),
+            members: members.into_iter().map(|(_, c)| c).collect(),
+        })
+    }
+
+    fn found(&mut self, now: Instant, rng: &mut Rng) -> Switch {
+        let id = Id::random(rng);
+        self.leave_current();
+        self.current = id;
+        self.own_size = 1;
+        let t = self.clusters.entry(id).or_insert_with(|| Tracked {
+            founded_us: micros(now),
+            last_heard: now,
+            members: BTreeMap::new(),
+        });
+        t.founded_us = micros(now);
+        self.enforce_cluster_cap(&id);
+        self.stats.switches += 1;
+        self.stats.founded += 1;
+        Switch::Found { cluster: id }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    const LEVEL: Level = 1;
+    const T0: u64 = 10_000;
+
+    fn contact(n: u8) -> Contact {
+        Contact {
+            id: Id([n; 20]),
+            addr: SocketAddr::from((Ipv4Addr::new(10, 0, 0, n), 8090)),
+            services: crate::contact::Services::NONE,
+        }
+    }
+
+    fn cid(n: u8) -> Id {
+        let mut b = [0u8; 20];
+        b[0] = 0xC0;
+        b[19] = n;
+        Id(b)
+    }
+
+    fn info(cluster: Id, size: u32, age_secs: u32) -> ClusterInfo {
+        ClusterInfo {
+            level: LEVEL,
+            cluster,
+            size,
+            age_secs,
+        }
+    }
+
+    fn secs(s: u64) -> Instant {
+        Instant::from_millis(s * 1000)
+    }
+
+    fn ms(n: u64) -> Option<Duration> {
+        Some(Duration::from_millis(n))
+    }
+
+    fn node_in(cluster: Id, now: Instant) -> LevelClusters {
+        LevelClusters::new(
+            LEVEL,
+            ClusterParams::default(),
+            Id([0xEE; 20]),
+            cluster,
+            now,
+        )
+    }
+
+    /// Feeds members `first..first+n` of `cluster`, the first `near` at
+    /// 10 ms and the rest at 100 ms.
+    fn feed(
+        lc: &mut LevelClusters,
+        now: Instant,
+        cluster: Id,
+        first: u8,
+        n: u8,
+        near: u8,
+        size: u32,
+    ) {
+        for i in 0..n {
+            let rtt = if i < near { ms(10) } else { ms(100) };
+            lc.observe(now, contact(first + i), &info(cluster, size, 100), rtt);
+        }
+    }
+
+    #[test]
+    fn acceptable_at_exactly_the_fraction() {
+        let now = secs(T0);
+        let mut lc = node_in(cid(1), now);
+        feed(&mut lc, now, cid(2), 10, 5, 4, 5);
+        assert!(lc.acceptable(now, &cid(2)), "4 of 5 is exactly 80%");
+        feed(&mut lc, now, cid(3), 20, 5, 3, 5);
+        assert!(!lc.acceptable(now, &cid(3)), "3 of 5 is 60%");
+        feed(&mut lc, now, cid(4), 30, 10, 8, 10);
+        assert!(lc.acceptable(now, &cid(4)), "8 of 10");
+        feed(&mut lc, now, cid(5), 40, 9, 7, 9);
+        assert!(!lc.acceptable(now, &cid(5)), "7 of 9 is 77.8%");
+        assert!(!lc.acceptable(now, &cid(99)), "unknown cluster");
+        let c = lc.candidates(now);
+        let c2 = c.iter().find(|(i, _, _)| i.cluster == cid(2));
+        assert_eq!(c2.map(|x| (x.1, x.2)), Some((5, 4)));
+    }
+
+    #[test]
+    fn min_samples_and_small_clusters() {
+        let now = secs(T0);
+        let mut lc = node_in(cid(1), now);
+        feed(&mut lc, now, cid(2), 10, 2, 2, 10);
+        assert!(
+            !lc.acceptable(now, &cid(2)),
+            "2 of a 10-node cluster is too few"
+        );
+        feed(&mut lc, now, cid(2), 12, 1, 1, 10);
+        assert!(lc.acceptable(now, &cid(2)), "3 samples suffice");
+        feed(&mut lc, now, cid(3), 20, 2, 2, 2);
+        assert!(
+            lc.acceptable(now, &cid(3)),
+            "a 2-node cluster judged on both"
+        );
+        feed(&mut lc, now, cid(4), 30, 1, 1, 0);
+        assert!(
+            lc.acceptable(now, &cid(4)),
+            "size 0 claims still need one sample"
+        );
+        lc.observe(now, contact(40), &info(cid(5), 1, 5), None);
+        assert!(!lc.acceptable(now, &cid(5)), "unmeasured is not acceptable");
+        // Our own cluster: 2 far samples of a 10-node cluster are no verdict.
+        feed(&mut lc, now, cid(1), 50, 2, 0, 10);
+        assert!(lc.acceptable(now, &cid(1)));
+        feed(&mut lc, now, cid(1), 52, 1, 0, 10);
+        assert!(!lc.acceptable(now, &cid(1)));
+    }
+
+    #[test]
+    fn singleton_is_vacuously_acceptable() {
+        let now = secs(T0);
+        let mut lc = node_in(cid(1), now);
+        let mut rng = Rng::new(1);
+        assert!(lc.acceptable(now, &cid(1)));
+        assert_eq!(lc.evaluate(now, &mut rng), None);
+        assert_eq!(lc.evaluate(now, &mut rng), None);
+        assert_eq!(lc.stats().switches, 0);
+        let cur = lc.current(secs(T0 + 5));
+        assert_eq!((cur.cluster, cur.size, cur.age_secs), (cid(1), 1, 5));
+        assert_eq!(lc.founded(), now);
+    }
+
+    #[test]
+    fn stale_samples_are_ignored() {
+        let now = secs(T0);
+        let mut lc = node_in(cid(1), now);
+        feed(&mut lc, now, cid(2), 10, 3, 3, 3);
+        assert!(lc.acceptable(now, &cid(2)));
+        let later = now + Duration::from_secs(20 * 60);
+        // Fresh far samples for two of them, no fresh sample for the third.
+        lc.observe(later, contact(10), &info(cid(2), 3, 100), ms(100));
+        lc.observe(later, contact(11), &info(cid(2), 3, 100), ms(100));
+        let t = later + Duration::from_secs(15 * 60);
+        // Member 12's sample is 35 min old: only 2 measured, below 3.
+        assert!(!lc.acceptable(t, &cid(2)));
+        // The far samples were taken more than half a window after the near
+        // ones, so the near minimum still stands for 10 and 11.
+        lc.observe(t, contact(12), &info(cid(2), 3, 100), ms(15));
+        assert!(lc.acceptable(t, &cid(2)));
+        // Much later every sample is stale: the cluster cannot be judged.
+        let far = t + Duration::from_secs(3600);
+        assert!(!lc.acceptable(far, &cid(2)));
+        let mut rng = Rng::new(1);
+        let _ = lc.evaluate(far, &mut rng);
+        assert_eq!(
+            lc.stats().candidates,
+            1,
+            "stale members and empty candidates pruned"
+        );
+        assert!(lc.member_of.is_empty());
+    }
+
+    #[test]
+    fn rtt_minimum_slides() {
+        let ttl = Duration::from_secs(1800);
+        let mut r = RttMin::new(Duration::from_millis(10), secs(0));
+        r.sample(Duration::from_millis(50), secs(10), ttl / 2);
+        assert_eq!(r.estimate(), Duration::from_millis(10), "queueing ignored");
+        r.sample(Duration::from_millis(50), secs(901), ttl / 2);
+        assert_eq!(r.estimate(), Duration::from_millis(10), "previous window");
+        r.sample(Duration::from_millis(60), secs(1802), ttl / 2);
+        assert_eq!(
+            r.estimate(),
+            Duration::from_millis(50),
+            "old minimum expired"
+        );
+        r.sample(Duration::from_millis(70), secs(9000), ttl / 2);
+        assert_eq!(r.estimate(), Duration::from_millis(70), "long gap resets");
+    }
+
+    #[test]
+    fn two_agreeing_checks_before_a_switch() {
+        let now = secs(T0);
+        let mut lc = node_in(cid(1), now);
+        let mut rng = Rng::new(1);
+        feed(&mut lc, now, cid(2), 10, 4, 4, 10);
+        assert_eq!(lc.evaluate(now, &mut rng), None, "first check only pends");
+        // A better cluster appears: the pending decision changes target.
+        feed(&mut lc, now, cid(3), 20, 4, 4, 50);
+        let t1 = now + Duration::from_secs(60);
+        assert_eq!(lc.evaluate(t1, &mut rng), None, "target changed");
+        let t2 = t1 + Duration::from_secs(60);
+        let Some(Switch::Join {
+            cluster,
+            size,
+            founded,
+            members,
+        }) = lc.evaluate(t2, &mut rng)
+        else {
+            panic!("expected a join");
+        };
+        assert_eq!((cluster, size), (cid(3), 50));
+        assert_eq!(founded, now.saturating_sub(Duration::from_secs(100)));
+        assert_eq!(members.len(), 4);
+        assert_eq!(lc.cluster(), cid(3));
+        assert_eq!(lc.current(t2).size, 50);
+        assert_eq!(lc.founded(), founded);
+        assert_eq!(lc.stats().switches, 1);
+        // Settled: no further decision.
+        assert_eq!(lc.evaluate(t2, &mut rng), None);
+        assert_eq!(lc.evaluate(t2, &mut rng), None);
+        // The abandoned singleton had no members and is gone.
+        assert!(!lc.clusters.contains_key(&cid(1)));
+    }
+
+    #[test]
+    fn a_disagreeing_check_resets_the_pending_decision() {
+        let now = secs(T0);
+        let mut lc = node_in(cid(1), now);
+        let mut rng = Rng::new(1);
+        feed(&mut lc, now, cid(2), 10, 3, 3, 10);
+        assert_eq!(lc.evaluate(now, &mut rng), None);
+        // A far sample makes cid(2) unacceptable: "stay" clears the pending.
+        lc.observe(now, contact(13), &info(cid(2), 10, 100), ms(200));
+        assert!(!lc.acceptable(now, &cid(2)));
+        assert_eq!(lc.evaluate(now, &mut rng), None);
+        lc.forget(&contact(13).id);
+        assert!(lc.acceptable(now, &cid(2)));
+        assert_eq!(lc.evaluate(now, &mut rng), None, "needs two agreeing again");
+        assert!(matches!(
+            lc.evaluate(now, &mut rng),
+            Some(Switch::Join { .. })
+        ));
+    }
+
+    #[test]
+    fn founds_a_new_cluster_when_nothing_is_acceptable() {
+        let now = secs(T0);
+        let mut lc = node_in(cid(1), now);
+        let mut rng = Rng::new(7);
+        feed(&mut lc, now, cid(1), 10, 4, 1, 5);
+        feed(&mut lc, now, cid(2), 20, 4, 0, 50);
+        assert!(!lc.acceptable(now, &cid(1)));
+        assert_eq!(lc.evaluate(now, &mut rng), None);
+        let t = now + Duration::from_secs(61);
+        let Some(Switch::Found { cluster }) = lc.evaluate(t, &mut rng) else {
+            panic!("expected found");
+        };
+        assert_ne!(cluster, cid(1));
+        assert_eq!(lc.cluster(), cluster);
+        assert_eq!(lc.founded(), t);
+        assert_eq!(lc.current(t).size, 1);
+        assert_eq!(lc.current(t).age_secs, 0);
+        let s = lc.stats();
+        assert_eq!((s.switches, s.founded, s.candidates), (1, 1, 3));
+        // The new singleton is vacuously acceptable: no more foundings.
+        assert_eq!(lc.evaluate(t, &mut rng), None);
+        assert_eq!(lc.evaluate(t, &mut rng), None);
+        // The old cluster is still tracked, and unacceptable.
+        assert!(!lc.acceptable(t, &cid(1)));
+    }
+
+    #[test]
+    fn leaving_for_a_lower_ranked_acceptable_cluster() {
+        let now = secs(T0);
+        let mut lc = node_in(cid(1), now);
+        let mut rng = Rng::new(7);
+        feed(&mut lc, now, cid(1), 10, 5, 0, 100);
+        feed(&mut lc, now, cid(2), 20, 3, 3, 3);
+        assert_eq!(lc.evaluate(now, &mut rng), None);
+        let s = lc.evaluate(now, &mut rng);
+        assert!(matches!(s, Some(Switch::Join { cluster, .. }) if cluster == cid(2)));
+    }
+
+    #[test]
+    fn a_singleton_merges_only_upwards() {
+        let now = secs(T0);
+        let mut rng = Rng::new(7);
+        // Another singleton, younger than us: we stay.
+        let mut lc = node_in(cid(5), now);
+        lc.observe(now, contact(10), &info(cid(6), 1, 0), ms(5));
+        assert!(lc.acceptable(now, &cid(6)));
+        let t = now + Duration::from_secs(10);
+        assert_eq!(lc.evaluate(t, &mut rng), None);
+        assert_eq!(lc.evaluate(t, &mut rng), None);
+        // An older singleton: we merge into it.
+        lc.observe(t, contact(11), &info(cid(7), 1, 3600), ms(5));
+        assert_eq!(lc.evaluate(t, &mut rng), None);
+        let s = lc.evaluate(t, &mut rng);
+        assert!(matches!(s, Some(Switch::Join { cluster, .. }) if cluster == cid(7)));
+    }
+
+    #[test]
+    fn member_moving_clusters_leaves_the_old_candidate() {
+        let now = secs(T0);
+        let mut lc = node_in(cid(1), now);
+        lc.observe(now, contact(10), &info(cid(2), 3, 10), ms(5));
+        lc.observe(now, contact(11), &info(cid(2), 3, 10), ms(5));
+        lc.observe(now, contact(12), &info(cid(1), 3, 10), ms(5));
+        lc.observe(now, contact(10), &info(cid(3), 3, 10), None);
+        assert_eq!(lc.clusters[&cid(2)].members.len(), 1);
+        // The RTT estimate travels with the member.
+        assert!(lc.clusters[&cid(3)].members[&contact(10).id].rtt.is_some());
+        lc.observe(now, contact(11), &info(cid(3), 3, 10), None);
+        assert!(
+            !lc.clusters.contains_key(&cid(2)),
+            "empty candidate dropped"
+        );
+        // Our own cluster stays even when its last member leaves.
+        lc.observe(now, contact(12), &info(cid(3), 3, 10), None);
+        assert!(lc.clusters[&cid(1)].members.is_empty());
+        assert_eq!(lc.member_of.len(), 3);
+        assert_eq!(lc.candidates(now)[0].0.cluster, cid(3));
+        lc.forget(&contact(12).id);
+        lc.forget(&contact(99).id);
+        assert_eq!(lc.member_of.len(), 2);
+        // Ignored: other level, and ourselves.
+        let mut other = info(cid(4), 3, 10);
+        other.level = 2;
+        lc.observe(now, contact(13), &other, None);
+        lc.observe(
+            now,
+            Contact {
+                id: lc.own,
+                ..contact(14)
+            },
+            &info(cid(4), 1, 1),
+            None,
+        );
+        assert_eq!(lc.stats().ignored, 2);
+        assert!(!lc.clusters.contains_key(&cid(4)));
+    }
+
+    #[test]
+    fn caps_evict_the_least_recently_heard_and_the_stalest() {
+        let params = ClusterParams {
+            max_clusters: 3,
+            max_members: 2,
+            ..ClusterParams::default()
+        };
+        let own = Id([0xEE; 20]);
+        let mut lc = LevelClusters::new(LEVEL, params, own, cid(1), secs(T0));
+        lc.observe(secs(T0 + 1), contact(10), &info(cid(2), 1, 0), None);
+        lc.observe(secs(T0 + 2), contact(11), &info(cid(3), 1, 0), None);
+        lc.observe(secs(T0 + 3), contact(12), &info(cid(4), 1, 0), None);
+        let ids: Vec<Id> = lc.clusters.keys().copied().collect();
+        assert_eq!(
+            ids,
+            vec![cid(1), cid(3), cid(4)],
+            "oldest heard evicted, ours kept"
+        );
+        assert_eq!(lc.stats().evicted_candidates, 1);
+        assert!(!lc.member_of.contains_key(&contact(10).id));
+        // Members: the unmeasured goes before the measured, then the stalest.
+        lc.observe(secs(T0 + 4), contact(20), &info(cid(4), 1, 0), ms(5));
+        assert_eq!(lc.clusters[&cid(4)].members.len(), 2);
+        lc.observe(secs(T0 + 5), contact(21), &info(cid(4), 1, 0), ms(5));
+        assert!(!lc.clusters[&cid(4)].members.contains_key(&contact(12).id));
+        let m: Vec<Id> = lc.clusters[&cid(4)].members.keys().copied().collect();
+        assert_eq!(m, vec![contact(20).id, contact(21).id]);
+        lc.observe(secs(T0 + 6), contact(22), &info(cid(4), 1, 0), ms(5));
+        let m: Vec<Id> = lc.clusters[&cid(4)].members.keys().copied().collect();
+        assert_eq!(m, vec![contact(21).id, contact(22).id]);
+        assert_eq!(lc.stats().evicted_members, 2);
+        assert_eq!(lc.member_of.len(), 3);
+    }
+
+    #[test]
+    fn merge_order_examples() {
+        let h = 0.1;
+        let c = |id: u8, size, founded_secs| Candidate {
+            cluster: cid(id),
+            size,
+            founded_secs,
+        };
+        // Within one bucket, the older wins despite being smaller.
+        assert_eq!(size_bucket(100, h), size_bucket(104, h));
+        assert_eq!(better(&c(1, 100, 5), &c(2, 104, 9), h), Ordering::Greater);
+        // Clearly larger wins despite being younger.
+        assert_eq!(better(&c(1, 100, 5), &c(2, 200, 9), h), Ordering::Less);
+        // Same bucket, same second: the smaller id wins.
+        assert_eq!(better(&c(1, 100, 5), &c(2, 100, 5), h), Ordering::Greater);
+        assert_eq!(better(&c(1, 100, 5), &c(1, 101, 5), h), Ordering::Equal);
+        assert_eq!(size_bucket(0, h), 0);
+        assert_eq!(size_bucket(1, h), 0);
+        assert_eq!(size_bucket(2, h), 7);
+        assert_eq!(size_bucket(u32::MAX, f64::NAN), size_bucket(u32::MAX, 0.0));
+        assert_eq!(size_bucket(u32::MAX, f64::INFINITY), 0);
+        // Matches floor(ln(size) / ln(1 + h)) away from bucket edges.
+        for s in [3u32, 10, 100, 1000, 123_456] {
+            let want = (f64::from(s).ln() / 1.1f64.ln()).floor() as u32;
+            assert_eq!(size_bucket(s, h), want, "size {s}");
+        }
+    }
+
+    #[test]
+    fn extreme_inputs_do_not_panic() {
+        let params = ClusterParams {
+            diameter: Duration::MAX,
+            sample_ttl: Duration::MAX,
+            fraction: f64::NAN,
+            size_hysteresis: -1.0,
+            min_samples: usize::MAX,
+            max_clusters: 0,
+            max_members: 0,
+        };
+        let mut rng = Rng::new(3);
+        for now in [Instant::ZERO, Instant::from_micros(u64::MAX)] {
+            let mut lc = LevelClusters::new(LEVEL, params, Id::ZERO, cid(1), now);
+            lc.set_size(u32::MAX);
+            lc.observe(
+                now,
+                contact(1),
+                &info(cid(2), u32::MAX, u32::MAX),
+                Some(Duration::MAX),
+            );
+            lc.observe(
+                now,
+                contact(2),
+                &info(cid(1), 0, u32::MAX),
+                Some(Duration::ZERO),
+            );
+            for _ in 0..3 {
+                let _ = lc.evaluate(now, &mut rng);
+            }
+            let _ = lc.candidates(now);
+            let _ = lc.current(now);
+            let _ = lc.founded();
+            assert!(lc.stats().candidates <= 1);
+        }
+        let mut lc = node_in(cid(1), secs(5));
+        lc.observe(
+            secs(5),
+            contact(1),
+            &info(cid(2), 0, u32::MAX),
+            Some(Duration::MAX),
+        );
+        lc.observe(Instant::ZERO, contact(1), &info(cid(2), 0, u32::MAX), ms(1));
+        let c = lc.candidates(secs(5));
+        assert_eq!(
+            c[0].0.cluster,
+            cid(2),
+            "older than the epoch and still ordered"
+        );
+        assert_eq!(c[0].0.age_secs, u32::MAX);
+        let _ = lc.evaluate(Instant::from_micros(u64::MAX), &mut rng);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Observe {
+            member: u8,
+            cluster: u8,
+            size: u32,
+            age: u32,
+            rtt_ms: Option<u64>,
+        },
+        Forget(u8),
+        Advance(u64),
+        Evaluate,
+    }
+
+    fn op(members: u8, clusters: u8, big: bool) -> impl Strategy<Value = Op> {
+        let size = if big {
+            prop_oneof![0u32..40, any::<u32>()].boxed()
+        } else {
+            (0u32..40).boxed()
+        };
+        let age = if big {
+            prop_oneof![0u32..600, any::<u32>()].boxed()
+        } else {
+            (0u32..600).boxed()
+        };
+        prop_oneof![
+            6 => (0..members, 0..clusters, size, age, proptest::option::weighted(0.8, 0u64..100))
+                .prop_map(|(member, cluster, size, age, rtt_ms)| Op::Observe { member, cluster, size, age, rtt_ms }),
+            1 => (0..members).prop_map(Op::Forget),
+            1 => (0u64..400).prop_map(Op::Advance),
+            2 => Just(Op::Evaluate),
+        ]
+    }
+
+    fn check_invariants(lc: &LevelClusters) {
+        let p = lc.params;
+        assert!(lc.clusters.len() <= p.max_clusters.max(1));
+        assert!(lc.clusters.contains_key(&lc.current));
+        let mut total = 0;
+        for (id, t) in &lc.clusters {
+            assert!(t.members.len() <= p.max_members);
+            assert!(*id == lc.current || !t.members.is_empty());
+            for mid in t.members.keys() {
+                assert_eq!(lc.member_of.get(mid), Some(id));
+            }
+            total += t.members.len();
+        }
+        assert_eq!(total, lc.member_of.len());
+        assert_eq!(lc.stats().candidates, lc.clusters.len());
+    }
+
+    fn candidate() -> impl Strategy<Value = Candidate> {
+        (
+            0u8..4,
+            prop_oneof![0u32..300, any::<u32>()],
+            prop_oneof![-3i64..3, any::<i64>()],
+        )
+            .prop_map(|(c, size, founded_secs)| Candidate {
+                cluster: cid(c),
+                size,
+                founded_secs,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The merge order is antisymmetric, transitive and total: distinct
+        /// clusters never tie.
+        #[test]
+        fn better_is_a_total_order(
+            a in candidate(), b in candidate(), c in candidate(),
+            h in prop_oneof![Just(0.1), 0.0f64..2.0],
+        ) {
+            let ab = better(&a, &b, h);
+            prop_assert_eq!(ab, better(&b, &a, h).reverse());
+            prop_assert_eq!(better(&a, &a, h), Ordering::Equal);
+            if a.cluster != b.cluster {
+                prop_assert_ne!(ab, Ordering::Equal);
+            }
+            let bc = better(&b, &c, h);
+            let ac = better(&a, &c, h);
+            if ab != Ordering::Less && bc != Ordering::Less {
+                prop_assert_ne!(ac, Ordering::Less);
+            }
+            if ab == Ordering::Greater && bc == Ordering::Greater {
+                prop_assert_eq!(ac, Ordering::Greater);
+            }
+            // Larger buckets always win.
+            if size_bucket(a.size, h) > size_bucket(b.size, h) {
+                prop_assert_eq!(ab, Ordering::Greater);
+            }
+        }
+
+        /// Two nodes, one in A and one in B, fed the same observations never
+        /// decide A→B and B→A at the same evaluation.
+        #[test]
+        fn no_opposite_switches_on_shared_information(
+            ops in proptest::collection::vec(op(10, 3, false), 1..120),
+            size_x in 0u32..5, size_y in 0u32..5,
+        ) {
+            let mut now = secs(T0);
+            let p = ClusterParams::default();
+            let mut x = LevelClusters::new(LEVEL, p, Id([0xE1; 20]), cid(0), now);
+            let mut y = LevelClusters::new(LEVEL, p, Id([0xE2; 20]), cid(1), now);
+            x.set_size(size_x);
+            y.set_size(size_y);
+            let (mut rx, mut ry) = (Rng::new(1), Rng::new(2));
+            for o in ops {
+                match o {
+                    Op::Observe { member, cluster, size, age, rtt_ms } => {
+                        let i = info(cid(cluster), size, age);
+                        let rtt = rtt_ms.map(Duration::from_millis);
+                        x.observe(now, contact(member), &i, rtt);
+                        y.observe(now, contact(member), &i, rtt);
+                    }
+                    Op::Forget(m) => {
+                        x.forget(&contact(m).id);
+                        y.forget(&contact(m).id);
+                    }
+                    Op::Advance(s) => now += Duration::from_secs(s),
+                    Op::Evaluate => {
+                        let (from_x, from_y) = (x.cluster(), y.cluster());
+                        let sx = x.evaluate(now, &mut rx);
+                        let sy = y.evaluate(now, &mut ry);
+                        if let (
+                            Some(Switch::Join { cluster: to_x, .. }),
+                            Some(Switch::Join { cluster: to_y, .. }),
+                        ) = (&sx, &sy)
+                        {
+                            prop_assert!(
+                                !(from_x != from_y && *to_x == from_y && *to_y == from_x),
+                                "opposite switches {:?} <-> {:?}", from_x, from_y
+                            );
+                        }
+                        // Each node's private information ranks only its own
+                        // cluster higher: the decisions themselves agree.
+                        if from_x != from_y {
+                            let dx = x.pending;
+                            let dy = y.pending;
+                            prop_assert!(
+                                !(dx == Some(Decision::Join(from_y)) && dy == Some(Decision::Join(from_x))),
+                                "opposite pending decisions"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Candidates and members stay within their caps, and the member index
+        /// stays consistent, whatever arrives.
+        #[test]
+        fn membership_is_bounded(
+            ops in proptest::collection::vec(op(40, 20, true), 1..300),
+            max_clusters in 0usize..6,
+            max_members in 0usize..5,
+        ) {
+            let params = ClusterParams { max_clusters, max_members, ..ClusterParams::default() };
+            let mut now = secs(T0);
+            let mut lc = LevelClusters::new(LEVEL, params, Id([0xE1; 20]), cid(0), now);
+            let mut rng = Rng::new(9);
+            for o in ops {
+                match o {
+                    Op::Observe { member, cluster, size, age, rtt_ms } => {
+                        let rtt = rtt_ms.map(Duration::from_millis);
+                        lc.observe(now, contact(member), &info(cid(cluster), size, age), rtt);
+                    }
+                    Op::Forget(m) => lc.forget(&contact(m).id),
+                    Op::Advance(s) => now += Duration::from_secs(s * 10),
+                    Op::Evaluate => { let _ = lc.evaluate(now, &mut rng); }
+                }
+                check_invariants(&lc);
+                prop_assert!(lc.candidates(now).len() <= max_clusters.max(1));
+            }
+        }
+
+        /// A join is only ever to a cluster that is acceptable at that instant,
+        /// and a founding only when nothing is.
+        #[test]
+        fn evaluate_joins_only_acceptable_clusters(
+            ops in proptest::collection::vec(op(12, 4, false), 1..200),
+        ) {
+            let mut now = secs(T0);
+            let mut lc = LevelClusters::new(LEVEL, ClusterParams::default(), Id([0xE1; 20]), cid(0), now);
+            let mut rng = Rng::new(5);
+            for o in ops {
+                match o {
+                    Op::Observe { member, cluster, size, age, rtt_ms } => {
+                        let rtt = rtt_ms.map(Duration::from_millis);
+                        lc.observe(now, contact(member), &info(cid(cluster), size, age), rtt);
+                    }
+                    Op::Forget(m) => lc.forget(&contact(m).id),
+                    Op::Advance(s) => now += Duration::from_secs(s),
+                    Op::Evaluate => {
+                        let before = lc.clone();
+                        match lc.evaluate(now, &mut rng) {
+                            Some(Switch::Join { cluster, .. }) => {
+                                prop_assert!(before.acceptable(now, &cluster));
+                                prop_assert!(cluster != before.cluster());
+                                prop_assert_eq!(lc.cluster(), cluster);
+                            }
+                            Some(Switch::Found { cluster }) => {
+                                prop_assert!(before.clusters.keys().all(|c| !before.acceptable(now, c)));
+                                prop_assert_eq!(lc.cluster(), cluster);
+                                prop_assert_eq!(lc.founded(), now);
+                            }
+                            None => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
