@@ -511,6 +511,7 @@ enum AppKind {
     Join,
     Get,
     Put,
+    Nodes,
 }
 
 /// An application operation the harness started.
@@ -549,6 +550,8 @@ struct Harness {
     ops: BTreeMap<OpId, AppOp>,
     /// The most operations seen running at once.
     ops_peak: usize,
+    /// What each `find_nodes` asked for.
+    nodes_asked: BTreeMap<OpId, (usize, Services)>,
     /// Every event, in order (at most one per operation).
     events: Vec<Event>,
     /// The value of the latest `put`, whose fingerprint replies may name.
@@ -577,6 +580,7 @@ impl Harness {
             advertised: BTreeMap::new(),
             ops: BTreeMap::new(),
             ops_peak: 0,
+            nodes_asked: BTreeMap::new(),
             events: Vec::new(),
             last_value: Bytes::new(),
             next_request_id: 0,
@@ -1041,11 +1045,29 @@ impl Harness {
                 let got = self.node.nodes(self.now, level, count, None, services);
                 assert!(got.len() <= count);
                 let table = self.node.contacts(level);
+                let me = self.node.contact();
                 for c in &got {
                     assert!(c.services.contains(services), "{c:?} lacks {services:?}");
-                    assert!(table.contains(c), "nodes() invented {c:?}");
+                    assert!(table.contains(c) || *c == me, "nodes() invented {c:?}");
                 }
-                self.settle(None);
+                // The same question through the DSHT's hints, near a peer.
+                let target = self.peers[usize::from(input.byte() % 8)].ip();
+                let busy = self.busy();
+                match self
+                    .node
+                    .find_nodes(self.now, level, count, target, services)
+                {
+                    Ok(op) => {
+                        assert!(!busy, "find_nodes accepted at the cap");
+                        self.nodes_asked.insert(op, (count, services));
+                        self.started(op, AppKind::Nodes, None);
+                    }
+                    Err(OpError::Busy) => {
+                        assert!(busy, "find_nodes refused below the cap");
+                        self.settle(None);
+                    }
+                    Err(e) => panic!("find_nodes refused: {e}"),
+                }
             }
             _ => unreachable!("op::decode returns only opcodes"),
         }
@@ -1298,6 +1320,23 @@ impl Harness {
                     seen.push(*l);
                 }
                 (*op, AppKind::Put, Some(*key))
+            }
+            Event::NodesFound { op, nodes, hinted } => {
+                let (count, services) = self
+                    .nodes_asked
+                    .get(op)
+                    .copied()
+                    .unwrap_or((0, Services::NONE));
+                assert!(nodes.len() <= count, "{event:?}");
+                assert!(*hinted <= nodes.len() || nodes.len() == count, "{event:?}");
+                for (i, c) in nodes.iter().enumerate() {
+                    assert!(c.services.contains(services), "{event:?}");
+                    assert!(
+                        nodes[..i].iter().all(|d| d.id != c.id),
+                        "duplicate: {event:?}"
+                    );
+                }
+                (*op, AppKind::Nodes, None)
             }
         };
         let app = self

@@ -95,6 +95,15 @@ pub enum Event {
         /// Nodes that answered along the path, over all levels walked.
         hops: u32,
     },
+    /// A `find_nodes` finished.
+    NodesFound {
+        /// The operation.
+        op: OpId,
+        /// The nodes, best first.
+        nodes: Vec<Contact>,
+        /// How many of them the DSHT's network hints named.
+        hinted: usize,
+    },
     /// A `put` finished.
     PutDone {
         /// The operation.
@@ -246,6 +255,17 @@ struct GetOp {
     level: Level,
     lookup: Lookup,
     hops: u32,
+    /// Set when the get reads network hints for [`Node::find_nodes`].
+    nodes: Option<NodesQuery>,
+}
+
+/// What [`Node::find_nodes`] asked for.
+#[derive(Clone, Copy)]
+struct NodesQuery {
+    level: Level,
+    count: usize,
+    target: IpAddr,
+    services: Services,
 }
 
 struct PutOp {
@@ -342,6 +362,16 @@ impl std::fmt::Debug for Node {
             .field("ops", &self.ops.len())
             .field("inflight", &self.inflight.len())
             .finish()
+    }
+}
+
+/// Whether two addresses share a network prefix as hints count it: the
+/// same IPv4 /24 or IPv6 /48 (spec §5).
+fn same_prefix(a: IpAddr, b: IpAddr) -> bool {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => a.octets()[..3] == b.octets()[..3],
+        (IpAddr::V6(a), IpAddr::V6(b)) => a.octets()[..6] == b.octets()[..6],
+        _ => false,
     }
 }
 
@@ -619,6 +649,7 @@ impl Node {
                 level,
                 lookup,
                 hops: 0,
+                nodes: None,
             }),
         );
         self.start_get_level(now, op);
@@ -807,11 +838,10 @@ impl Node {
     }
 
     /// Up to `count` live nodes of this node's cluster at `level` (spec §2
-    /// `nodes()`), offering every service in `services`, heard from within
-    /// the last bucket-refresh interval, nearest by measured RTT first.
-    ///
-    /// `target` is accepted for the API's shape; locality by network hints
-    /// comes with clustering.
+    /// `nodes()`) offering every service in `services`, from local
+    /// knowledge alone: nodes in `target`'s network prefix first, then by
+    /// measured RTT. Only nodes heard from within the last bucket-refresh
+    /// interval count. [`Self::find_nodes`] also reads the DSHT's hints.
     pub fn nodes(
         &self,
         now: Instant,
@@ -820,22 +850,152 @@ impl Node {
         target: Option<IpAddr>,
         services: Services,
     ) -> Vec<Contact> {
-        let _ = target;
+        let mut v = self.local_ranking(now, level, target, services);
+        v.truncate(count);
+        v
+    }
+
+    /// Finds up to `count` live nodes of this node's cluster at `level`
+    /// near `target` (spec §5): those the DSHT's network hints place in
+    /// `target`'s prefix first, then nodes in that prefix this node knows,
+    /// then by measured RTT, then a random walk over the rest of the
+    /// cluster. The answer arrives as [`Event::NodesFound`].
+    pub fn find_nodes(
+        &mut self,
+        now: Instant,
+        level: Level,
+        count: usize,
+        target: IpAddr,
+        services: Services,
+    ) -> Result<OpId, OpError> {
+        self.check_capacity()?;
+        let op = self.alloc_op();
+        let level = level.min(self.levels.len().saturating_sub(1) as Level);
+        let key = match target {
+            IpAddr::V4(v4) => Id::for_ipv4_prefix(v4),
+            IpAddr::V6(v6) => Id::for_ipv6_prefix(v6),
+        };
+        let lookup = self
+            .new_lookup(level, key)
+            .with_sweep(self.config.dsht.get_sweep);
+        let query = NodesQuery {
+            level,
+            count,
+            target,
+            services,
+        };
+        self.ops.insert(
+            op,
+            Op::Get(GetOp {
+                key,
+                levels: SmallVec::new(),
+                level,
+                lookup,
+                hops: 0,
+                nodes: Some(query),
+            }),
+        );
+        self.start_get_level(now, op);
+        Ok(op)
+    }
+
+    /// Fresh contacts of `level` offering `services` (and this node itself
+    /// when it does): same prefix as `target` first, then by RTT, then
+    /// unmeasured ones by id distance.
+    fn local_ranking(
+        &self,
+        now: Instant,
+        level: Level,
+        target: Option<IpAddr>,
+        services: Services,
+    ) -> Vec<Contact> {
         let Some(ls) = self.levels.get(usize::from(level)) else {
             return Vec::new();
         };
+        let near = |c: &Contact| target.is_some_and(|t| same_prefix(c.addr.ip(), t));
         let fresh_after = now.saturating_sub(self.config.dsht.bucket_refresh);
-        let mut v: Vec<(Duration, Distance, Contact)> = ls
+        let mut v: Vec<(bool, Duration, Distance, Contact)> = ls
             .table
             .iter()
             .filter(|e| e.contact.services.contains(services) && e.last_seen >= fresh_after)
             .map(|e| {
                 let rtt = e.rtt.srtt().unwrap_or(Duration::MAX);
-                (rtt, e.contact.id.distance(&self.contact.id), e.contact)
+                (
+                    !near(&e.contact),
+                    rtt,
+                    e.contact.id.distance(&self.contact.id),
+                    e.contact,
+                )
             })
             .collect();
-        v.sort_unstable_by_key(|a| (a.0, a.1));
-        v.into_iter().take(count).map(|(_, _, c)| c).collect()
+        if self.contact.services.contains(services) {
+            v.push((
+                !near(&self.contact),
+                Duration::ZERO,
+                Distance::ZERO,
+                self.contact,
+            ));
+        }
+        v.sort_unstable_by_key(|a| (a.0, a.1, a.2));
+        v.into_iter().map(|(_, _, _, c)| c).collect()
+    }
+
+    /// Ends a get: an application event, or a `find_nodes` answer.
+    fn finish_get(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        g: GetOp,
+        values: Vec<Bytes>,
+        level: Option<Level>,
+    ) {
+        let Some(q) = g.nodes else {
+            self.events.push_back(Event::GetDone {
+                op,
+                key: g.key,
+                values,
+                level,
+                hops: g.hops,
+            });
+            return;
+        };
+        let local = self.local_ranking(now, q.level, Some(q.target), q.services);
+        // Hinted nodes count only if they are live members we know (or us).
+        let hinted: Vec<Contact> = values
+            .iter()
+            .filter_map(|v| wire::contact_from_value(v).ok())
+            .filter_map(|h| local.iter().find(|c| c.id == h.id).copied())
+            .collect();
+        let mut nodes: Vec<Contact> = Vec::with_capacity(q.count);
+        for c in hinted.iter().chain(local.iter().filter(|c| {
+            same_prefix(c.addr.ip(), q.target)
+                || c.id == self.contact.id
+                || self.measured(q.level, &c.id)
+        })) {
+            if nodes.len() < q.count && !nodes.iter().any(|n| n.id == c.id) {
+                nodes.push(*c);
+            }
+        }
+        // The rest: a random walk over the cluster's other members.
+        let mut rest: Vec<Contact> = local
+            .into_iter()
+            .filter(|c| !nodes.iter().any(|n| n.id == c.id))
+            .collect();
+        self.rng.shuffle(&mut rest);
+        nodes.extend(rest.into_iter().take(q.count.saturating_sub(nodes.len())));
+        self.events.push_back(Event::NodesFound {
+            op,
+            nodes,
+            hinted: hinted.len(),
+        });
+    }
+
+    /// Whether this node has an RTT estimate for contact `id` at `level`.
+    fn measured(&self, level: Level, id: &Id) -> bool {
+        self.levels
+            .get(usize::from(level))
+            .and_then(|l| l.table.get(id))
+            .is_some_and(|e| e.rtt.srtt().is_some())
     }
 
     // ----- internals: bookkeeping -----------------------------------------
@@ -1471,13 +1631,8 @@ impl Node {
             .cloned()
             .collect();
         if !local.is_empty() {
-            self.events.push_back(Event::GetDone {
-                op,
-                key: g.key,
-                values: local,
-                level: Some(g.level),
-                hops: g.hops,
-            });
+            let level = g.level;
+            self.finish_get(now, op, g, local, Some(level));
             return;
         }
         let next = self.advance_get(now, op, g, Outcome::Start);
@@ -1501,14 +1656,8 @@ impl Node {
             g.lookup.stop();
             g.hops += g.lookup.answers();
             self.finish_walk(now, g.level, &g.lookup);
-            let values = values.to_vec();
-            self.events.push_back(Event::GetDone {
-                op,
-                key: g.key,
-                values,
-                level: Some(g.level),
-                hops: g.hops,
-            });
+            let (values, level) = (values.to_vec(), g.level);
+            self.finish_get(now, op, g, values, Some(level));
             return None;
         }
         if !self.step_walk(now, op, g.level, &mut g.lookup, WalkKind::Get, outcome) {
@@ -1518,13 +1667,7 @@ impl Node {
         g.hops += g.lookup.answers();
         self.finish_walk(now, g.level, &g.lookup);
         let Some(level) = g.levels.pop() else {
-            self.events.push_back(Event::GetDone {
-                op,
-                key: g.key,
-                values: Vec::new(),
-                level: None,
-                hops: g.hops,
-            });
+            self.finish_get(now, op, g, Vec::new(), None);
             return None;
         };
         let reached = g.lookup.reached();
@@ -1916,6 +2059,7 @@ mod tests {
                     && match e {
                         Event::Joined { op: o, .. }
                         | Event::GetDone { op: o, .. }
+                        | Event::NodesFound { op: o, .. }
                         | Event::PutDone { op: o, .. } => *o == op,
                     }
             })?;
@@ -2225,6 +2369,33 @@ mod tests {
         net.after(Duration::from_secs(1));
         let (values, _, _) = net.get_and_wait(7, Id::for_router(r2), Duration::from_secs(1));
         assert_eq!(values, vec![wire::contact_value(&net.nodes[3].contact())]);
+    }
+
+    #[test]
+    fn find_nodes_prefers_hinted_nodes_of_the_target_prefix() {
+        let mut net = Net::new(12, &Config::default());
+        net.join_all();
+        net.after(Duration::from_secs(5));
+        let ask = |net: &mut Net, target: &str| {
+            let target: IpAddr = target.parse().unwrap();
+            let op = net.nodes[4].find_nodes(net.now, 0, 3, target, Services::NONE).unwrap();
+            net.after(Duration::from_secs(1));
+            match net.take_event(4, op) {
+                Some(Event::NodesFound { nodes, hinted, .. }) => (nodes, hinted),
+                e => panic!("{e:?}"),
+            }
+        };
+        // Every node published 10.0.0.0/24: the hints name them.
+        let (nodes, hinted) = ask(&mut net, "10.0.0.77");
+        assert_eq!(nodes.len(), 3);
+        assert!(hinted >= 1, "no hint used");
+        assert!(nodes.iter().all(|c| same_prefix(c.addr.ip(), "10.0.0.77".parse().unwrap())));
+        let ids: BTreeSet<Id> = nodes.iter().map(|c| c.id).collect();
+        assert_eq!(ids.len(), 3, "duplicates in {nodes:?}");
+        // No node near 192.0.2.0/24: no hints, the answer comes from the cluster.
+        let (nodes, hinted) = ask(&mut net, "192.0.2.9");
+        assert_eq!(hinted, 0);
+        assert_eq!(nodes.len(), 3);
     }
 
     #[test]
