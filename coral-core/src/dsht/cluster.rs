@@ -1065,6 +1065,28 @@ mod tests {
     }
 
     #[test]
+    fn a_join_seeds_members_nearest_first() {
+        let now = secs(T0);
+        let mut lc = node_in(cid(1), now);
+        let mut rng = Rng::new(7);
+        for (m, rtt) in [
+            (10, ms(30)),
+            (11, None),
+            (12, ms(5)),
+            (13, ms(20)),
+            (14, ms(12)),
+        ] {
+            lc.observe(now, contact(m), &info(cid(2), 5, 60), rtt);
+        }
+        assert_eq!(lc.evaluate(now, &mut rng), None);
+        let Some(Switch::Join { members, .. }) = lc.evaluate(now, &mut rng) else {
+            panic!("expected a join");
+        };
+        let order: Vec<Contact> = [12, 14, 13, 10, 11].into_iter().map(contact).collect();
+        assert_eq!(members, order);
+    }
+
+    #[test]
     fn a_singleton_merges_only_upwards() {
         let now = secs(T0);
         let mut rng = Rng::new(7);
