@@ -95,6 +95,10 @@ pub struct DshtConfig {
     /// TTL of network hints (spec §5, open question 10: 1 h, refreshed
     /// every 30 min).
     pub hint_ttl: Duration,
+    /// How often a node re-evaluates its cluster at each bounded level
+    /// (spec open question 7: 60 s, with jitter; a switch needs two
+    /// agreeing evaluations).
+    pub cluster_eval_interval: Duration,
     /// Most contacts a node returns in one reply.
     pub reply_contacts: usize,
     /// Most values a node returns in one get reply.
@@ -134,6 +138,7 @@ impl Default for DshtConfig {
             probes_per_tick: 4,
             max_published: 1024,
             hint_ttl: Duration::from_secs(3600),
+            cluster_eval_interval: Duration::from_secs(60),
             reply_contacts: 8,
             reply_values: 8,
             max_inflight: 4096,

@@ -28,6 +28,7 @@ use smallvec::SmallVec;
 
 use crate::config::{Config, LevelConfig};
 use crate::contact::{ClusterInfo, Contact, Level, Services};
+use crate::dsht::cluster::{ClusterParams, LevelClusters, Switch};
 use crate::dsht::lookup::{Hop, Lookup};
 use crate::dsht::routing::{Failure, Observe, RoutingTable, RttEstimator};
 use crate::dsht::store::{self, Store};
@@ -179,6 +180,8 @@ pub struct Stats {
     pub refused_full: u64,
     /// Stores refused because this node was full and loaded.
     pub refused_loaded: u64,
+    /// Cluster switches at any level (joins and foundings).
+    pub cluster_switches: u64,
     /// Contacts dropped after repeated failures.
     pub contacts_dropped: u64,
     /// Requests dropped because too many RPCs were in flight.
@@ -325,6 +328,10 @@ pub struct Node {
     contact: Contact,
     rng: Rng,
     levels: Vec<LevelState>,
+    /// Latency clustering per level (spec §4): `None` for unbounded levels.
+    clusters: Vec<Option<LevelClusters>>,
+    /// When clusters are next re-evaluated.
+    next_cluster_eval: Instant,
     store: Store,
     rtt: RttEstimator,
     inflight: BTreeMap<u64, Inflight>,
@@ -395,29 +402,47 @@ impl Node {
         config.dsht.max_value_len = config.dsht.max_value_len.min(wire::MAX_VALUE_LEN);
         let contact = Contact::from_addr(addr, config.services);
         let mut rng = Rng::new(config.seed);
-        let levels = (0..config.levels.len())
-            .map(|i| {
-                let level = i as Level;
-                LevelState {
-                    info: ClusterInfo {
-                        level,
-                        cluster: initial_cluster(level),
-                        size: 1,
-                        age_secs: 0,
-                    },
-                    founded: now,
-                    table: RoutingTable::new(contact.id, config.dsht.k, now),
+        let mut levels = Vec::with_capacity(config.levels.len());
+        let mut clusters = Vec::with_capacity(config.levels.len());
+        for (i, lc) in config.levels.iter().enumerate() {
+            let level = i as Level;
+            // A bounded level starts as a cluster of one, founded now, and
+            // merges as the node measures its neighbours (spec §4.3).
+            let (cluster, clustering) = match lc.diameter {
+                Some(d) if level > 0 => {
+                    let id = Id::random(&mut rng);
+                    let params = ClusterParams::for_diameter(d);
+                    (
+                        id,
+                        Some(LevelClusters::new(level, params, contact.id, id, now)),
+                    )
                 }
-            })
-            .collect();
+                _ => (initial_cluster(level), None),
+            };
+            levels.push(LevelState {
+                info: ClusterInfo {
+                    level,
+                    cluster,
+                    size: 1,
+                    age_secs: 0,
+                },
+                founded: now,
+                table: RoutingTable::new(contact.id, config.dsht.k, now),
+            });
+            clusters.push(clustering);
+        }
         let store = Store::new(&config.dsht);
         let tick = config.dsht.maintenance_interval;
         let first_tick = now + tick + rng.jitter(tick);
+        let eval = config.dsht.cluster_eval_interval;
+        let first_eval = now + eval + rng.jitter(eval / 4);
         Self {
             config,
             contact,
             rng,
             levels,
+            clusters,
+            next_cluster_eval: first_eval,
             store,
             rtt: RttEstimator::default(),
             inflight: BTreeMap::new(),
@@ -518,11 +543,19 @@ impl Node {
             addr: from,
             services: msg.services,
         };
-        self.observe(now, sender, &msg.clusters);
         if msg.body.is_reply() {
             self.stats.rpcs_in.replies += 1;
-            self.on_reply(now, sender, msg.request_id, msg.body);
+            // Only a reply to our own request is believed, and it carries
+            // the RTT sample clustering needs.
+            let Some(f) = self.take_inflight(&sender, msg.request_id) else {
+                self.stats.unsolicited += 1;
+                return;
+            };
+            let rtt = (!f.retransmitted).then(|| now - f.sent);
+            self.observe(now, sender, &msg.clusters, rtt);
+            self.on_reply(now, sender, msg.request_id, f, rtt, msg.body);
         } else {
+            self.observe(now, sender, &msg.clusters, None);
             self.on_request(now, sender, msg.request_id, msg.body);
         }
     }
@@ -1166,8 +1199,17 @@ impl Node {
     }
 
     /// Learns of `sender` at every level where it shares our cluster.
-    fn observe(&mut self, now: Instant, sender: Contact, clusters: &[ClusterInfo]) {
+    fn observe(
+        &mut self,
+        now: Instant,
+        sender: Contact,
+        clusters: &[ClusterInfo],
+        rtt: Option<Duration>,
+    ) {
         for ci in clusters {
+            if let Some(Some(lc)) = self.clusters.get_mut(usize::from(ci.level)) {
+                lc.observe(now, sender, ci, rtt);
+            }
             let Some(ls) = self.levels.get_mut(usize::from(ci.level)) else {
                 continue;
             };
@@ -1289,19 +1331,26 @@ impl Node {
 
     // ----- internals: replies and timeouts --------------------------------
 
-    fn on_reply(&mut self, now: Instant, from: Contact, req: u64, body: Body) {
+    /// Removes and returns the request `req` if `from` may answer it.
+    fn take_inflight(&mut self, from: &Contact, req: u64) -> Option<Inflight> {
         match self.inflight.get(&req) {
             Some(f) if f.to == from.addr && f.id.is_none_or(|id| id == from.id) => {}
-            _ => {
-                self.stats.unsolicited += 1;
-                return;
-            }
+            _ => return None,
         }
-        let Some(f) = self.inflight.remove(&req) else {
-            return;
-        };
+        let f = self.inflight.remove(&req)?;
         self.clear_timers(req, &f);
-        let rtt = (!f.retransmitted).then(|| now - f.sent);
+        Some(f)
+    }
+
+    fn on_reply(
+        &mut self,
+        now: Instant,
+        from: Contact,
+        req: u64,
+        f: Inflight,
+        rtt: Option<Duration>,
+        body: Body,
+    ) {
         if let Some(rtt) = rtt {
             self.rtt.sample(rtt);
         }
@@ -1932,22 +1981,98 @@ impl Node {
             self.start_refresh(now, level, target);
         }
         self.measure_unmeasured(now);
+        if self.next_cluster_eval <= now {
+            let eval = self.config.dsht.cluster_eval_interval;
+            self.next_cluster_eval = now + eval + self.rng.jitter(eval / 4);
+            self.evaluate_clusters(now);
+        }
     }
 
-    /// Pings a few level-0 contacts never measured: each answer is an RTT
-    /// sample and carries the contact's cluster at every level, which is
-    /// what latency clustering and `nodes()` rank by (spec §4.2: RTTs come
-    /// from RPCs "plus explicit pings").
+    /// Re-evaluates every level's cluster (spec §4.4) and carries out the
+    /// switches decided.
+    fn evaluate_clusters(&mut self, now: Instant) {
+        let mut switches = Vec::new();
+        for (ls, lc) in self.levels.iter().zip(self.clusters.iter_mut()) {
+            if let Some(lc) = lc {
+                lc.set_size(ls.table.size_estimate());
+                if let Some(sw) = lc.evaluate(now, &mut self.rng) {
+                    switches.push((ls.info.level, sw));
+                }
+            }
+        }
+        for (level, sw) in switches {
+            self.switch_cluster(now, level, sw);
+        }
+    }
+
+    /// Moves this node to another cluster at `level`: the level's routing
+    /// table restarts from the members it has measured there, values held
+    /// for the old cluster's DSHT go (nobody there can reach us at this
+    /// level any more), and this node's own publications are put again
+    /// in the new cluster (issue 3 item 3).
+    fn switch_cluster(&mut self, now: Instant, level: Level, sw: Switch) {
+        let Some(Some(lc)) = self.clusters.get(usize::from(level)) else {
+            return;
+        };
+        let info = lc.current(now);
+        let founded = lc.founded();
+        let members = match sw {
+            Switch::Join { members, .. } => members,
+            Switch::Found { .. } => Vec::new(),
+        };
+        let own = self.contact.id;
+        let k = self.config.dsht.k;
+        let Some(ls) = self.levels.get_mut(usize::from(level)) else {
+            return;
+        };
+        ls.info = info;
+        ls.founded = founded;
+        ls.table = RoutingTable::new(own, k, now);
+        for m in members {
+            let _ = ls.table.observe(m, now);
+        }
+        self.store.remove_level(level);
+        self.stats.cluster_switches += 1;
+        self.republish_level(now, level);
+    }
+
+    /// Re-puts every publication that includes `level` at that level alone:
+    /// after joining a new cluster there, its DSHT holds none of them.
+    fn republish_level(&mut self, now: Instant, level: Level) {
+        let todo: Vec<(Id, Bytes, Duration)> = self
+            .published
+            .iter()
+            .filter(|(_, p)| p.levels.contains(level))
+            .map(|((k, v), p)| (*k, v.clone(), p.ttl))
+            .collect();
+        for (key, value, ttl) in todo {
+            let _ = self.start_put(now, key, value, ttl, Levels::only(level), false);
+        }
+    }
+
+    /// Pings a few level-0 contacts not heard from for a cluster
+    /// evaluation period, never-measured ones first, then the longest
+    /// silent. Each answer is an RTT sample and carries the contact's
+    /// current cluster at every level, which is what latency clustering
+    /// judges by (spec §4.2: RTTs come from RPCs "plus explicit pings") and
+    /// `nodes()` ranks by; without it a node's view of its neighbours'
+    /// clusters goes stale as soon as traffic stops.
     fn measure_unmeasured(&mut self, now: Instant) {
         let Some(ls) = self.levels.first() else {
             return;
         };
-        let todo: Vec<Contact> = ls
+        let quiet = now.saturating_sub(self.config.dsht.cluster_eval_interval);
+        let mut due: Vec<(bool, Instant, Contact)> = ls
             .table
             .iter()
-            .filter(|e| e.rtt.srtt().is_none())
+            .filter(|e| e.rtt.srtt().is_none() || e.last_seen < quiet)
+            .map(|e| (e.rtt.srtt().is_some(), e.last_seen, e.contact))
+            .collect();
+        due.sort_unstable_by_key(|d| (d.0, d.1, d.2.id));
+        let todo: Vec<Contact> = due
+            .into_iter()
             .take(self.config.dsht.probes_per_tick)
-            .map(|e| e.contact)
+            .map(|d| d.2)
             .collect();
         for c in todo {
             self.send_request(
@@ -2378,7 +2503,9 @@ mod tests {
         net.after(Duration::from_secs(5));
         let ask = |net: &mut Net, target: &str| {
             let target: IpAddr = target.parse().unwrap();
-            let op = net.nodes[4].find_nodes(net.now, 0, 3, target, Services::NONE).unwrap();
+            let op = net.nodes[4]
+                .find_nodes(net.now, 0, 3, target, Services::NONE)
+                .unwrap();
             net.after(Duration::from_secs(1));
             match net.take_event(4, op) {
                 Some(Event::NodesFound { nodes, hinted, .. }) => (nodes, hinted),
@@ -2389,7 +2516,11 @@ mod tests {
         let (nodes, hinted) = ask(&mut net, "10.0.0.77");
         assert_eq!(nodes.len(), 3);
         assert!(hinted >= 1, "no hint used");
-        assert!(nodes.iter().all(|c| same_prefix(c.addr.ip(), "10.0.0.77".parse().unwrap())));
+        assert!(
+            nodes
+                .iter()
+                .all(|c| same_prefix(c.addr.ip(), "10.0.0.77".parse().unwrap()))
+        );
         let ids: BTreeSet<Id> = nodes.iter().map(|c| c.id).collect();
         assert_eq!(ids.len(), 3, "duplicates in {nodes:?}");
         // No node near 192.0.2.0/24: no hints, the answer comes from the cluster.
@@ -2487,6 +2618,27 @@ mod tests {
         };
         let mut net = Net::new(20, &config);
         net.join_all();
+        // Levels 1 and 2 start as one cluster per node; with every RTT
+        // within both diameters, each level merges into a single cluster.
+        net.after(Duration::from_secs(15 * 60));
+        for level in 1..3 {
+            let ids: BTreeSet<Id> = net
+                .nodes
+                .iter()
+                .map(|n| n.clusters()[level].cluster)
+                .collect();
+            assert_eq!(ids.len(), 1, "level {level}: {} clusters", ids.len());
+        }
+        assert!(
+            net.nodes.iter().all(|n| n.stats().cluster_switches >= 1) || {
+                // The node whose cluster won never switched.
+                net.nodes
+                    .iter()
+                    .filter(|n| n.stats().cluster_switches == 0)
+                    .count()
+                    <= 1
+            }
+        );
         let key = Id::for_url("http://example.com/d");
         let (ttl, wait) = (Duration::from_secs(60), Duration::from_secs(1));
         // Stored at level 0 only: a get over all levels misses at 2 and 1.
