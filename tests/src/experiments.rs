@@ -1,4 +1,5 @@
-//! The experiments behind `coral-sim`: lookup quality and the put hot spot.
+//! The experiments behind `coral-sim`: lookup quality, the put hot spot and
+//! the latency clusters.
 //!
 //! Both build a network in the simulator, drive it with application
 //! commands only (the simulator never makes a protocol decision), and
@@ -7,11 +8,13 @@
 //! comes from the simulator's seeded generator, so a report is a function
 //! of its parameters and seed.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use coral_core::config::LevelConfig;
 use coral_core::id::Id;
 use coral_core::{Event, Levels};
 use serde::Serialize;
@@ -737,5 +740,404 @@ impl HotspotReport {
             self.datagrams_delivered, self.trace_hash
         );
         s
+    }
+}
+
+/// Sampling period of the cluster experiment: every node's clusters are read
+/// this often. Far below the ~60 s re-evaluation period, so two switches of
+/// one node at one level never fall between two samples.
+pub const CLUSTER_SAMPLE: Duration = Duration::from_secs(10);
+
+/// How long no node may switch for the cluster experiment to call the
+/// network converged: two re-evaluation periods (~60 s each, with jitter),
+/// so every node has evaluated at least once in the quiet window.
+pub const CLUSTER_QUIET: Duration = Duration::from_secs(120);
+
+/// The level hierarchy of the cluster experiment (and the default):
+/// unbounded level 0, 60 ms level 1, 20 ms level 2.
+pub fn three_levels() -> Vec<LevelConfig> {
+    vec![
+        LevelConfig { diameter: None },
+        LevelConfig {
+            diameter: Some(Duration::from_millis(60)),
+        },
+        LevelConfig {
+            diameter: Some(Duration::from_millis(20)),
+        },
+    ]
+}
+
+/// Parameters of the cluster experiment.
+#[derive(Clone, Debug)]
+pub struct ClusterParams {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Simulation seed.
+    pub seed: u64,
+    /// RTTs between the nodes.
+    pub latency: LatencyModel,
+    /// A name of the latency model for the report (`"sphere"`, a file path).
+    pub latency_name: String,
+    /// Virtual minutes from the cold start (nodes created, none joined) to
+    /// the end of the run; the joins are part of it.
+    pub minutes: u32,
+    /// The level hierarchy every node runs.
+    pub levels: Vec<LevelConfig>,
+}
+
+impl ClusterParams {
+    /// `nodes` nodes on the synthetic sphere of `seed`, three levels.
+    pub fn synthetic(nodes: usize, seed: u64, minutes: u32) -> Self {
+        Self {
+            nodes,
+            seed,
+            latency: LatencyModel::sphere(mix64(seed, 0x1a7e)),
+            latency_name: "sphere".to_owned(),
+            minutes,
+            levels: three_levels(),
+        }
+    }
+
+    /// `nodes` nodes on a measured matrix (node `i` at host `i % len`).
+    pub fn matrix(
+        matrix: Arc<RttMatrix>,
+        name: String,
+        nodes: usize,
+        seed: u64,
+        minutes: u32,
+    ) -> Self {
+        Self {
+            nodes,
+            seed,
+            latency: LatencyModel::matrix(matrix, mix64(seed, 0x1a7e)),
+            latency_name: name,
+            minutes,
+            levels: three_levels(),
+        }
+    }
+}
+
+/// The clusters of one bounded level at the end of the cluster experiment.
+#[derive(Clone, Debug, Serialize)]
+pub struct LevelClusterReport {
+    /// The level (1, 2, …; level 0 is unbounded and not reported).
+    pub level: u8,
+    /// The level's RTT diameter, ms.
+    pub threshold_ms: f64,
+    /// Distinct cluster ids among the live nodes at the end.
+    pub clusters: usize,
+    /// Members of the largest cluster at the end.
+    pub largest: usize,
+    /// Clusters with a single member at the end.
+    pub singletons: usize,
+    /// Of the node pairs in one cluster at the end, the fraction whose RTT is
+    /// below `threshold_ms` (null when no two nodes share a cluster).
+    pub purity: Option<f64>,
+    /// Of the node pairs whose RTT is below `threshold_ms / 2`, the fraction
+    /// in one cluster at the end (null when there is no such pair).
+    pub coverage: Option<f64>,
+    /// Node pairs in one cluster at the end (the denominator of `purity`).
+    pub same_cluster_pairs: u64,
+    /// Node pairs with RTT below half the threshold (that of `coverage`).
+    pub near_pairs: u64,
+    /// Cluster changes seen at this level over the whole run.
+    pub switches: u64,
+    /// Virtual seconds from the start to the last sample at which some
+    /// node's cluster at this level had changed (null: never changed).
+    pub last_switch_s: Option<f64>,
+}
+
+/// What the cluster experiment measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterReport {
+    /// Always `"clusters"`.
+    pub experiment: &'static str,
+    /// Simulation seed.
+    pub seed: u64,
+    /// Nodes in the network.
+    pub nodes: usize,
+    /// Virtual minutes run, from the cold start.
+    pub minutes: u32,
+    /// The latency model (`"sphere"` or the matrix file).
+    pub latency: String,
+    /// How the joins went (they start at time 0 and are part of the run).
+    pub join: JoinSummary,
+    /// Seconds between samples of every node's clusters.
+    pub sample_s: f64,
+    /// The quiet window that defines convergence, seconds.
+    pub quiet_s: f64,
+    /// Per bounded level (level 0, one global cluster, is left out).
+    pub levels: Vec<LevelClusterReport>,
+    /// Virtual seconds from the cold start to the first sample at which
+    /// some node's cluster (at any level) changed and after which no node's
+    /// changed for `quiet_s`; the time of the first sample if nothing ever
+    /// changed; null if no such quiet window ended before the run did.
+    pub converged_after_s: Option<f64>,
+    /// Cluster changes (all levels) seen after `converged_after_s`, per node
+    /// per hour of the time left (null if not converged).
+    pub switches_per_node_hour_after_convergence: Option<f64>,
+    /// Cluster changes (all levels) seen after `converged_after_s`.
+    pub switches_after_convergence: Option<u64>,
+    /// Virtual seconds from the cold start to the last sample at which any
+    /// node's cluster changed (null: never).
+    pub last_switch_s: Option<f64>,
+    /// Cluster changes (all levels) seen in each virtual minute of the run,
+    /// from the cold start.
+    pub switches_per_minute: Vec<u64>,
+    /// Datagrams delivered during the whole run.
+    pub datagrams_delivered: u64,
+    /// Fingerprint of the run (hex).
+    pub trace_hash: String,
+}
+
+/// Every node's cluster id per level (`None`: node down or level missing).
+fn cluster_snapshot(sim: &Sim, levels: usize) -> Vec<Vec<Option<Id>>> {
+    (0..sim.len())
+        .map(|i| {
+            let mut row = vec![None; levels];
+            if let Some(node) = sim.node(i) {
+                for info in node.clusters() {
+                    if let Some(slot) = row.get_mut(usize::from(info.level)) {
+                        *slot = Some(info.cluster);
+                    }
+                }
+            }
+            row
+        })
+        .collect()
+}
+
+/// Runs the cluster experiment: `nodes` nodes are created at time 0 with
+/// the three-level hierarchy, join in the simulator's usual batches, and
+/// run with no application traffic until `minutes` have passed since time
+/// 0; every node's [`coral_core::Node::clusters`] is read every
+/// [`CLUSTER_SAMPLE`]. A *switch* is a change of one node's cluster id at
+/// one level between two consecutive samples (changes during the joins
+/// show up at the first sample after them).
+pub fn clusters(p: &ClusterParams) -> ClusterReport {
+    let mut cfg = SimConfig::new(p.seed);
+    cfg.latency = p.latency.clone();
+    cfg.node.levels = p.levels.clone();
+    let mut sim = Sim::new(cfg);
+    let t0 = sim.now();
+    sim.add_nodes(p.nodes);
+    let n = sim.len();
+    let nl = p.levels.len();
+    let mut prev = cluster_snapshot(&sim, nl);
+    let join = sim.join_all(JoinOptions::default());
+    let _ = sim.take_completions();
+
+    let end = t0 + Duration::from_secs(60 * u64::from(p.minutes));
+    // (seconds since t0, switches per level) of every sample after the first.
+    let mut samples: Vec<(f64, Vec<u64>)> = Vec::new();
+    loop {
+        let t = sim.now();
+        let snap = cluster_snapshot(&sim, nl);
+        let mut changed = vec![0u64; nl];
+        for (a, b) in prev.iter().zip(&snap) {
+            for (l, (x, y)) in a.iter().zip(b).enumerate() {
+                if x.is_some() && y.is_some() && x != y {
+                    changed[l] += 1;
+                }
+            }
+        }
+        samples.push(((t - t0).as_secs_f64(), changed));
+        prev = snap;
+        if t >= end {
+            break;
+        }
+        sim.run_until((t + CLUSTER_SAMPLE).min(end));
+        let _ = sim.take_completions();
+    }
+    let end_s = (sim.now() - t0).as_secs_f64();
+    let quiet = CLUSTER_QUIET.as_secs_f64();
+
+    let total = |s: &(f64, Vec<u64>)| s.1.iter().sum::<u64>();
+    let changes: Vec<f64> = samples
+        .iter()
+        .filter(|s| total(s) > 0)
+        .map(|s| s.0)
+        .collect();
+    let converged = converged_at(&changes, samples.first().map(|s| s.0), end_s, quiet);
+    let after = converged.map(|c| samples.iter().filter(|s| s.0 > c).map(total).sum::<u64>());
+    let rate = converged.zip(after).map(|(c, a)| {
+        let hours = (end_s - c) / 3600.0;
+        if hours > 0.0 && n > 0 {
+            a as f64 / (n as f64 * hours)
+        } else {
+            0.0
+        }
+    });
+    let mut per_minute = vec![0u64; p.minutes.max(1) as usize];
+    for s in &samples {
+        // A change seen at the sample closing a minute belongs to it.
+        let m = ((s.0 / 60.0).ceil() as usize).saturating_sub(1);
+        if let Some(slot) = per_minute.get_mut(m) {
+            *slot += total(s);
+        }
+    }
+
+    let lat = sim.latency();
+    let levels = p
+        .levels
+        .iter()
+        .enumerate()
+        .filter_map(|(l, lc)| Some((l, lc.diameter?)))
+        .filter(|&(l, _)| l > 0)
+        .map(|(l, d)| {
+            let threshold_us = d.as_micros() as u64;
+            let ids: Vec<Option<Id>> = prev.iter().map(|row| row[l]).collect();
+            let mut sizes: BTreeMap<Id, usize> = BTreeMap::new();
+            for id in ids.iter().flatten() {
+                *sizes.entry(*id).or_default() += 1;
+            }
+            let (mut same, mut same_close, mut near, mut near_same) = (0u64, 0u64, 0u64, 0u64);
+            for i in 0..n {
+                for j in (i + 1)..n {
+                    let (Some(a), Some(b)) = (ids[i], ids[j]) else {
+                        continue;
+                    };
+                    let rtt = lat.rtt_us(i, j);
+                    let together = a == b;
+                    if together {
+                        same += 1;
+                        same_close += u64::from(rtt < threshold_us);
+                    }
+                    if 2 * rtt < threshold_us {
+                        near += 1;
+                        near_same += u64::from(together);
+                    }
+                }
+            }
+            let frac = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
+            LevelClusterReport {
+                level: l as u8,
+                threshold_ms: ms(d),
+                clusters: sizes.len(),
+                largest: sizes.values().copied().max().unwrap_or(0),
+                singletons: sizes.values().filter(|&&s| s == 1).count(),
+                purity: frac(same_close, same),
+                coverage: frac(near_same, near),
+                same_cluster_pairs: same,
+                near_pairs: near,
+                switches: samples.iter().map(|s| s.1[l]).sum(),
+                last_switch_s: samples.iter().rev().find(|s| s.1[l] > 0).map(|s| s.0),
+            }
+        })
+        .collect();
+
+    ClusterReport {
+        experiment: "clusters",
+        seed: p.seed,
+        nodes: n,
+        minutes: p.minutes,
+        latency: p.latency_name.clone(),
+        join: join.into(),
+        sample_s: CLUSTER_SAMPLE.as_secs_f64(),
+        quiet_s: quiet,
+        levels,
+        converged_after_s: converged,
+        switches_per_node_hour_after_convergence: rate,
+        switches_after_convergence: after,
+        last_switch_s: changes.last().copied(),
+        switches_per_minute: per_minute,
+        datagrams_delivered: sim.counters().delivered,
+        trace_hash: format!("{:016x}", sim.trace_hash()),
+    }
+}
+
+/// When a run converged, given the times (s, ascending) of the samples at
+/// which some node's cluster changed: the first such time followed by at
+/// least `quiet` s without a change, the window ending by `end`; `first`
+/// (the first sample) if nothing changed; `None` if no window fits.
+///
+/// The *first* quiet window, not the last change: switches after it are
+/// what `switches_per_node_hour_after_convergence` measures, which would be
+/// zero by construction if convergence were the last change.
+pub fn converged_at(changes: &[f64], first: Option<f64>, end: f64, quiet: f64) -> Option<f64> {
+    if changes.is_empty() {
+        return first;
+    }
+    changes.iter().enumerate().find_map(|(k, &t)| {
+        let next = changes.get(k + 1).copied().unwrap_or(f64::INFINITY);
+        (next - t >= quiet && t + quiet <= end).then_some(t)
+    })
+}
+
+fn opt(x: Option<f64>, digits: usize) -> String {
+    x.map_or_else(|| "null".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+impl ClusterReport {
+    /// A few lines for people.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "clusters: {} nodes, {} minutes, seed {}, latency {}",
+            self.nodes, self.minutes, self.seed, self.latency
+        );
+        let _ = writeln!(
+            s,
+            "  join: {} joined, {} empty, {} timed out, {:.1} virtual s",
+            self.join.joined, self.join.empty, self.join.timed_out, self.join.virtual_secs
+        );
+        let _ = writeln!(
+            s,
+            "  level  threshold  clusters  largest  singletons  purity  coverage  switches  last switch s"
+        );
+        for l in &self.levels {
+            let _ = writeln!(
+                s,
+                "  {:>5}  {:>6.0} ms  {:>8}  {:>7}  {:>10}  {:>6}  {:>8}  {:>8}  {:>13}",
+                l.level,
+                l.threshold_ms,
+                l.clusters,
+                l.largest,
+                l.singletons,
+                opt(l.purity, 4),
+                opt(l.coverage, 4),
+                l.switches,
+                opt(l.last_switch_s, 0)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  converged after {} s (no switch for {} s); {} switches after, {} per node-hour",
+            opt(self.converged_after_s, 0),
+            self.quiet_s,
+            self.switches_after_convergence
+                .map_or_else(|| "null".to_owned(), |v| v.to_string()),
+            opt(self.switches_per_node_hour_after_convergence, 4)
+        );
+        let _ = writeln!(s, "  switches per minute: {:?}", self.switches_per_minute);
+        let _ = write!(
+            s,
+            "  {} datagrams delivered, trace {}",
+            self.datagrams_delivered, self.trace_hash
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn convergence_is_the_first_change_followed_by_a_quiet_window() {
+        // Nothing changed: converged at the first sample.
+        assert_eq!(converged_at(&[], Some(10.0), 600.0, 120.0), Some(10.0));
+        // Changes every 60 s up to 300, then quiet.
+        let c = [60.0, 120.0, 180.0, 240.0, 300.0];
+        assert_eq!(converged_at(&c, Some(0.0), 600.0, 120.0), Some(300.0));
+        // ... but the run ended before the window closed.
+        assert_eq!(converged_at(&c, Some(0.0), 410.0, 120.0), None);
+        assert_eq!(converged_at(&c, Some(0.0), 420.0, 120.0), Some(300.0));
+        // A later stray switch does not move convergence: it counts after it.
+        let c = [60.0, 100.0, 400.0];
+        assert_eq!(converged_at(&c, Some(0.0), 900.0, 120.0), Some(100.0));
+        // A 110 s gap is not a quiet window.
+        assert_eq!(converged_at(&[0.0, 110.0, 220.0], None, 300.0, 120.0), None);
     }
 }

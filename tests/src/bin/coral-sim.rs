@@ -3,16 +3,22 @@
 //! ```text
 //! coral-sim lookup  --nodes 1000 --keys 200 --seed 1 [--latency sphere|planetlab] [--loss P] [--json]
 //! coral-sim hotspot --nodes 500 --minutes 10 --seed 1 [--rate R] [--json]
+//! coral-sim clusters (--synthetic 500 | --matrix FILE | --latency planetlab) --seed 1 --minutes 30 [--json]
 //! ```
 //!
 //! With `--json` stdout carries exactly one JSON object; progress goes to
 //! stderr. The same arguments and seed always print the same result.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use coral_tests::experiments::{self, HotspotParams, LatencyKind, LookupParams, NetParams};
+use coral_tests::experiments::{
+    self, ClusterParams, HotspotParams, LatencyKind, LookupParams, NetParams,
+};
+use coral_tests::latency::{PLANETLAB_RTT_PATH, RttMatrix};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -75,6 +81,36 @@ enum Cmd {
         /// Probability that a datagram is lost.
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
+        /// Print one JSON object instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Latency clusters (spec §4): nodes with levels ∞ / 60 ms / 20 ms join
+    /// from a cold start and run idle; every node's clusters are sampled
+    /// every 10 virtual s. Reports per level the clusters, their purity and
+    /// coverage, when the network converged and how often nodes switch after.
+    Clusters {
+        /// N nodes on the synthetic sphere (the default, 500).
+        #[arg(long, conflicts_with_all = ["matrix", "latency"])]
+        synthetic: Option<usize>,
+        /// An RTT matrix file (one row per line, ms, whitespace-separated,
+        /// e.g. tests/data/planetlab-245-rtt.tsv); one node per host unless
+        /// --nodes says otherwise.
+        #[arg(long, conflicts_with = "latency")]
+        matrix: Option<PathBuf>,
+        /// `planetlab` is --matrix with the shipped PlanetLab file; `sphere`
+        /// is --synthetic.
+        #[arg(long, value_enum)]
+        latency: Option<LatencyKind>,
+        /// Node count for --matrix/--latency (default: one per host, or 500 on the sphere).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Simulation seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Virtual minutes from the cold start (joins included).
+        #[arg(long, default_value_t = 30)]
+        minutes: u32,
         /// Print one JSON object instead of a summary.
         #[arg(long)]
         json: bool,
@@ -172,6 +208,41 @@ fn main() -> Result<()> {
             p.rate = rate;
             p.ttl = Duration::from_secs(ttl);
             let r = experiments::hotspot(&p).context("building the network")?;
+            report(seed, wall, json, &r, r.human())?;
+        }
+        Cmd::Clusters {
+            synthetic,
+            matrix,
+            latency,
+            nodes,
+            seed,
+            minutes,
+            json,
+        } => {
+            let matrix = match (matrix, latency) {
+                (Some(path), _) => Some(path),
+                (None, Some(LatencyKind::Planetlab)) => Some(PathBuf::from(PLANETLAB_RTT_PATH)),
+                (None, _) => None,
+            };
+            let p = match matrix {
+                Some(path) => {
+                    let m = RttMatrix::load(&path)
+                        .with_context(|| format!("loading {}", path.display()))?;
+                    let n = nodes.unwrap_or(m.len());
+                    let name = path.display().to_string();
+                    ClusterParams::matrix(Arc::new(m), name, n, seed, minutes)
+                }
+                None => ClusterParams::synthetic(synthetic.or(nodes).unwrap_or(500), seed, minutes),
+            };
+            check(p.nodes, 0.0)?;
+            if minutes == 0 {
+                bail!("--minutes must be at least 1");
+            }
+            eprintln!(
+                "coral-sim clusters: {} nodes, {minutes} minutes, latency {}, seed {seed}",
+                p.nodes, p.latency_name
+            );
+            let r = experiments::clusters(&p);
             report(seed, wall, json, &r, r.human())?;
         }
     }
