@@ -19,8 +19,23 @@ pub const ID_LEN: usize = 20;
 pub const ID_BITS: usize = ID_LEN * 8;
 
 /// A 160-bit identifier: a node id or a key.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Id(pub [u8; ID_LEN]);
+
+// The numeric (big-endian) order of the bytes, compared as two machine
+// words: ids key the node's ordered maps, and the derived byte-array order
+// calls `memcmp` on every comparison.
+impl Ord for Id {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        Distance(self.0).words().cmp(&Distance(other.0).words())
+    }
+}
+
+impl PartialOrd for Id {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// Keys and node ids are the same kind of value.
 pub type Key = Id;
@@ -319,6 +334,11 @@ mod tests {
             // Unidirectionality: for a given point and distance there is one id.
             prop_assert_eq!(a.xor(&a.distance(&b)), b);
             prop_assert_eq!(a.common_prefix_len(&b), a.distance(&b).leading_zeros());
+        }
+
+        #[test]
+        fn id_order_is_the_byte_order(a in id(), b in id()) {
+            prop_assert_eq!(a.cmp(&b), a.0.cmp(&b.0));
         }
 
         #[test]
