@@ -845,6 +845,10 @@ pub struct LevelClusterReport {
     /// Virtual seconds from the start to the last sample at which some
     /// node's cluster at this level had changed (null: never changed).
     pub last_switch_s: Option<f64>,
+    /// The most switches any one node made at this level.
+    pub max_switches_one_node: u64,
+    /// Switches at this level in each virtual minute of the run.
+    pub switches_per_minute: Vec<u64>,
 }
 
 /// What the cluster experiment measured.
@@ -884,6 +888,12 @@ pub struct ClusterReport {
     /// Cluster changes (all levels) seen in each virtual minute of the run,
     /// from the cold start.
     pub switches_per_minute: Vec<u64>,
+    /// Cluster changes the sampling saw over the whole run (all levels).
+    pub switches_sampled: u64,
+    /// The nodes' own count of cluster switches (`Stats::cluster_switches`,
+    /// summed): a cross-check of `switches_sampled`, which misses a switch
+    /// only if one node switches twice at one level within a sample period.
+    pub switches_reported: u64,
     /// Datagrams delivered during the whole run.
     pub datagrams_delivered: u64,
     /// Fingerprint of the run (hex).
@@ -930,14 +940,17 @@ pub fn clusters(p: &ClusterParams) -> ClusterReport {
     let end = t0 + Duration::from_secs(60 * u64::from(p.minutes));
     // (seconds since t0, switches per level) of every sample after the first.
     let mut samples: Vec<(f64, Vec<u64>)> = Vec::new();
+    // Switches of each node at each level over the run.
+    let mut by_node = vec![vec![0u64; nl]; n];
     loop {
         let t = sim.now();
         let snap = cluster_snapshot(&sim, nl);
         let mut changed = vec![0u64; nl];
-        for (a, b) in prev.iter().zip(&snap) {
+        for ((a, b), mine) in prev.iter().zip(&snap).zip(&mut by_node) {
             for (l, (x, y)) in a.iter().zip(b).enumerate() {
                 if x.is_some() && y.is_some() && x != y {
                     changed[l] += 1;
+                    mine[l] += 1;
                 }
             }
         }
@@ -968,12 +981,16 @@ pub fn clusters(p: &ClusterParams) -> ClusterReport {
             0.0
         }
     });
-    let mut per_minute = vec![0u64; p.minutes.max(1) as usize];
+    // Per level (index `nl` = all levels) the switches seen in each minute;
+    // a change seen at the sample closing a minute belongs to that minute.
+    let mut per_minute = vec![vec![0u64; p.minutes.max(1) as usize]; nl + 1];
     for s in &samples {
-        // A change seen at the sample closing a minute belongs to it.
         let m = ((s.0 / 60.0).ceil() as usize).saturating_sub(1);
-        if let Some(slot) = per_minute.get_mut(m) {
-            *slot += total(s);
+        for (l, row) in per_minute.iter_mut().enumerate() {
+            let c = s.1.get(l).copied().unwrap_or_else(|| total(s));
+            if let Some(slot) = row.get_mut(m) {
+                *slot += c;
+            }
         }
     }
 
@@ -1022,6 +1039,8 @@ pub fn clusters(p: &ClusterParams) -> ClusterReport {
                 near_pairs: near,
                 switches: samples.iter().map(|s| s.1[l]).sum(),
                 last_switch_s: samples.iter().rev().find(|s| s.1[l] > 0).map(|s| s.0),
+                max_switches_one_node: by_node.iter().map(|r| r[l]).max().unwrap_or(0),
+                switches_per_minute: per_minute[l].clone(),
             }
         })
         .collect();
@@ -1040,7 +1059,12 @@ pub fn clusters(p: &ClusterParams) -> ClusterReport {
         switches_per_node_hour_after_convergence: rate,
         switches_after_convergence: after,
         last_switch_s: changes.last().copied(),
-        switches_per_minute: per_minute,
+        switches_per_minute: per_minute[nl].clone(),
+        switches_sampled: samples.iter().map(total).sum(),
+        switches_reported: (0..n)
+            .filter_map(|i| sim.stats(i))
+            .map(|s| s.cluster_switches)
+            .sum(),
         datagrams_delivered: sim.counters().delivered,
         trace_hash: format!("{:016x}", sim.trace_hash()),
     }
@@ -1110,7 +1134,11 @@ impl ClusterReport {
                 .map_or_else(|| "null".to_owned(), |v| v.to_string()),
             opt(self.switches_per_node_hour_after_convergence, 4)
         );
-        let _ = writeln!(s, "  switches per minute: {:?}", self.switches_per_minute);
+        let _ = writeln!(
+            s,
+            "  switches: {} sampled, {} counted by the nodes; per minute: {:?}",
+            self.switches_sampled, self.switches_reported, self.switches_per_minute
+        );
         let _ = write!(
             s,
             "  {} datagrams delivered, trace {}",
