@@ -2034,6 +2034,10 @@ impl Node {
         self.store.remove_level(level);
         self.stats.cluster_switches += 1;
         self.republish_level(now, level);
+        // Join the new cluster's DSHT as a node joins the network: a walk
+        // toward our own id there fills the table with its members and
+        // tells our new neighbours about us.
+        self.start_refresh(now, level, self.contact.id);
     }
 
     /// Re-puts every publication that includes `level` at that level alone:
@@ -2058,17 +2062,33 @@ impl Node {
     /// `nodes()` ranks by; without it a node's view of its neighbours'
     /// clusters goes stale as soon as traffic stops.
     fn measure_unmeasured(&mut self, now: Instant) {
-        let Some(ls) = self.levels.first() else {
-            return;
-        };
         let quiet = now.saturating_sub(self.config.dsht.cluster_eval_interval);
-        let mut due: Vec<(bool, Instant, Contact)> = ls
-            .table
-            .iter()
-            .filter(|e| e.rtt.srtt().is_none() || e.last_seen < quiet)
-            .map(|e| (e.rtt.srtt().is_some(), e.last_seen, e.contact))
-            .collect();
-        due.sort_unstable_by_key(|d| (d.0, d.1, d.2.id));
+        // Fastest level first: a node's neighbours in a tighter cluster are
+        // where the members of a yet tighter one are found.
+        let mut seen: BTreeSet<Id> = BTreeSet::new();
+        let mut due: Vec<(bool, Instant, Contact)> = Vec::new();
+        // First the members clustering needs measured to judge a cluster.
+        for lc in self.clusters.iter().rev().flatten() {
+            for c in lc.to_measure(now, self.config.dsht.probes_per_tick) {
+                if seen.insert(c.id) {
+                    due.push((false, Instant::ZERO, c));
+                }
+            }
+        }
+        for ls in self.levels.iter().rev() {
+            let mut level_due: Vec<(bool, Instant, Contact)> = ls
+                .table
+                .iter()
+                .filter(|e| e.rtt.srtt().is_none() || e.last_seen < quiet)
+                .filter(|e| seen.insert(e.contact.id))
+                .map(|e| (e.rtt.srtt().is_some(), e.last_seen, e.contact))
+                .collect();
+            level_due.sort_unstable_by_key(|d| (d.0, d.1, d.2.id));
+            due.extend(level_due);
+            if due.len() >= self.config.dsht.probes_per_tick {
+                break;
+            }
+        }
         let todo: Vec<Contact> = due
             .into_iter()
             .take(self.config.dsht.probes_per_tick)

@@ -688,6 +688,36 @@ impl LevelClusters {
         out.into_iter().map(|(_, x)| x).collect()
     }
 
+    /// Up to `n` members whose RTT this node should measure next: those
+    /// without a fresh sample in clusters ranking above ours (the only ones
+    /// that could make us move), best cluster first, then those of our own
+    /// cluster (whose verdict decides whether we stay). The node pings them.
+    pub fn to_measure(&self, now: Instant, n: usize) -> Vec<Contact> {
+        let h = self.params.size_hysteresis;
+        let ttl = self.params.sample_ttl;
+        let own = self
+            .clusters
+            .get(&self.current)
+            .map(|t| self.candidate(now, &self.current, t).rank(h));
+        let mut above: Vec<(Rank, &Tracked)> = self
+            .clusters
+            .iter()
+            .filter(|(id, _)| **id != self.current)
+            .map(|(id, t)| (self.candidate(now, id, t).rank(h), t))
+            .filter(|(r, _)| own.is_none_or(|o| *r > o))
+            .collect();
+        above.sort_by_key(|(r, _)| Reverse(*r));
+        above
+            .into_iter()
+            .map(|(_, t)| t)
+            .chain(self.clusters.get(&self.current))
+            .flat_map(|t| t.members.values())
+            .filter(|m| m.fresh_rtt(now, ttl).is_none())
+            .map(|m| m.contact)
+            .take(n)
+            .collect()
+    }
+
     /// Forgets members not heard from within `sample_ttl` and candidates
     /// left empty; none of them can affect a decision.
     fn prune(&mut self, now: Instant) {
@@ -858,6 +888,35 @@ mod tests {
             let rtt = if i < near { ms(10) } else { ms(100) };
             lc.observe(now, contact(first + i), &info(cluster, size, 100), rtt);
         }
+    }
+
+    #[test]
+    fn to_measure_names_unmeasured_members_of_better_clusters() {
+        let now = Instant::from_millis(1_000);
+        let mut lc = LevelClusters::new(
+            LEVEL,
+            ClusterParams::default(),
+            contact(200).id,
+            cid(100),
+            now,
+        );
+        let big = info(cid(1), 50, 10);
+        // Same size and age as ours, larger id: it ranks below our cluster.
+        let small = info(cid(250), 1, 0);
+        lc.observe(now, contact(10), &big, None);
+        lc.observe(now, contact(11), &big, Some(Duration::from_millis(5)));
+        lc.observe(now, contact(12), &small, None);
+        let todo = lc.to_measure(now, 8);
+        assert!(
+            todo.contains(&contact(10)),
+            "unmeasured member of a better cluster"
+        );
+        assert!(!todo.contains(&contact(11)), "already measured");
+        assert!(
+            !todo.contains(&contact(12)),
+            "a worse cluster cannot make us move"
+        );
+        assert_eq!(lc.to_measure(now, 0), Vec::new());
     }
 
     #[test]
