@@ -1980,7 +1980,7 @@ impl Node {
         for (level, target) in walks {
             self.start_refresh(now, level, target);
         }
-        self.measure_unmeasured(now);
+        self.measure_contacts(now);
         if self.next_cluster_eval <= now {
             let eval = self.config.dsht.cluster_eval_interval;
             self.next_cluster_eval = now + eval + self.rng.jitter(eval / 4);
@@ -2054,14 +2054,15 @@ impl Node {
         }
     }
 
-    /// Pings a few level-0 contacts not heard from for a cluster
-    /// evaluation period, never-measured ones first, then the longest
-    /// silent. Each answer is an RTT sample and carries the contact's
-    /// current cluster at every level, which is what latency clustering
-    /// judges by (spec §4.2: RTTs come from RPCs "plus explicit pings") and
-    /// `nodes()` ranks by; without it a node's view of its neighbours'
-    /// clusters goes stale as soon as traffic stops.
-    fn measure_unmeasured(&mut self, now: Instant) {
+    /// Pings up to `probes_per_tick` nodes: first the cluster members that
+    /// clustering needs measured, then routing contacts (fastest level
+    /// first) never measured or silent for a cluster evaluation period,
+    /// longest silent first. Each answer is an RTT sample and carries the
+    /// node's current cluster at every level, which is what latency
+    /// clustering judges by (spec §4.2: RTTs come from RPCs "plus explicit
+    /// pings") and `nodes()` ranks by; without it a node's view of its
+    /// neighbours' clusters goes stale as soon as traffic stops.
+    fn measure_contacts(&mut self, now: Instant) {
         let quiet = now.saturating_sub(self.config.dsht.cluster_eval_interval);
         // Fastest level first: a node's neighbours in a tighter cluster are
         // where the members of a yet tighter one are found.
