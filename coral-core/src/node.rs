@@ -668,9 +668,7 @@ impl Node {
     pub fn get(&mut self, now: Instant, key: Id, levels: Levels) -> Result<OpId, OpError> {
         self.check_capacity()?;
         let op = self.alloc_op();
-        let mut todo = self.levels_fastest_first(levels);
-        todo.reverse(); // popped from the back: fastest first
-        let level = todo.pop().unwrap_or(0);
+        let (level, todo) = self.level_plan(levels);
         let lookup = self
             .new_lookup(level, key)
             .with_sweep(self.config.dsht.get_sweep);
@@ -722,12 +720,8 @@ impl Node {
         }
         self.check_capacity()?;
         let op = self.alloc_op();
-        let ttl = ttl
-            .min(self.config.dsht.max_ttl)
-            .max(Duration::from_secs(1));
-        let mut todo = self.levels_fastest_first(levels);
-        todo.reverse();
-        let level = todo.pop().unwrap_or(0);
+        let ttl = self.clamp_ttl(ttl);
+        let (level, todo) = self.level_plan(levels);
         let lookup = self.new_lookup(level, key);
         let fingerprint = store::fingerprint(&value);
         self.ops.insert(
@@ -765,10 +759,11 @@ impl Node {
         ttl: Duration,
         levels: Levels,
     ) -> Result<OpId, OpError> {
-        self.publish_quietly(now, key, value, ttl, levels, true)
+        self.publish_with(now, key, value, ttl, levels, true)
     }
 
-    fn publish_quietly(
+    /// [`Self::publish`], reporting the first put as an event only when `notify`.
+    fn publish_with(
         &mut self,
         now: Instant,
         key: Id,
@@ -784,9 +779,8 @@ impl Node {
             return Err(OpError::Busy);
         }
         let op = self.start_put(now, key, value.clone(), ttl, levels, notify)?;
-        let ttl = ttl
-            .min(self.config.dsht.max_ttl)
-            .max(Duration::from_secs(2));
+        // At least 2 s, so the refresh interval (ttl / 2) is a whole second.
+        let ttl = self.clamp_ttl(ttl).max(Duration::from_secs(2));
         let next_refresh = now + ttl / 2;
         if let Some(old) = self.published.insert(
             slot,
@@ -861,7 +855,7 @@ impl Node {
             self.withdraw(&k, &me);
         }
         for k in keys {
-            let _ = self.publish_quietly(now, k, me.clone(), ttl, Levels::ALL, false);
+            let _ = self.publish_with(now, k, me.clone(), ttl, Levels::ALL, false);
         }
     }
 
@@ -1049,16 +1043,21 @@ impl Node {
         (0..self.levels.len() as Level).collect()
     }
 
-    /// The requested levels this node has, fastest (highest) first.
-    fn levels_fastest_first(&self, set: Levels) -> SmallVec<[Level; 4]> {
-        let mut v: SmallVec<[Level; 4]> = (0..self.levels.len() as Level)
-            .rev()
+    /// The order an operation walks the requested levels this node has
+    /// (level 0 if none): the fastest (highest) level to start with, and
+    /// the rest slowest first, so that popping them gives the next fastest.
+    fn level_plan(&self, set: Levels) -> (Level, SmallVec<[Level; 4]>) {
+        let mut rest: SmallVec<[Level; 4]> = (0..self.levels.len() as Level)
             .filter(|l| set.contains(*l))
             .collect();
-        if v.is_empty() {
-            v.push(0);
-        }
-        v
+        let first = rest.pop().unwrap_or(0);
+        (first, rest)
+    }
+
+    /// A put's TTL: at most `max_ttl`, at least a second.
+    fn clamp_ttl(&self, ttl: Duration) -> Duration {
+        ttl.min(self.config.dsht.max_ttl)
+            .max(Duration::from_secs(1))
     }
 
     fn new_lookup(&self, level: Level, key: Id) -> Lookup {
