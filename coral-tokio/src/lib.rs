@@ -1,1 +1,24 @@
-//! The tokio runtime adapter for coral-core (filled in by the node issue).
+//! The tokio runtime for Coral: the `coral` binary a volunteer runs.
+//!
+//! One tokio task owns each core [`coral_core::Node`] and feeds it datagrams,
+//! timer ticks and application commands ([`runtime`]); everything the
+//! protocol decides happens in the core. Around it sit the pieces of a
+//! process: the TOML configuration ([`config`]), the node's persistent
+//! identity ([`identity`]), logs ([`logging`]), the admin endpoint with
+//! Prometheus metrics and a status page ([`admin`], [`status`]), the URL
+//! rewrite publishers use ([`coralize`]), and a whole network on loopback
+//! for trying it out ([`testnet`]).
+
+pub mod admin;
+pub mod config;
+pub mod coralize;
+pub mod daemon;
+pub mod httpd;
+pub mod identity;
+pub mod logging;
+pub mod origin;
+pub mod runtime;
+pub mod status;
+pub mod testnet;
+
+pub use runtime::{NodeError, NodeHandle, NodeOptions, RunningNode, spawn};

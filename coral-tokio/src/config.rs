@@ -1,0 +1,494 @@
+//! The `coral node` configuration file (TOML) and its embedded defaults.
+//!
+//! Every section and key is optional; a missing one takes the default that
+//! `coral.example.toml` (next to this crate's `Cargo.toml`) documents. An
+//! unknown key is an error that names it, so a typo never silently falls
+//! back to a default. The DSHT tunables map one to one onto
+//! [`coral_core::config::DshtConfig`], whose docs give each default's reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use coral_core::config::{Config, DshtConfig, LevelConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::NodeOptions;
+
+/// The example configuration shipped with the crate; it documents every key.
+pub const EXAMPLE: &str = include_str!("../coral.example.toml");
+
+/// Most bounded levels below the global one (the wire carries eight levels).
+const MAX_BOUNDED_LEVELS: usize = 7;
+
+/// A configuration that cannot be used; the message names the file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A key has a value the node cannot use.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The dotted key, e.g. `levels.diameters_ms`.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Addresses, bootstrap peers and identity.
+    pub node: NodeSection,
+    /// The clustering hierarchy.
+    pub levels: LevelsSection,
+    /// DSHT tunables.
+    pub dsht: DshtSection,
+    /// Kernel socket buffers.
+    pub socket: SocketSection,
+    /// Logging.
+    pub log: LogSection,
+}
+
+/// `[node]`: where the node listens and whom it joins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// UDP address of the DSHT RPC socket.
+    pub rpc: SocketAddr,
+    /// TCP address of the admin endpoint (`/`, `/metrics`, `/status.json`).
+    pub admin: SocketAddr,
+    /// TCP address of the HTTP proxy (served once the proxy issue lands).
+    pub http: SocketAddr,
+    /// UDP address of the DNS server (served once the DNS issue lands).
+    pub dns: SocketAddr,
+    /// RPC addresses of nodes to join through; empty starts a new network.
+    pub join: Vec<SocketAddr>,
+    /// Directory for the node's persistent identity (and later its cache).
+    pub data_dir: Option<PathBuf>,
+    /// A fixed RNG seed, to replay a run; normally drawn from the OS.
+    pub seed: Option<u64>,
+    /// The Coral domain appended to origin host names.
+    pub coral_domain: String,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            rpc: SocketAddr::from(([127, 0, 0, 1], 8091)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 8092)),
+            http: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            dns: SocketAddr::from(([127, 0, 0, 1], 5353)),
+            join: Vec::new(),
+            data_dir: None,
+            seed: None,
+            coral_domain: crate::coralize::DEFAULT_DOMAIN.to_owned(),
+        }
+    }
+}
+
+/// `[levels]`: the latency hierarchy below the global level (spec §4.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LevelsSection {
+    /// Cluster diameters in milliseconds, loosest first; the global level 0
+    /// is always present. The paper uses `[60, 20]`.
+    pub diameters_ms: Vec<u64>,
+}
+
+impl Default for LevelsSection {
+    fn default() -> Self {
+        Self {
+            diameters_ms: vec![60, 20],
+        }
+    }
+}
+
+/// `[socket]`: kernel buffer sizes of the RPC socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketSection {
+    /// `SO_RCVBUF` in bytes (the kernel may cap it); 0 keeps the OS default.
+    pub recv_buffer_bytes: usize,
+    /// `SO_SNDBUF` in bytes; 0 keeps the OS default.
+    pub send_buffer_bytes: usize,
+}
+
+impl Default for SocketSection {
+    fn default() -> Self {
+        Self {
+            recv_buffer_bytes: 4 << 20,
+            send_buffer_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `[log]`: what is logged and how.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// A `tracing` filter, e.g. `info` or `coral_tokio=debug,info`
+    /// (the `RUST_LOG` environment variable overrides it).
+    pub filter: String,
+    /// Log lines as JSON objects instead of human text.
+    pub json: bool,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            filter: "info".to_owned(),
+            json: false,
+        }
+    }
+}
+
+/// `[dsht]`: the DSHT tunables. An unset key keeps the core's default
+/// (`coral_core::config::DshtConfig`, which documents each one's reason).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DshtSection {
+    /// `k`, contacts per k-bucket.
+    pub k: Option<usize>,
+    /// `l`, values per key before a node is full.
+    pub l: Option<usize>,
+    /// `beta`, puts per key per window before a node is loaded.
+    pub beta: Option<u32>,
+    /// The window `beta` is counted over, in seconds.
+    pub beta_window_secs: Option<u64>,
+    /// Most keys stored for others.
+    pub max_keys: Option<usize>,
+    /// Most values stored for others.
+    pub max_values: Option<usize>,
+    /// Longest TTL accepted, in seconds.
+    pub max_ttl_secs: Option<u64>,
+    /// Lower bound of the RPC timeout, in milliseconds.
+    pub rpc_timeout_min_ms: Option<u64>,
+    /// Upper bound (and initial value) of the RPC timeout, in milliseconds.
+    pub rpc_timeout_max_ms: Option<u64>,
+    /// Retransmissions before a request fails.
+    pub rpc_retries: Option<u8>,
+    /// Consecutive failures after which a contact is dropped.
+    pub max_failures: Option<u8>,
+    /// Seconds after which an untouched bucket is refreshed.
+    pub bucket_refresh_secs: Option<u64>,
+    /// Seconds between housekeeping ticks.
+    pub maintenance_interval_secs: Option<u64>,
+    /// Seconds after a join before the node walks toward its own id again.
+    pub rejoin_after_secs: Option<u64>,
+    /// Seconds between cluster evaluations at each bounded level.
+    pub cluster_eval_interval_secs: Option<u64>,
+    /// TTL of network hints, in seconds.
+    pub hint_ttl_secs: Option<u64>,
+    /// Most RPCs in flight.
+    pub max_inflight: Option<usize>,
+    /// Most application operations running at once.
+    pub max_ops: Option<usize>,
+    /// Most values this node keeps alive with publish.
+    pub max_published: Option<usize>,
+}
+
+fn positive(key: &'static str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::Invalid {
+            key,
+            reason: "must be greater than 0".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+impl FileConfig {
+    /// Parses TOML text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks the values serde cannot check alone.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.levels.diameters_ms;
+        if d.len() > MAX_BOUNDED_LEVELS {
+            return Err(ConfigError::Invalid {
+                key: "levels.diameters_ms",
+                reason: format!(
+                    "at most {MAX_BOUNDED_LEVELS} bounded levels, got {}",
+                    d.len()
+                ),
+            });
+        }
+        if d.contains(&0) || d.windows(2).any(|w| w[1] >= w[0]) {
+            return Err(ConfigError::Invalid {
+                key: "levels.diameters_ms",
+                reason: format!("diameters must be positive and strictly decreasing, got {d:?}"),
+            });
+        }
+        let s = &self.dsht;
+        let checks: [(&'static str, Option<u64>); 11] = [
+            ("dsht.k", s.k.map(|v| v as u64)),
+            ("dsht.l", s.l.map(|v| v as u64)),
+            ("dsht.beta", s.beta.map(u64::from)),
+            ("dsht.beta_window_secs", s.beta_window_secs),
+            ("dsht.max_keys", s.max_keys.map(|v| v as u64)),
+            ("dsht.max_values", s.max_values.map(|v| v as u64)),
+            ("dsht.rpc_timeout_min_ms", s.rpc_timeout_min_ms),
+            (
+                "dsht.maintenance_interval_secs",
+                s.maintenance_interval_secs,
+            ),
+            (
+                "dsht.cluster_eval_interval_secs",
+                s.cluster_eval_interval_secs,
+            ),
+            ("dsht.max_inflight", s.max_inflight.map(|v| v as u64)),
+            ("dsht.max_ops", s.max_ops.map(|v| v as u64)),
+        ];
+        for (key, v) in checks {
+            if let Some(v) = v {
+                positive(key, v)?;
+            }
+        }
+        let d = DshtConfig::default();
+        let min = s
+            .rpc_timeout_min_ms
+            .map_or(d.rpc_timeout_min, Duration::from_millis);
+        let max = s
+            .rpc_timeout_max_ms
+            .map_or(d.rpc_timeout_max, Duration::from_millis);
+        if max < min {
+            return Err(ConfigError::Invalid {
+                key: "dsht.rpc_timeout_max_ms",
+                reason: format!(
+                    "{} ms is below the RPC timeout minimum of {} ms",
+                    max.as_millis(),
+                    min.as_millis()
+                ),
+            });
+        }
+        if self.node.coral_domain.trim_matches('.').is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "node.coral_domain",
+                reason: "must be a domain name such as nyud.net".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The core's configuration with the given RNG seed.
+    pub fn core_config(&self, seed: u64) -> Config {
+        let s = &self.dsht;
+        let mut dsht = DshtConfig::default();
+        let secs = Duration::from_secs;
+        let ms = Duration::from_millis;
+        if let Some(v) = s.k {
+            dsht.k = v;
+        }
+        if let Some(v) = s.l {
+            dsht.l = v;
+        }
+        if let Some(v) = s.beta {
+            dsht.beta = v;
+        }
+        if let Some(v) = s.beta_window_secs {
+            dsht.beta_window = secs(v);
+        }
+        if let Some(v) = s.max_keys {
+            dsht.max_keys = v;
+        }
+        if let Some(v) = s.max_values {
+            dsht.max_values = v;
+        }
+        if let Some(v) = s.max_ttl_secs {
+            dsht.max_ttl = secs(v);
+        }
+        if let Some(v) = s.rpc_timeout_min_ms {
+            dsht.rpc_timeout_min = ms(v);
+        }
+        if let Some(v) = s.rpc_timeout_max_ms {
+            dsht.rpc_timeout_max = ms(v);
+        }
+        if let Some(v) = s.rpc_retries {
+            dsht.rpc_retries = v;
+        }
+        if let Some(v) = s.max_failures {
+            dsht.max_failures = v;
+        }
+        if let Some(v) = s.bucket_refresh_secs {
+            dsht.bucket_refresh = secs(v);
+        }
+        if let Some(v) = s.maintenance_interval_secs {
+            dsht.maintenance_interval = secs(v);
+        }
+        if let Some(v) = s.rejoin_after_secs {
+            dsht.rejoin_after = secs(v);
+        }
+        if let Some(v) = s.cluster_eval_interval_secs {
+            dsht.cluster_eval_interval = secs(v);
+        }
+        if let Some(v) = s.hint_ttl_secs {
+            dsht.hint_ttl = secs(v);
+        }
+        if let Some(v) = s.max_inflight {
+            dsht.max_inflight = v;
+        }
+        if let Some(v) = s.max_ops {
+            dsht.max_ops = v;
+        }
+        if let Some(v) = s.max_published {
+            dsht.max_published = v;
+        }
+        let mut levels = vec![LevelConfig { diameter: None }];
+        levels.extend(self.levels.diameters_ms.iter().map(|&ms| LevelConfig {
+            diameter: Some(Duration::from_millis(ms)),
+        }));
+        Config {
+            seed,
+            levels,
+            dsht,
+            ..Config::default()
+        }
+    }
+
+    /// The adapter's options for the node's RPC socket, with the given seed.
+    pub fn node_options(&self, seed: u64) -> NodeOptions {
+        let mut o = NodeOptions::new(self.core_config(seed), self.node.rpc);
+        o.recv_buffer_bytes = self.socket.recv_buffer_bytes;
+        o.send_buffer_bytes = self.socket.send_buffer_bytes;
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_documents_the_defaults() {
+        let cfg = FileConfig::parse(EXAMPLE, Path::new("coral.example.toml")).unwrap();
+        assert_eq!(cfg, FileConfig::default());
+    }
+
+    /// Every commented-out `key = value` line of the example is a real key
+    /// with a valid value, so the documentation cannot name a key that the
+    /// parser would refuse.
+    #[test]
+    fn example_with_every_key_uncommented_parses() {
+        let mut uncommented = 0;
+        let text: String = EXAMPLE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    uncommented += 1;
+                    format!("{rest}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        assert!(uncommented >= 20, "only {uncommented} commented keys found");
+        let cfg = FileConfig::parse(&text, Path::new("uncommented.toml")).unwrap();
+        assert_eq!(cfg.node.seed, Some(12345));
+        assert!(cfg.node.data_dir.is_some());
+        assert!(cfg.dsht.k.is_some() && cfg.dsht.max_published.is_some());
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let cfg = FileConfig::parse("", Path::new("empty.toml")).unwrap();
+        assert_eq!(cfg, FileConfig::default());
+        assert_eq!(cfg.node.rpc, "127.0.0.1:8091".parse().unwrap());
+        assert_eq!(cfg.node.admin, "127.0.0.1:8092".parse().unwrap());
+        assert_eq!(cfg.node.http, "127.0.0.1:8090".parse().unwrap());
+        assert_eq!(cfg.node.dns, "127.0.0.1:5353".parse().unwrap());
+        assert!(cfg.node.join.is_empty());
+        assert_eq!(cfg.core_config(7).levels.len(), 3);
+        assert_eq!(cfg.core_config(7).seed, 7);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = FileConfig::parse("[node]\nrcp = \"127.0.0.1:1\"\n", Path::new("bad.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rcp"), "{e}");
+        assert!(e.contains("bad.toml"), "{e}");
+        let e = FileConfig::parse("[nodes]\n", Path::new("bad.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nodes"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_is_named() {
+        let e = FileConfig::parse("[node]\nadmin = \"localhost\"\n", Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let e = FileConfig::parse("[levels]\ndiameters_ms = [20, 60]\n", Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("levels.diameters_ms"), "{e}");
+        let e = FileConfig::parse("[dsht]\nk = 0\n", Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dsht.k"), "{e}");
+    }
+
+    #[test]
+    fn dsht_keys_reach_the_core() {
+        let cfg = FileConfig::parse(
+            "[dsht]\nk = 4\nrpc_timeout_max_ms = 500\n[levels]\ndiameters_ms = []\n",
+            Path::new("a.toml"),
+        )
+        .unwrap();
+        let c = cfg.core_config(1);
+        assert_eq!(c.dsht.k, 4);
+        assert_eq!(c.dsht.rpc_timeout_max, Duration::from_millis(500));
+        assert_eq!(c.levels.len(), 1);
+    }
+
+    #[test]
+    fn unreadable_file_is_named() {
+        let e = FileConfig::load(Path::new("/nonexistent/coral.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/coral.toml"), "{e}");
+    }
+}

@@ -1,0 +1,110 @@
+//! `coral node`: one node with its admin endpoint, until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::FileConfig;
+use crate::{admin, httpd, identity, runtime};
+
+/// Where the seed came from, for the log line that records it.
+fn resolve_seed(cfg: &FileConfig) -> anyhow::Result<(u64, &'static str)> {
+    if let Some(seed) = cfg.node.seed {
+        return Ok((seed, "config node.seed"));
+    }
+    if let Some(dir) = &cfg.node.data_dir {
+        let (id, created) = identity::load_or_create(dir, cfg.node.rpc)?;
+        if id.rpc != cfg.node.rpc {
+            warn!(
+                was = %id.rpc, now = %cfg.node.rpc,
+                "the RPC address changed since {} was written: the node id changes with it",
+                dir.join(identity::FILE_NAME).display()
+            );
+        }
+        let from = if created {
+            "new identity in data_dir"
+        } else {
+            "identity in data_dir"
+        };
+        return Ok((id.seed, from));
+    }
+    Ok((identity::os_seed(), "operating system"))
+}
+
+/// Runs a node as `cfg` says until a shutdown signal; `join` adds bootstrap
+/// addresses to the file's. Errors name the key or address at fault.
+pub async fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<()> {
+    cfg.node.join.extend(join);
+    let (seed, seed_from) = resolve_seed(&cfg)?;
+    let options = cfg.node_options(seed);
+    // Bind everything before starting anything, so a busy port fails fast
+    // and names the address (node.rpc / node.admin in the config).
+    let socket = runtime::bind_udp(
+        options.rpc_addr,
+        options.recv_buffer_bytes,
+        options.send_buffer_bytes,
+    )
+    .context("check `node.rpc` in the config (is another coral node running?)")?;
+    let listener = httpd::bind("admin TCP listener", cfg.node.admin)
+        .await
+        .context("check `node.admin` in the config (is another coral node running?)")?;
+    info!(seed, from = seed_from, "RNG seed");
+    let node = runtime::spawn_on_socket(options.core, socket, options.command_queue)?;
+    let handle = node.handle.clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(admin::serve(listener, handle.clone(), stop_rx));
+    info!(admin = %cfg.node.admin, "admin endpoint: /, /metrics, /status.json");
+    info!(
+        http = %cfg.node.http, dns = %cfg.node.dns,
+        "HTTP proxy and DNS server addresses reserved (not served yet: later issues)"
+    );
+    if cfg.node.join.is_empty() {
+        info!("no bootstrap peers: this node starts a new network of one");
+    }
+    let bootstrap = cfg.node.join.clone();
+    let joiner = handle.clone();
+    let join_task = tokio::spawn(async move {
+        match joiner.join(bootstrap.clone()).await {
+            Ok(j) if j.contacts == 0 && !bootstrap.is_empty() => {
+                warn!(peers = ?bootstrap, "no bootstrap peer answered; running alone until one does");
+            }
+            Ok(j) => info!(contacts = j.contacts, "joined the network"),
+            Err(e) => warn!(error = %e, "join failed"),
+        }
+        if let Err(e) = joiner.publish_hints(Vec::new()).await {
+            warn!(error = %e, "cannot publish network hints");
+        }
+    });
+    shutdown_signal().await;
+    info!("shutting down");
+    join_task.abort();
+    let _ = stop_tx.send(true);
+    node.shutdown().await;
+    let _ = admin_task.await;
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,219 @@
+//! A deliberately small HTTP/1.x server for the admin endpoint and the
+//! testnet's origin: one request per connection, `GET`/`HEAD` only, headers
+//! bounded in size and time, a bounded number of connections at once.
+//! Parsing is `httparse`'s; nothing here is on Coral's data path.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tracing::debug;
+
+use crate::runtime::BindError;
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 8 * 1024;
+/// Most headers parsed.
+const MAX_HEADERS: usize = 32;
+/// Time a client has to send its request head, and to read the response.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 64;
+
+/// A parsed request: what the handlers need and nothing more.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// `GET` or `HEAD`.
+    pub method: String,
+    /// The path without the query string.
+    pub path: String,
+}
+
+/// A complete response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: bytes::Bytes,
+}
+
+impl Response {
+    /// A 200 response.
+    pub fn ok(content_type: &'static str, body: impl Into<bytes::Bytes>) -> Self {
+        Self {
+            status: 200,
+            content_type,
+            body: body.into(),
+        }
+    }
+
+    /// An error response with a one-line text body.
+    pub fn error(status: u16) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{} {}\n", status, reason(status)).into(),
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// Binds a TCP listener; `what` names it in the error.
+pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { what, addr, source })
+}
+
+/// Resolves once `shutdown` is true or its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves `listener` with `handler` until `shutdown` turns true.
+pub async fn serve<H, F>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, handler: H)
+where
+    H: Fn(Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = stopped(&mut shutdown) => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: back off briefly.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut shutdown) => return,
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, handler).await {
+                debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn connection<H, F>(mut stream: TcpStream, handler: H) -> std::io::Result<()>
+where
+    H: Fn(Request) -> F,
+    F: Future<Output = Response>,
+{
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let parsed = loop {
+        let n = match tokio::time::timeout(IO_TIMEOUT, stream.read(&mut chunk)).await {
+            Ok(r) => r?,
+            Err(_) => break Err(408),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => {
+                let method = req.method.unwrap_or("").to_owned();
+                let target = req.path.unwrap_or("/");
+                let path = target.split(['?', '#']).next().unwrap_or("/").to_owned();
+                break Ok(Request { method, path });
+            }
+            Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => break Err(431),
+            Err(_) => break Err(400),
+        }
+    };
+    let (response, head_only) = match parsed {
+        Ok(req) if req.method == "GET" || req.method == "HEAD" => {
+            let head_only = req.method == "HEAD";
+            (handler(req).await, head_only)
+        }
+        Ok(_) => (Response::error(405), false),
+        Err(status) => (Response::error(status), false),
+    };
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\
+         Cache-Control: no-store\r\n\r\n",
+        response.status,
+        reason(response.status),
+        response.content_type,
+        response.body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(&response.body);
+    }
+    match tokio::time::timeout(IO_TIMEOUT, stream.write_all(&out)).await {
+        Ok(r) => r?,
+        Err(_) => return Ok(()),
+    }
+    let _ = tokio::time::timeout(IO_TIMEOUT, stream.shutdown()).await;
+    Ok(())
+}
+
+/// A minimal client for the admin endpoint: `GET path` on `addr`, returning
+/// the status code and the body. Bounded in time and size.
+pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Error, ErrorKind};
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        (&mut s).take(16 << 20).read_to_end(&mut buf).await?;
+        Ok::<_, Error>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| Error::new(ErrorKind::TimedOut, format!("no answer from {addr}")))??;
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(body_at)) = resp.parse(&buf) else {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("{addr} did not answer with HTTP"),
+        ));
+    };
+    let code = resp.code.unwrap_or(0);
+    Ok((code, String::from_utf8_lossy(&buf[body_at..]).into_owned()))
+}

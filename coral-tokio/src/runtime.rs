@@ -1,0 +1,619 @@
+//! The actor that drives one core [`Node`] on a tokio UDP socket.
+//!
+//! One task owns the `Node`. Its loop waits, in one `select!`, on three
+//! inputs: a datagram on the RPC socket (read into one buffer reused for the
+//! life of the task, so the hot path allocates nothing per packet), the
+//! core's deadline (one `Sleep`, reset only when [`Node::poll_timeout`]
+//! changes), and an application command from a [`NodeHandle`] over an mpsc
+//! channel. After every input it drains the core as the crate documentation
+//! of `coral_core` prescribes: every transmit, then every event, then the
+//! next deadline. Events that finish an application operation are matched to
+//! the caller by [`OpId`] and answered over a oneshot channel.
+//!
+//! The task makes no protocol decision: retries, timeouts, peer choice and
+//! clustering all happen inside the core, which this file only feeds.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use coral_core::config::Config;
+use coral_core::contact::{Contact, Level, Services};
+use coral_core::id::Id;
+use coral_core::time::Instant as CoreInstant;
+use coral_core::{Event, Levels, Node, OpError, OpId};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant as TokioInstant;
+use tracing::{debug, info, trace, warn};
+
+use crate::status::{self, NodeStatus};
+
+/// Largest datagram the receive buffer holds. Coral's own datagrams are far
+/// smaller; a larger one is truncated by the kernel and then counted as
+/// malformed by the core, which is what it is.
+const RECV_BUFFER: usize = 64 * 1024;
+
+/// How the adapter binds and sizes its socket; everything else is the core's [`Config`].
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// The core's configuration, including the RNG seed (log it!).
+    pub core: Config,
+    /// Where the RPC socket listens (IPv4 or IPv6; port 0 picks one).
+    pub rpc_addr: SocketAddr,
+    /// Kernel receive buffer (`SO_RCVBUF`) in bytes; 0 keeps the OS default.
+    pub recv_buffer_bytes: usize,
+    /// Kernel send buffer (`SO_SNDBUF`) in bytes; 0 keeps the OS default.
+    pub send_buffer_bytes: usize,
+    /// Application commands that may wait for the node task at once.
+    pub command_queue: usize,
+}
+
+impl NodeOptions {
+    /// Options with the socket defaults of the example config file.
+    pub fn new(core: Config, rpc_addr: SocketAddr) -> Self {
+        Self {
+            core,
+            rpc_addr,
+            recv_buffer_bytes: 4 << 20,
+            send_buffer_bytes: 1 << 20,
+            command_queue: 1024,
+        }
+    }
+}
+
+/// A socket could not be set up; the message names the address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind {what} {addr}")]
+pub struct BindError {
+    /// What the socket is for ("RPC UDP socket", "admin TCP listener", ...).
+    pub what: &'static str,
+    /// The address that could not be bound.
+    pub addr: SocketAddr,
+    /// The operating system's reason.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Why an application command did not produce a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The node task has stopped (shut down, or its socket failed).
+    #[error("the node has stopped")]
+    Stopped,
+    /// The core refused to start the operation.
+    #[error("the node refused the operation: {0}")]
+    Refused(#[from] OpError),
+}
+
+/// The outcome of a join.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Joined {
+    /// Contacts in the level-0 routing table afterwards.
+    pub contacts: usize,
+}
+
+/// The outcome of a get.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GetResult {
+    /// Values found (empty when none was found at any level).
+    pub values: Vec<Bytes>,
+    /// The level at which they were found.
+    pub level: Option<Level>,
+    /// Nodes that answered along the path, over all levels walked.
+    pub hops: u32,
+}
+
+/// The outcome of a put or of the first put of a publication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutResult {
+    /// Where the value was stored, per level.
+    pub stored: Vec<(Level, Id)>,
+    /// Nodes that answered along the forward paths.
+    pub hops: u32,
+}
+
+/// The outcome of a `find_nodes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodesResult {
+    /// The nodes, best first.
+    pub nodes: Vec<Contact>,
+    /// How many of them the DSHT's network hints named.
+    pub hinted: usize,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+enum Command {
+    Join(Vec<SocketAddr>, Reply<Joined>),
+    Get(Id, Levels, Reply<GetResult>),
+    Put {
+        key: Id,
+        value: Bytes,
+        ttl: Duration,
+        levels: Levels,
+        publish: bool,
+        reply: Reply<PutResult>,
+    },
+    Withdraw(Id, Bytes, oneshot::Sender<bool>),
+    PublishHints(Vec<IpAddr>, oneshot::Sender<()>),
+    FindNodes {
+        level: Level,
+        count: usize,
+        target: IpAddr,
+        services: Services,
+        reply: Reply<NodesResult>,
+    },
+    Status(oneshot::Sender<NodeStatus>),
+    Shutdown,
+}
+
+enum Pending {
+    Join(Reply<Joined>),
+    Get(Reply<GetResult>),
+    Put(Reply<PutResult>),
+    Nodes(Reply<NodesResult>),
+}
+
+/// A cheap, cloneable handle to a running node task.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    commands: mpsc::Sender<Command>,
+    addr: SocketAddr,
+    id: Id,
+    seed: u64,
+}
+
+impl NodeHandle {
+    /// The RPC socket's address (with the port the OS picked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
+    /// The seed of the node's RNG, for replaying an incident in the simulator.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Joins the network through `bootstrap` (none: a network of one).
+    pub async fn join(&self, bootstrap: Vec<SocketAddr>) -> Result<Joined, NodeError> {
+        self.ask(|r| Command::Join(bootstrap, r)).await
+    }
+
+    /// Gets the values of `key` at `levels`, fastest level first.
+    pub async fn get(&self, key: Id, levels: Levels) -> Result<GetResult, NodeError> {
+        self.ask(|r| Command::Get(key, levels, r)).await
+    }
+
+    /// Puts `value` under `key` for `ttl` at `levels`.
+    pub async fn put(
+        &self,
+        key: Id,
+        value: Bytes,
+        ttl: Duration,
+        levels: Levels,
+    ) -> Result<PutResult, NodeError> {
+        self.ask(|reply| Command::Put {
+            key,
+            value,
+            ttl,
+            levels,
+            publish: false,
+            reply,
+        })
+        .await
+    }
+
+    /// Puts `value` under `key` and has the core keep it alive until
+    /// [`Self::withdraw`]; returns the first put's result.
+    pub async fn publish(
+        &self,
+        key: Id,
+        value: Bytes,
+        ttl: Duration,
+        levels: Levels,
+    ) -> Result<PutResult, NodeError> {
+        self.ask(|reply| Command::Put {
+            key,
+            value,
+            ttl,
+            levels,
+            publish: true,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops keeping a published value alive; returns whether it was published.
+    pub async fn withdraw(&self, key: Id, value: Bytes) -> Result<bool, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Withdraw(key, value, tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Publishes this node's network hints (its prefix and `routers`).
+    pub async fn publish_hints(&self, routers: Vec<IpAddr>) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::PublishHints(routers, tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Finds up to `count` nodes of this node's cluster at `level` near `target`.
+    pub async fn find_nodes(
+        &self,
+        level: Level,
+        count: usize,
+        target: IpAddr,
+        services: Services,
+    ) -> Result<NodesResult, NodeError> {
+        self.ask(|reply| Command::FindNodes {
+            level,
+            count,
+            target,
+            services,
+            reply,
+        })
+        .await
+    }
+
+    /// A snapshot of the node's state and counters.
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Status(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Asks the node task to stop; operations still running are answered
+    /// with [`NodeError::Stopped`].
+    pub async fn shutdown(&self) {
+        // An error means the task already stopped, which is what was asked.
+        let _ = self.commands.send(Command::Shutdown).await;
+    }
+}
+
+/// A node task and the handle to talk to it.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// The handle; clone it freely.
+    pub handle: NodeHandle,
+    task: JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Stops the node and waits until its task (and socket) is gone.
+    pub async fn shutdown(self) {
+        self.handle.shutdown().await;
+        if let Err(e) = self.task.await {
+            warn!(error = %e, "node task ended abnormally");
+        }
+    }
+
+    /// Whether the task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// Binds a UDP socket at `addr` with the given kernel buffer sizes
+/// (0 keeps the default); an IPv6 socket is IPv6-only.
+pub fn bind_udp(
+    addr: SocketAddr,
+    recv_buffer_bytes: usize,
+    send_buffer_bytes: usize,
+) -> Result<std::net::UdpSocket, BindError> {
+    let err = |source| BindError {
+        what: "RPC UDP socket",
+        addr,
+        source,
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(err)?;
+    }
+    // Buffer sizes are a request: the kernel caps them (net.core.rmem_max),
+    // and a refusal is not worth failing the node for.
+    if recv_buffer_bytes > 0 {
+        if let Err(e) = socket.set_recv_buffer_size(recv_buffer_bytes) {
+            warn!(%addr, error = %e, "cannot set the receive buffer size");
+        }
+    }
+    if send_buffer_bytes > 0 {
+        if let Err(e) = socket.set_send_buffer_size(send_buffer_bytes) {
+            warn!(%addr, error = %e, "cannot set the send buffer size");
+        }
+    }
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    debug!(
+        %addr,
+        recv_buffer = socket.recv_buffer_size().unwrap_or(0),
+        send_buffer = socket.send_buffer_size().unwrap_or(0),
+        "RPC socket bound"
+    );
+    Ok(socket.into())
+}
+
+/// Binds the RPC socket and starts the node task on the current tokio runtime.
+pub fn spawn(options: NodeOptions) -> Result<RunningNode, BindError> {
+    let std_socket = bind_udp(
+        options.rpc_addr,
+        options.recv_buffer_bytes,
+        options.send_buffer_bytes,
+    )?;
+    spawn_on_socket(options.core, std_socket, options.command_queue)
+}
+
+/// Starts the node task on an already bound, non-blocking UDP socket.
+pub fn spawn_on_socket(
+    core: Config,
+    std_socket: std::net::UdpSocket,
+    command_queue: usize,
+) -> Result<RunningNode, BindError> {
+    let fallback: SocketAddr = ([0, 0, 0, 0], 0).into();
+    let addr = std_socket.local_addr().map_err(|source| BindError {
+        what: "RPC UDP socket",
+        addr: fallback,
+        source,
+    })?;
+    let socket = UdpSocket::from_std(std_socket).map_err(|source| BindError {
+        what: "RPC UDP socket",
+        addr,
+        source,
+    })?;
+    let epoch = TokioInstant::now();
+    let seed = core.seed;
+    let node = Node::new(core, addr, CoreInstant::ZERO);
+    let id = node.id();
+    info!(%addr, id = %id, seed, "node started (replay with this seed)");
+    let (tx, rx) = mpsc::channel(command_queue.max(1));
+    let driver = Driver {
+        node,
+        socket,
+        epoch,
+        out: Vec::with_capacity(2048),
+        pending: BTreeMap::new(),
+        counters: status::AdapterCounters::default(),
+        seed,
+    };
+    let task = tokio::spawn(driver.run(rx));
+    Ok(RunningNode {
+        handle: NodeHandle {
+            commands: tx,
+            addr,
+            id,
+            seed,
+        },
+        task,
+    })
+}
+
+struct Driver {
+    node: Node,
+    socket: UdpSocket,
+    epoch: TokioInstant,
+    out: Vec<u8>,
+    pending: BTreeMap<OpId, Pending>,
+    counters: status::AdapterCounters,
+    seed: u64,
+}
+
+impl Driver {
+    fn now(&self) -> CoreInstant {
+        CoreInstant::from_duration(self.epoch.elapsed())
+    }
+
+    fn to_tokio(&self, t: Option<CoreInstant>) -> TokioInstant {
+        // No deadline, or one too far to represent: a day is as good as never,
+        // the loop re-arms after every input anyway.
+        let far = TokioInstant::now() + Duration::from_secs(86_400);
+        t.and_then(|t| self.epoch.checked_add(t.since_epoch()))
+            .map_or(far, |t| t.min(far))
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let sleep = tokio::time::sleep_until(self.to_tokio(None));
+        tokio::pin!(sleep);
+        let mut armed: Option<Option<CoreInstant>> = None;
+        loop {
+            let next = self.node.poll_timeout();
+            if armed != Some(next) {
+                sleep.as_mut().reset(self.to_tokio(next));
+                armed = Some(next);
+            }
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Shutdown) | None => break,
+                    Some(cmd) => self.command(cmd),
+                },
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => {
+                        let now = self.now();
+                        self.counters.datagrams_in += 1;
+                        self.node.handle_datagram(now, from, &buf[..n]);
+                    }
+                    Err(e) => {
+                        // ICMP errors surface here on some platforms; the
+                        // core notices the silence through its own timeouts.
+                        self.counters.recv_errors += 1;
+                        debug!(error = %e, "recv_from failed");
+                    }
+                },
+                () = &mut sleep => {
+                    let now = self.now();
+                    self.counters.timer_wakeups += 1;
+                    self.node.handle_timeout(now);
+                    // The same deadline may come back; force a re-arm.
+                    armed = None;
+                }
+            }
+            self.drain().await;
+        }
+        let stopped = self.pending.len();
+        self.pending.clear();
+        info!(addr = %self.node.contact().addr, operations_cancelled = stopped, "node stopped");
+    }
+
+    /// Every transmit, then every event (the core's drive contract).
+    async fn drain(&mut self) {
+        while let Some(t) = self.node.poll_transmit(&mut self.out) {
+            match self
+                .socket
+                .send_to(&self.out[..t.size], t.destination)
+                .await
+            {
+                Ok(_) => self.counters.datagrams_out += 1,
+                Err(e) => {
+                    self.counters.send_errors += 1;
+                    debug!(to = %t.destination, error = %e, "send_to failed");
+                }
+            }
+        }
+        while let Some(event) = self.node.poll_event() {
+            self.event(event);
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::Join(bootstrap, reply) => {
+                match self.node.join(now, &bootstrap) {
+                    Ok(op) => self.wait(op, Pending::Join(reply)),
+                    Err(e) => drop(reply.send(Err(e.into()))),
+                };
+            }
+            Command::Get(key, levels, reply) => match self.node.get(now, key, levels) {
+                Ok(op) => self.wait(op, Pending::Get(reply)),
+                Err(e) => drop(reply.send(Err(e.into()))),
+            },
+            Command::Put {
+                key,
+                value,
+                ttl,
+                levels,
+                publish,
+                reply,
+            } => {
+                let r = if publish {
+                    self.node.publish(now, key, value, ttl, levels)
+                } else {
+                    self.node.put(now, key, value, ttl, levels)
+                };
+                match r {
+                    Ok(op) => self.wait(op, Pending::Put(reply)),
+                    Err(e) => drop(reply.send(Err(e.into()))),
+                }
+            }
+            Command::Withdraw(key, value, reply) => {
+                let _ = reply.send(self.node.withdraw(&key, &value));
+            }
+            Command::PublishHints(routers, reply) => {
+                self.node.publish_hints(now, &routers);
+                let _ = reply.send(());
+            }
+            Command::FindNodes {
+                level,
+                count,
+                target,
+                services,
+                reply,
+            } => match self.node.find_nodes(now, level, count, target, services) {
+                Ok(op) => self.wait(op, Pending::Nodes(reply)),
+                Err(e) => drop(reply.send(Err(e.into()))),
+            },
+            Command::Status(reply) => {
+                let _ = reply.send(self.status(now));
+            }
+            // Handled by the loop.
+            Command::Shutdown => {}
+        }
+    }
+
+    fn wait(&mut self, op: OpId, pending: Pending) {
+        // The core may already have finished the operation (a join with no
+        // bootstrap does): its event is still queued and found by drain.
+        self.pending.insert(op, pending);
+    }
+
+    fn event(&mut self, event: Event) {
+        // A receiver that went away (a caller that timed out) is not an error.
+        match event {
+            Event::Joined { op, contacts } => {
+                info!(contacts, "joined");
+                if let Some(Pending::Join(r)) = self.pending.remove(&op) {
+                    let _ = r.send(Ok(Joined { contacts }));
+                }
+            }
+            Event::GetDone {
+                op,
+                values,
+                level,
+                hops,
+                ..
+            } => {
+                if let Some(Pending::Get(r)) = self.pending.remove(&op) {
+                    let _ = r.send(Ok(GetResult {
+                        values,
+                        level,
+                        hops,
+                    }));
+                }
+            }
+            Event::PutDone {
+                op, stored, hops, ..
+            } => {
+                if let Some(Pending::Put(r)) = self.pending.remove(&op) {
+                    let _ = r.send(Ok(PutResult { stored, hops }));
+                }
+            }
+            Event::NodesFound { op, nodes, hinted } => {
+                if let Some(Pending::Nodes(r)) = self.pending.remove(&op) {
+                    let _ = r.send(Ok(NodesResult { nodes, hinted }));
+                }
+            }
+            other => {
+                self.counters.other_events += 1;
+                trace!(event = ?other, "event with no waiting caller");
+            }
+        }
+    }
+
+    fn status(&self, now: CoreInstant) -> NodeStatus {
+        status::snapshot(
+            &self.node,
+            now,
+            self.seed,
+            self.counters,
+            self.pending.len(),
+        )
+    }
+}

@@ -1,0 +1,686 @@
+//! `coral testnet`: a whole Coral network on loopback in one process.
+//!
+//! Node `i` listens on `127.0.0.(first_ip + i)`, with its own RPC socket and
+//! admin endpoint, as separate hosts would; an origin web server serves
+//! sample files one address below the first node. The nodes join through
+//! node 0, then the testnet shows the DSHT at work: every object's URL key is
+//! put by one node and got by another, and the clusters each node sits in at
+//! each level are listed. With a flash crowd it runs a bounded load of DSHT
+//! gets (and the puts a proxy would make after a miss) and summarizes it.
+//!
+//! The HTTP proxy and the DNS server are later issues: no request reaches
+//! the origin through Coral yet, and the summary says so rather than
+//! pretending otherwise.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use coral_core::Levels;
+use coral_core::id::Id;
+use serde::Serialize;
+use tokio::sync::{Mutex, watch};
+use tracing::info;
+
+use crate::config::FileConfig;
+use crate::runtime::{self, NodeHandle, RunningNode};
+use crate::{admin, coralize, httpd, identity, origin};
+
+/// How long a value put by the testnet lives.
+const TTL: Duration = Duration::from_secs(3600);
+/// Longest wait for one DSHT operation before it counts as failed.
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `coral testnet` was asked to do.
+#[derive(Clone, Debug)]
+pub struct TestnetOptions {
+    /// Nodes to start.
+    pub nodes: usize,
+    /// Last octet of the first node's address (node i is 127.0.0.(first_ip+i)).
+    pub first_ip: u8,
+    /// RPC port of every node.
+    pub rpc_port: u16,
+    /// Admin port of every node.
+    pub admin_port: u16,
+    /// Port of the origin web server (at 127.0.0.(first_ip-1)).
+    pub origin_port: u16,
+    /// Generated objects the origin serves besides the sample files.
+    pub objects: usize,
+    /// Run a flash crowd for this long, then exit.
+    pub flash_crowd: Option<Duration>,
+    /// Concurrent clients of the flash crowd.
+    pub clients: usize,
+    /// Most requests the flash crowd makes.
+    pub max_requests: u64,
+    /// Also print the summary as one JSON object on the last line.
+    pub json: bool,
+    /// Master seed (node i gets seed + i); drawn from the OS when `None`.
+    pub seed: Option<u64>,
+    /// The node configuration every node shares (addresses are overridden).
+    pub config: FileConfig,
+    /// Coral domain for the coralized URLs shown.
+    pub coral_domain: String,
+}
+
+impl Default for TestnetOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 8,
+            first_ip: 10,
+            rpc_port: 8091,
+            admin_port: 8092,
+            origin_port: 8080,
+            objects: 20,
+            flash_crowd: None,
+            clients: 16,
+            max_requests: 200_000,
+            json: false,
+            seed: None,
+            config: FileConfig::default(),
+            coral_domain: coralize::DEFAULT_DOMAIN.to_owned(),
+        }
+    }
+}
+
+/// The flash-crowd summary; also printed as one JSON object with `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Requests made (DSHT gets).
+    pub requests: u64,
+    /// Requests answered correctly: a holder found, or nothing found for an
+    /// object no reference had been stored for yet.
+    pub ok: u64,
+    /// Requests that timed out, were refused, or found nothing although a
+    /// reference had been stored before they started.
+    pub failed: u64,
+    /// Requests the origin web server answered during the run.
+    pub origin_fetches: u64,
+    /// Distinct objects requested.
+    pub objects: usize,
+    /// References stored after a miss (what a proxy does after fetching).
+    pub puts: u64,
+    /// Median get latency, milliseconds.
+    pub latency_ms_p50: f64,
+    /// 90th percentile get latency, milliseconds.
+    pub latency_ms_p90: f64,
+    /// 99th percentile get latency, milliseconds.
+    pub latency_ms_p99: f64,
+    /// Slowest get, milliseconds.
+    pub latency_ms_max: f64,
+    /// Where answers came from: `level N` (the DSHT level a holder was
+    /// found at), `miss` (no holder yet), `error`.
+    pub served_from: BTreeMap<String, u64>,
+    /// Nodes in the network.
+    pub nodes: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Wall seconds the load ran.
+    pub seconds: f64,
+    /// The testnet's master seed.
+    pub seed: u64,
+    /// Resident memory of the whole process at the end, MiB (Linux only).
+    pub rss_mib: Option<f64>,
+}
+
+/// One node of the testnet.
+struct TestNode {
+    node: RunningNode,
+    admin: SocketAddr,
+}
+
+fn node_ip(first_ip: u8, i: usize) -> Option<Ipv4Addr> {
+    let last = usize::from(first_ip).checked_add(i)?;
+    let last = u8::try_from(last).ok().filter(|&l| l < 255)?;
+    Some(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// Resident set size of this process in MiB, from `/proc/self/status`.
+pub fn rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The value a node puts for an object it holds: its RPC address as text.
+/// (The proxy issue will store a proxy contact; this is the testnet's own.)
+fn holder_value(node: &NodeHandle) -> Bytes {
+    Bytes::from(node.addr().to_string())
+}
+
+/// Runs the testnet; returns when the flash crowd ends or on SIGINT/SIGTERM.
+pub async fn run(opts: TestnetOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(opts.nodes >= 1, "--nodes must be at least 1");
+    anyhow::ensure!(opts.first_ip >= 2, "--first-ip must be at least 2");
+    anyhow::ensure!(
+        node_ip(opts.first_ip, opts.nodes - 1).is_some(),
+        "{} nodes from 127.0.0.{} do not fit in 127.0.0.0/24",
+        opts.nodes,
+        opts.first_ip
+    );
+    let seed = opts.seed.unwrap_or_else(identity::os_seed);
+    info!(
+        seed,
+        nodes = opts.nodes,
+        "testnet master seed (node i uses seed + i)"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let origin_addr = SocketAddr::from((
+        Ipv4Addr::new(127, 0, 0, opts.first_ip - 1),
+        opts.origin_port,
+    ));
+    let origin = origin::start(origin_addr, opts.objects, stop_rx.clone()).await?;
+
+    let mut nodes = Vec::with_capacity(opts.nodes);
+    let mut admin_tasks = Vec::new();
+    for i in 0..opts.nodes {
+        let ip = node_ip(opts.first_ip, i)
+            .ok_or_else(|| anyhow::anyhow!("no loopback address for node {i}"))?;
+        let mut cfg = opts.config.clone();
+        cfg.node.rpc = SocketAddr::from((ip, opts.rpc_port));
+        cfg.node.admin = SocketAddr::from((ip, opts.admin_port));
+        let options = cfg.node_options(seed.wrapping_add(i as u64));
+        let listener = httpd::bind("admin TCP listener", cfg.node.admin).await?;
+        let node = runtime::spawn(options)?;
+        admin_tasks.push(tokio::spawn(admin::serve(
+            listener,
+            node.handle.clone(),
+            stop_rx.clone(),
+        )));
+        nodes.push(TestNode {
+            node,
+            admin: cfg.node.admin,
+        });
+    }
+    let handles: Vec<NodeHandle> = nodes.iter().map(|n| n.node.handle.clone()).collect();
+    // The report is always printed; --json adds one JSON line at the end.
+    let human = true;
+    let mut out = String::new();
+
+    // Join: node 0 founds the network, the others join through it.
+    let started = Instant::now();
+    let seed_addr = handles[0].addr();
+    let joins = handles.iter().enumerate().map(|(i, h)| {
+        let h = h.clone();
+        let bootstrap = if i == 0 { vec![] } else { vec![seed_addr] };
+        async move { tokio::time::timeout(OP_TIMEOUT * 3, h.join(bootstrap)).await }
+    });
+    let joined = futures_join_all(joins).await;
+    // Node 0 founds the network (no contacts); the others must find some.
+    let ok_joins = joined
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| matches!(r, Ok(Ok(j)) if j.contacts > 0 || *i == 0))
+        .count();
+    if human {
+        let _ = writeln!(
+            out,
+            "Coral testnet: {} nodes on 127.0.0.{}-{}, origin at http://{} (seed {seed})",
+            opts.nodes,
+            opts.first_ip,
+            usize::from(opts.first_ip) + opts.nodes - 1,
+            origin.addr
+        );
+        let _ = writeln!(
+            out,
+            "joined: {ok_joins}/{} nodes in {:.2} s",
+            opts.nodes,
+            started.elapsed().as_secs_f64()
+        );
+        print!("{out}");
+        out.clear();
+    }
+
+    // The DSHT at work: each sample object put by one node, got by another.
+    let urls = origin.urls();
+    let demo: Vec<&String> = urls.iter().filter(|u| !u.contains("/obj/")).collect();
+    if human {
+        println!("\nDSHT puts and gets (key = sha1 of the URL, value = the holder's address):");
+    }
+    for (i, url) in demo.iter().enumerate() {
+        let key = Id::for_url(url);
+        let holder = &handles[i % handles.len()];
+        let getter = &handles[(i + handles.len() / 2 + 1) % handles.len()];
+        let put = tokio::time::timeout(
+            OP_TIMEOUT,
+            holder.put(key, holder_value(holder), TTL, Levels::ALL),
+        )
+        .await;
+        let get = tokio::time::timeout(OP_TIMEOUT, getter.get(key, Levels::ALL)).await;
+        if human {
+            let put_s = match put {
+                Ok(Ok(p)) => format!(
+                    "put by {} stored at {} node(s) over levels {:?}",
+                    holder.addr().ip(),
+                    p.stored.len(),
+                    p.stored.iter().map(|(l, _)| *l).collect::<Vec<_>>()
+                ),
+                Ok(Err(e)) => format!("put failed: {e}"),
+                Err(_) => "put timed out".to_owned(),
+            };
+            let get_s = match get {
+                Ok(Ok(g)) if !g.values.is_empty() => format!(
+                    "get by {} found {} at level {} in {} hops",
+                    getter.addr().ip(),
+                    g.values
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    g.level.map_or_else(|| "?".to_owned(), |l| l.to_string()),
+                    g.hops
+                ),
+                Ok(Ok(g)) => format!(
+                    "get by {} found nothing ({} hops)",
+                    getter.addr().ip(),
+                    g.hops
+                ),
+                Ok(Err(e)) => format!("get failed: {e}"),
+                Err(_) => "get timed out".to_owned(),
+            };
+            println!("  {url}\n    {put_s}\n    {get_s}");
+        }
+    }
+
+    if human {
+        print!("{}", levels_table(&nodes).await);
+        print!(
+            "{}",
+            try_this(&nodes, &origin, &opts.coral_domain, opts.flash_crowd)
+        );
+    }
+
+    let result = match opts.flash_crowd {
+        Some(duration) => {
+            let summary = flash_crowd(&handles, &origin, &opts, duration, seed).await;
+            if human {
+                print!("{}", summary_table(&summary));
+            }
+            if opts.json {
+                println!("{}", serde_json::to_string(&summary)?);
+            }
+            Ok(())
+        }
+        None => {
+            println!("\nRunning; press Ctrl-C to stop.");
+            crate::daemon::shutdown_signal().await;
+            Ok(())
+        }
+    };
+    let _ = stop_tx.send(true);
+    for n in nodes {
+        n.node.shutdown().await;
+    }
+    for t in admin_tasks {
+        let _ = t.await;
+    }
+    origin.join().await;
+    result
+}
+
+/// Awaits every future, concurrently, keeping their order.
+async fn futures_join_all<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if let Ok(v) = t.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+async fn levels_table(nodes: &[TestNode]) -> String {
+    let mut out =
+        String::from("\nNodes per level (cluster id prefix and size; routing table contacts):\n");
+    let mut per_level: BTreeMap<u8, BTreeMap<String, usize>> = BTreeMap::new();
+    let _ = write!(out, "  {:<16} {:<10}", "node", "id");
+    let mut header_done = false;
+    let mut rows = String::new();
+    for n in nodes {
+        let Ok(Ok(s)) = tokio::time::timeout(OP_TIMEOUT, n.node.handle.status()).await else {
+            continue;
+        };
+        if !header_done {
+            for l in &s.levels {
+                let d = l
+                    .diameter_ms
+                    .map_or_else(|| "global".to_owned(), |d| format!("{d} ms"));
+                let _ = write!(out, " level {} ({d}){:width$}", l.level, "", width = 8);
+            }
+            out.push('\n');
+            header_done = true;
+        }
+        let _ = write!(
+            rows,
+            "  {:<16} {:<10}",
+            s.addr.to_string(),
+            s.id.get(..8).unwrap_or(&s.id)
+        );
+        for l in &s.levels {
+            let _ = write!(
+                rows,
+                " {:<8} n={:<3} rt={:<4}",
+                l.cluster.get(..8).unwrap_or(&l.cluster),
+                l.cluster_size,
+                l.routing_len
+            );
+            *per_level
+                .entry(l.level)
+                .or_default()
+                .entry(l.cluster.clone())
+                .or_default() += 1;
+        }
+        rows.push('\n');
+    }
+    out.push_str(&rows);
+    for (level, clusters) in per_level {
+        let sizes: Vec<String> = clusters.values().map(|n| n.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "  level {level}: {} cluster(s) with {} node(s)",
+            clusters.len(),
+            sizes.join(" + ")
+        );
+    }
+    out.push_str(
+        "  (bounded levels start as clusters of one and merge as nodes measure each other;\n   \
+         cluster evaluations run every dsht.cluster_eval_interval_secs)\n",
+    );
+    out
+}
+
+fn try_this(
+    nodes: &[TestNode],
+    origin: &origin::Origin,
+    domain: &str,
+    flash: Option<Duration>,
+) -> String {
+    let mut out = String::from("\nTry:\n");
+    let first = &nodes[0];
+    let _ = writeln!(
+        out,
+        "  coral status --admin {}          # one node's state",
+        first.admin
+    );
+    let _ = writeln!(
+        out,
+        "  curl http://{}/metrics        # Prometheus metrics",
+        first.admin
+    );
+    let _ = writeln!(
+        out,
+        "  open http://{}/                # status page",
+        first.admin
+    );
+    let _ = writeln!(
+        out,
+        "  curl {}                  # the origin",
+        origin
+            .urls()
+            .into_iter()
+            .find(|u| u.ends_with("/index.html"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "  coral node --config my.toml --join {}   # add a node (set node.rpc/admin to a free 127.0.0.x)",
+        first.node.handle.addr()
+    );
+    out.push_str("Coralized URLs of the origin's files (served once the HTTP proxy lands):\n");
+    for url in origin.urls().iter().filter(|u| !u.contains("/obj/")) {
+        if let Ok(c) = coralize::coralize(url, domain, coralize::DEFAULT_PROXY_PORT) {
+            let _ = writeln!(out, "  {c}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  (after the DNS issue: dig @127.0.0.1 -p 5353 {}.{}.{domain})",
+        origin.addr.ip(),
+        origin.addr.port()
+    );
+    if flash.is_none() {
+        out.push_str("  coral testnet --flash-crowd 10   # a bounded load with a summary\n");
+    }
+    out
+}
+
+/// A small xorshift generator for picking nodes and objects; the load's
+/// choices are not protocol decisions and need no cryptographic quality.
+struct Pick(u64);
+
+impl Pick {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+struct Load {
+    requests: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    puts: AtomicU64,
+    /// Per object: whether a reference put has completed, and when (µs since start).
+    stored: Vec<(AtomicBool, AtomicU64)>,
+    served_from: Mutex<BTreeMap<String, u64>>,
+    latencies: Mutex<Vec<f64>>,
+}
+
+async fn flash_crowd(
+    handles: &[NodeHandle],
+    origin: &origin::Origin,
+    opts: &TestnetOptions,
+    duration: Duration,
+    seed: u64,
+) -> Summary {
+    let urls: Vec<String> = origin.urls();
+    let keys: Arc<Vec<Id>> = Arc::new(urls.iter().map(|u| Id::for_url(u)).collect());
+    // The demo above stored references for the sample files already.
+    let demo_done: Vec<bool> = urls.iter().map(|u| !u.contains("/obj/")).collect();
+    let load = Arc::new(Load {
+        requests: AtomicU64::new(0),
+        ok: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        puts: AtomicU64::new(0),
+        stored: demo_done
+            .iter()
+            .map(|&d| (AtomicBool::new(d), AtomicU64::new(0)))
+            .collect(),
+        served_from: Mutex::new(BTreeMap::new()),
+        latencies: Mutex::new(Vec::new()),
+    });
+    let origin_before = origin.served();
+    let start = Instant::now();
+    let deadline = start + duration;
+    let bar = indicatif::ProgressBar::new(duration.as_secs().max(1));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("flash crowd [{bar:30}] {pos}/{len} s  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut clients = Vec::new();
+    for c in 0..opts.clients.max(1) {
+        let handles = handles.to_vec();
+        let keys = Arc::clone(&keys);
+        let load = Arc::clone(&load);
+        let max = opts.max_requests;
+        let mut pick = Pick(seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(c as u64 + 1)) | 1);
+        clients.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                if load.requests.fetch_add(1, Ordering::Relaxed) >= max {
+                    load.requests.fetch_sub(1, Ordering::Relaxed);
+                    break;
+                }
+                let node = &handles[pick.below(handles.len())];
+                let obj = pick.below(keys.len());
+                let key = keys[obj];
+                let t0 = Instant::now();
+                let t0_us = (t0 - start).as_micros() as u64;
+                let was_stored = {
+                    let (done, at) = &load.stored[obj];
+                    done.load(Ordering::Acquire) && at.load(Ordering::Relaxed) <= t0_us
+                };
+                let r = tokio::time::timeout(OP_TIMEOUT, node.get(key, Levels::ALL)).await;
+                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                let from = match r {
+                    Ok(Ok(g)) if !g.values.is_empty() => {
+                        let valid = g.values.iter().all(|v| {
+                            std::str::from_utf8(v)
+                                .ok()
+                                .and_then(|s| s.parse::<SocketAddr>().ok())
+                                .is_some_and(|a| handles.iter().any(|h| h.addr() == a))
+                        });
+                        if valid {
+                            load.ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            load.failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        g.level
+                            .map_or_else(|| "level ?".to_owned(), |l| format!("level {l}"))
+                    }
+                    Ok(Ok(_)) => {
+                        if was_stored {
+                            load.failed.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            load.ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // What a proxy does after fetching: store a reference to itself.
+                        let p = tokio::time::timeout(
+                            OP_TIMEOUT,
+                            node.put(key, holder_value(node), TTL, Levels::ALL),
+                        )
+                        .await;
+                        if matches!(p, Ok(Ok(ref p)) if !p.stored.is_empty()) {
+                            load.puts.fetch_add(1, Ordering::Relaxed);
+                            let (done, at) = &load.stored[obj];
+                            if !done.swap(true, Ordering::AcqRel) {
+                                at.store((start.elapsed()).as_micros() as u64, Ordering::Relaxed);
+                            }
+                        }
+                        "miss".to_owned()
+                    }
+                    _ => {
+                        load.failed.fetch_add(1, Ordering::Relaxed);
+                        "error".to_owned()
+                    }
+                };
+                *load.served_from.lock().await.entry(from).or_default() += 1;
+                load.latencies.lock().await.push(ms);
+            }
+        }));
+    }
+    let ticker_load = Arc::clone(&load);
+    let ticker_bar = bar.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let e = start.elapsed();
+            ticker_bar.set_position(e.as_secs());
+            let n = ticker_load.requests.load(Ordering::Relaxed);
+            let ok = ticker_load.ok.load(Ordering::Relaxed);
+            ticker_bar.set_message(format!(
+                "{n} requests, {ok} ok, {:.0}/s",
+                n as f64 / e.as_secs_f64().max(1e-3)
+            ));
+        }
+    });
+    for c in clients {
+        let _ = c.await;
+    }
+    ticker.abort();
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let mut lat = std::mem::take(&mut *load.latencies.lock().await);
+    lat.sort_by(f64::total_cmp);
+    let served_from = load.served_from.lock().await.clone();
+    Summary {
+        requests: load.requests.load(Ordering::Relaxed),
+        ok: load.ok.load(Ordering::Relaxed),
+        failed: load.failed.load(Ordering::Relaxed),
+        origin_fetches: origin.served() - origin_before,
+        objects: urls.len(),
+        puts: load.puts.load(Ordering::Relaxed),
+        latency_ms_p50: percentile(&lat, 50.0),
+        latency_ms_p90: percentile(&lat, 90.0),
+        latency_ms_p99: percentile(&lat, 99.0),
+        latency_ms_max: lat.last().copied().unwrap_or(0.0),
+        served_from,
+        nodes: handles.len(),
+        clients: opts.clients.max(1),
+        seconds,
+        seed,
+        rss_mib: rss_mib(),
+    }
+}
+
+/// The human summary table of a flash crowd.
+pub fn summary_table(s: &Summary) -> String {
+    let mut o = String::new();
+    let pct = |n: u64| {
+        if s.requests == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / s.requests as f64
+        }
+    };
+    let _ = writeln!(
+        o,
+        "\nFlash crowd: {} clients for {:.1} s against {} nodes, {} objects",
+        s.clients, s.seconds, s.nodes, s.objects
+    );
+    let _ = writeln!(o, "  {:<28} {:>10}", "requests (DSHT gets)", s.requests);
+    let _ = writeln!(
+        o,
+        "  {:<28} {:>10}  ({:.2}%)",
+        "answered correctly",
+        s.ok,
+        pct(s.ok)
+    );
+    let _ = writeln!(o, "  {:<28} {:>10}", "failed", s.failed);
+    let _ = writeln!(
+        o,
+        "  {:<28} {:>10}  (no HTTP proxy yet: a miss stores a reference, it fetches nothing)",
+        "origin fetches", s.origin_fetches
+    );
+    let _ = writeln!(
+        o,
+        "  {:<28} {:>10}",
+        "references stored after a miss", s.puts
+    );
+    let _ = writeln!(
+        o,
+        "  {:<28} {:>10.2} / {:.2} / {:.2} / {:.2}",
+        "latency ms p50/p90/p99/max",
+        s.latency_ms_p50,
+        s.latency_ms_p90,
+        s.latency_ms_p99,
+        s.latency_ms_max
+    );
+    o.push_str("  served from:\n");
+    for (k, v) in &s.served_from {
+        let _ = writeln!(o, "    {k:<26} {v:>10}  ({:.2}%)", pct(*v));
+    }
+    if let Some(r) = s.rss_mib {
+        let _ = writeln!(o, "  {:<28} {:>10.1}", "process RSS (MiB)", r);
+    }
+    o
+}
