@@ -7,10 +7,13 @@
 //!   with loss, crashes and restarts, replayable bit for bit from a seed.
 //! - [`experiments`]: the lookup and hot-spot experiments behind the
 //!   `coral-sim` binary and the simulator tests.
+//! - [`locality`]: what the latency hierarchy buys (issue 3): get latency
+//!   for nearby-held objects per level setting, and `nodes()` proxy choice.
 //! - [`metrics`] and [`trace`]: percentiles, and the run fingerprint.
 
 pub mod experiments;
 pub mod latency;
+pub mod locality;
 pub mod metrics;
 pub mod sim;
 pub mod trace;

@@ -4,6 +4,8 @@
 //! coral-sim lookup  --nodes 1000 --keys 200 --seed 1 [--latency sphere|planetlab] [--loss P] [--json]
 //! coral-sim hotspot --nodes 500 --minutes 10 --seed 1 [--rate R] [--json]
 //! coral-sim clusters (--synthetic 500 | --matrix FILE | --latency planetlab) --seed 1 --minutes 30 [--json]
+//! coral-sim latency  (--synthetic 500 | --matrix FILE | --latency planetlab) --levels 1|3 --seed 1 [--json]
+//! coral-sim nodes    (--synthetic 500 | --matrix FILE | --latency planetlab) --seed 1 [--json]
 //! ```
 //!
 //! With `--json` stdout carries exactly one JSON object; progress goes to
@@ -19,6 +21,7 @@ use coral_tests::experiments::{
     self, ClusterParams, HotspotParams, LatencyKind, LookupParams, NetParams,
 };
 use coral_tests::latency::{PLANETLAB_RTT_PATH, RttMatrix};
+use coral_tests::locality::{self, LatencyParams, NodesParams};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -115,6 +118,89 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Get latency for nearby-held objects (issue 3): the network settles
+    /// with 1 level or 3 (∞ / 60 ms / 20 ms), every node puts a few objects,
+    /// then every node gets objects held by a node within 20 ms of it.
+    /// Reports get latency p50/p96 and the level each get was answered at.
+    Latency {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Levels every node runs: 1 (global only), 2 (∞ / 60 ms) or 3 (∞ / 60 ms / 20 ms).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
+        levels: u8,
+        /// Objects every node puts.
+        #[arg(long, default_value_t = 4)]
+        objects: usize,
+        /// Gets every node with a holder within 20 ms issues.
+        #[arg(long, default_value_t = 2)]
+        gets: usize,
+    },
+    /// nodes() proxy choice (issue 3): for random targets (resolvers at a
+    /// node's host), a random other member of the target's level-2 cluster
+    /// is asked for nodes(2, 1, target, http); reports RTT(target, answer)
+    /// over RTT(target, nearest other node).
+    Nodes {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Targets queried.
+        #[arg(long, default_value_t = 200)]
+        targets: usize,
+    },
+}
+
+/// The network of the locality experiments, as `clusters` describes it.
+#[derive(clap::Args, Debug)]
+struct NetArgs {
+    /// N nodes on the synthetic sphere (the default, 500).
+    #[arg(long, conflicts_with_all = ["matrix", "latency"])]
+    synthetic: Option<usize>,
+    /// An RTT matrix file; one node per host unless --nodes says otherwise.
+    #[arg(long, conflicts_with = "latency")]
+    matrix: Option<PathBuf>,
+    /// `planetlab` is --matrix with the shipped PlanetLab file; `sphere`
+    /// is --synthetic.
+    #[arg(long, value_enum)]
+    latency: Option<LatencyKind>,
+    /// Node count for --matrix/--latency (default: one per host, or 500 on the sphere).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Simulation seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Virtual minutes from the cold start (joins included) before the
+    /// workload, so that clusters have formed.
+    #[arg(long, default_value_t = 15)]
+    minutes: u32,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+impl NetArgs {
+    /// The network as the cluster experiment builds it, three levels.
+    fn params(&self) -> Result<ClusterParams> {
+        let matrix = match (&self.matrix, self.latency) {
+            (Some(path), _) => Some(path.clone()),
+            (None, Some(LatencyKind::Planetlab)) => Some(PathBuf::from(PLANETLAB_RTT_PATH)),
+            (None, _) => None,
+        };
+        let p = match matrix {
+            Some(path) => {
+                let m = RttMatrix::load(&path)
+                    .with_context(|| format!("loading {}", path.display()))?;
+                let n = self.nodes.unwrap_or(m.len());
+                let name = path.display().to_string();
+                ClusterParams::matrix(Arc::new(m), name, n, self.seed, self.minutes)
+            }
+            None => ClusterParams::synthetic(
+                self.synthetic.or(self.nodes).unwrap_or(500),
+                self.seed,
+                self.minutes,
+            ),
+        };
+        check(p.nodes, 0.0)?;
+        Ok(p)
+    }
 }
 
 fn check(nodes: usize, loss: f64) -> Result<()> {
@@ -244,6 +330,39 @@ fn main() -> Result<()> {
             );
             let r = experiments::clusters(&p);
             report(seed, wall, json, &r, r.human())?;
+        }
+        Cmd::Latency {
+            net,
+            levels,
+            objects,
+            gets,
+        } => {
+            let mut p = net.params()?;
+            if levels == 1 {
+                p.levels = locality::one_level();
+            } else {
+                p.levels.truncate(usize::from(levels));
+            }
+            eprintln!(
+                "coral-sim latency: {} nodes, {levels} level(s), latency {}, seed {}",
+                p.nodes, p.latency_name, net.seed
+            );
+            let mut lp = LatencyParams::new(p);
+            lp.objects_per_node = objects;
+            lp.gets_per_client = gets;
+            let r = locality::latency(&lp);
+            report(net.seed, wall, net.json, &r, r.human())?;
+        }
+        Cmd::Nodes { net, targets } => {
+            let p = net.params()?;
+            eprintln!(
+                "coral-sim nodes: {} nodes, {targets} targets, latency {}, seed {}",
+                p.nodes, p.latency_name, net.seed
+            );
+            let mut np = NodesParams::new(p);
+            np.targets = targets;
+            let r = locality::nodes(&np);
+            report(net.seed, wall, net.json, &r, r.human())?;
         }
     }
     Ok(())
