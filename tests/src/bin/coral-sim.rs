@@ -131,9 +131,12 @@ enum Cmd {
         /// Objects every node puts.
         #[arg(long, default_value_t = 4)]
         objects: usize,
-        /// Gets every node with a holder within 20 ms issues.
+        /// Gets every node with a holder within --near-ms issues.
         #[arg(long, default_value_t = 2)]
         gets: usize,
+        /// A get's object is held by a node at most this RTT (ms) from the client.
+        #[arg(long, default_value_t = 20)]
+        near_ms: u64,
     },
     /// nodes() proxy choice (issue 3): for random targets (resolvers at a
     /// node's host), a random other member of the target's level-2 cluster
@@ -336,6 +339,7 @@ fn main() -> Result<()> {
             levels,
             objects,
             gets,
+            near_ms,
         } => {
             let mut p = net.params()?;
             if levels == 1 {
@@ -350,6 +354,7 @@ fn main() -> Result<()> {
             let mut lp = LatencyParams::new(p);
             lp.objects_per_node = objects;
             lp.gets_per_client = gets;
+            lp.near_holder = Duration::from_millis(near_ms);
             let r = locality::latency(&lp);
             report(net.seed, wall, net.json, &r, r.human())?;
         }
