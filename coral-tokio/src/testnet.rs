@@ -33,6 +33,8 @@ use crate::{admin, coralize, httpd, identity, origin};
 
 /// How long a value put by the testnet lives.
 const TTL: Duration = Duration::from_secs(3600);
+/// How often a running testnet prints its clusters.
+const REPORT_EVERY: Duration = Duration::from_secs(30);
 /// Longest wait for one DSHT operation before it counts as failed.
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -307,8 +309,20 @@ pub async fn run(opts: TestnetOptions) -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            println!("\nRunning; press Ctrl-C to stop.");
-            crate::daemon::shutdown_signal().await;
+            println!(
+                "\nRunning; press Ctrl-C to stop. Clusters per level every {} s:",
+                REPORT_EVERY.as_secs()
+            );
+            let stop = crate::daemon::shutdown_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    () = &mut stop => break,
+                    () = tokio::time::sleep(REPORT_EVERY) => {
+                        println!("{}", cluster_line(&handles, started.elapsed()).await);
+                    }
+                }
+            }
             Ok(())
         }
     };
@@ -337,6 +351,44 @@ where
         }
     }
     out
+}
+
+/// One line: per level, how many clusters the nodes form and their sizes,
+/// and the process's memory.
+async fn cluster_line(handles: &[NodeHandle], elapsed: Duration) -> String {
+    let mut per_level: BTreeMap<u8, BTreeMap<String, usize>> = BTreeMap::new();
+    let mut contacts = 0usize;
+    for h in handles {
+        let Ok(Ok(s)) = tokio::time::timeout(OP_TIMEOUT, h.status()).await else {
+            continue;
+        };
+        for l in &s.levels {
+            *per_level
+                .entry(l.level)
+                .or_default()
+                .entry(l.cluster.clone())
+                .or_default() += 1;
+            contacts += l.routing_len;
+        }
+    }
+    let mut line = format!("  t={:>4.0}s", elapsed.as_secs_f64());
+    for (level, clusters) in per_level {
+        let mut sizes: Vec<usize> = clusters.into_values().collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let shown: Vec<String> = sizes.iter().take(6).map(|n| n.to_string()).collect();
+        let more = if sizes.len() > 6 { "+..." } else { "" };
+        let _ = write!(
+            line,
+            "  level {level}: {} cluster(s) [{}{more}]",
+            sizes.len(),
+            shown.join(",")
+        );
+    }
+    let _ = write!(line, "  routing entries {contacts}");
+    if let Some(r) = rss_mib() {
+        let _ = write!(line, "  RSS {r:.1} MiB");
+    }
+    line
 }
 
 async fn levels_table(nodes: &[TestNode]) -> String {
