@@ -88,6 +88,13 @@ use crate::time::Instant;
 /// bucket's membership.
 const STALE_PING: Duration = Duration::from_secs(30);
 
+/// A full bucket whose least recently seen contact was heard from this
+/// recently turns a newcomer away without a ping: the ping would only
+/// show the old contact alive, which keeps it. Without this, every message
+/// from a stranger landing in a full bucket (in a busy network, most of
+/// them) costs a ping.
+const ALIVE_RECENTLY: Duration = Duration::from_secs(60);
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -205,6 +212,10 @@ pub enum Observe {
     /// The bucket is full and its oldest contact is already being pinged; the
     /// contact replaced any earlier pending one and waits for that ping.
     Pending,
+    /// The bucket is full and even its least recently seen contact was
+    /// heard from within the last minute: the newcomer is turned away
+    /// without a ping.
+    Rejected,
     /// The contact is this node itself.
     Ignored,
 }
@@ -400,10 +411,20 @@ impl RoutingTable {
             self.sync_used(&contact.id);
             return Observe::Inserted;
         }
-        let Some(oldest) = bucket.entries.first().map(|e| e.contact) else {
+        let Some((oldest, oldest_seen)) = bucket.entries.first().map(|e| (e.contact, e.last_seen))
+        else {
             // Unreachable: a full bucket with k >= 1 has an oldest entry.
             return Observe::Pending;
         };
+        if bucket.replacement.is_none()
+            && now.saturating_duration_since(oldest_seen) < ALIVE_RECENTLY
+        {
+            // Every contact of the bucket was heard from within
+            // ALIVE_RECENTLY: a ping would only confirm what we know, and
+            // Kademlia keeps the old contact when it answers.
+            self.rejected += 1;
+            return Observe::Rejected;
+        }
         match bucket.replacement.as_deref_mut() {
             Some(r) => {
                 if r.contact.id != contact.id {
@@ -790,7 +811,17 @@ impl RoutingTable {
     /// density where the table is exact; it is noisy (its spread is about
     /// `1/√j`) and callers smooth it (spec open question 6). An empty table
     /// gives 1.
+    ///
+    /// While no bucket is full the table has had room for every node it
+    /// heard of, so the count is exact as far as this node knows, and the
+    /// estimate is `len + 1`: extrapolating from a few contacts of a small
+    /// cluster would turn an unlucky draw of close ids into a size many
+    /// times the truth.
     pub fn size_estimate(&self) -> u32 {
+        let floor = u32::try_from(self.len.saturating_add(1)).unwrap_or(u32::MAX);
+        if self.buckets.iter().all(|b| b.entries.len() < self.k) {
+            return floor;
+        }
         let j = self.k.min(self.len);
         let Some(farthest) = self
             .closest(&self.own, j)
@@ -799,7 +830,6 @@ impl RoutingTable {
         else {
             return 1;
         };
-        let floor = u32::try_from(self.len.saturating_add(1)).unwrap_or(u32::MAX);
         let d = farthest.as_f64();
         let est = if d > 0.0 {
             j as f64 * 2f64.powi(ID_BITS as i32) / d + 1.0
@@ -1166,6 +1196,28 @@ mod tests {
         Instant::from_millis(ms)
     }
 
+    /// `ms` after the bucket's contacts stopped counting as recently heard.
+    fn late(ms: u64) -> Instant {
+        t(ms) + ALIVE_RECENTLY
+    }
+
+    #[test]
+    fn full_bucket_heard_recently_turns_newcomers_away_without_a_ping() {
+        let mut rt = RoutingTable::new(Id::ZERO, 2, t(0));
+        rt.observe(contact(far(1), 1), t(0));
+        rt.observe(contact(far(2), 2), t(1));
+        assert_eq!(rt.observe(contact(far(3), 3), t(2)), Observe::Rejected);
+        assert_eq!(rt.stats().pending, 0);
+        assert_eq!(rt.stats().rejected, 1);
+        assert_eq!(ids(&rt), vec![far(1), far(2)]);
+        // Once the oldest has been quiet for a minute, a newcomer asks for its ping.
+        assert_eq!(
+            rt.observe(contact(far(3), 3), late(0)),
+            Observe::PingOldest(contact(far(1), 1))
+        );
+        check_invariants(&rt);
+    }
+
     fn ids(table: &RoutingTable) -> Vec<Id> {
         table.iter().map(|e| e.contact.id).collect()
     }
@@ -1288,18 +1340,18 @@ mod tests {
         assert_eq!(rt.observe(contact(far(2), 2), t(2)), Observe::Inserted);
         // Full: the newcomer waits and the oldest, far(1), must be pinged.
         assert_eq!(
-            rt.observe(contact(far(3), 3), t(3)),
+            rt.observe(contact(far(3), 3), late(3)),
             Observe::PingOldest(contact(far(1), 1))
         );
         assert_eq!(rt.stats().pending, 1);
         // A second newcomer takes the pending slot; the ping is already out.
-        assert_eq!(rt.observe(contact(far(4), 4), t(4)), Observe::Pending);
+        assert_eq!(rt.observe(contact(far(4), 4), late(4)), Observe::Pending);
         check_invariants(&rt);
         // The ping times out: far(1) is evicted at once (no max_failures wait)
         // and the latest newcomer goes in.
         assert_eq!(rt.record_failure(&far(1), 3), Failure::Replaced);
         assert_eq!(ids(&rt), vec![far(2), far(4)]);
-        assert_eq!(rt.get(&far(4)).map(|e| e.last_seen), Some(t(4)));
+        assert_eq!(rt.get(&far(4)).map(|e| e.last_seen), Some(late(4)));
         let s = rt.stats();
         assert_eq!(
             (s.contacts, s.pending, s.evicted, s.inserted, s.rejected),
@@ -1314,10 +1366,10 @@ mod tests {
         rt.observe(contact(far(1), 1), t(1));
         rt.observe(contact(far(2), 2), t(2));
         assert_eq!(
-            rt.observe(contact(far(3), 3), t(3)),
+            rt.observe(contact(far(3), 3), late(3)),
             Observe::PingOldest(contact(far(1), 1))
         );
-        rt.record_success(&far(1), Some(40 * MS), t(4));
+        rt.record_success(&far(1), Some(40 * MS), late(4));
         // The long-lived contact stays and becomes most recent; the newcomer is gone.
         assert_eq!(ids(&rt), vec![far(2), far(1)]);
         assert_eq!(rt.get(&far(1)).and_then(|e| e.rtt.srtt()), Some(40 * MS));
@@ -1325,11 +1377,11 @@ mod tests {
         assert_eq!(rt.stats().rejected, 1);
         // The next newcomer pings the new oldest.
         assert_eq!(
-            rt.observe(contact(far(5), 5), t(5)),
+            rt.observe(contact(far(5), 5), late(5)),
             Observe::PingOldest(contact(far(2), 2))
         );
         // Hearing from far(2) directly settles the ping the same way.
-        assert_eq!(rt.observe(contact(far(2), 2), t(6)), Observe::Updated);
+        assert_eq!(rt.observe(contact(far(2), 2), late(6)), Observe::Updated);
         assert_eq!(rt.stats().pending, 0);
         assert_eq!(ids(&rt), vec![far(1), far(2)]);
         check_invariants(&rt);
@@ -1340,11 +1392,11 @@ mod tests {
         let mut rt = RoutingTable::new(Id::ZERO, 1, t(0));
         rt.observe(contact(far(1), 1), t(0));
         assert_eq!(
-            rt.observe(contact(far(2), 2), t(1)),
+            rt.observe(contact(far(2), 2), late(1)),
             Observe::PingOldest(contact(far(1), 1))
         );
-        assert_eq!(rt.observe(contact(far(3), 3), t(1000)), Observe::Pending);
-        let later = t(1) + STALE_PING;
+        assert_eq!(rt.observe(contact(far(3), 3), late(1000)), Observe::Pending);
+        let later = late(1) + STALE_PING;
         assert_eq!(
             rt.observe(contact(far(4), 4), later),
             Observe::PingOldest(contact(far(1), 1))
@@ -1376,7 +1428,7 @@ mod tests {
         rt.observe(contact(far(1), 1), t(0));
         rt.observe(contact(far(2), 2), t(0));
         assert!(matches!(
-            rt.observe(contact(far(3), 3), t(1)),
+            rt.observe(contact(far(3), 3), late(1)),
             Observe::PingOldest(_)
         ));
         // far(2), not the pinged one, hits max_failures.
@@ -1386,7 +1438,7 @@ mod tests {
         check_invariants(&rt);
         // Removing promotes too.
         assert!(matches!(
-            rt.observe(contact(far(4), 4), t(2)),
+            rt.observe(contact(far(4), 4), late(2)),
             Observe::PingOldest(_)
         ));
         assert_eq!(rt.remove(&far(3)).map(|e| e.contact.id), Some(far(3)));
@@ -1395,7 +1447,7 @@ mod tests {
         check_invariants(&rt);
         // A newcomer that fails is discarded.
         assert!(matches!(
-            rt.observe(contact(far(5), 5), t(3)),
+            rt.observe(contact(far(5), 5), late(3)),
             Observe::PingOldest(_)
         ));
         assert_eq!(rt.record_failure(&far(5), 3), Failure::Unknown);
@@ -1520,15 +1572,20 @@ mod tests {
     fn size_estimate_of_small_tables() {
         let mut rt = RoutingTable::new(Id::ZERO, 8, t(0));
         assert_eq!(rt.size_estimate(), 1);
-        // One contact at distance 2^159: 1·2^160/2^159 + 1 = 3.
+        // No bucket full: the table has held everyone it heard of, so the
+        // count is exact, even with a contact extremely close to us.
         rt.observe(contact(far(0), 1), t(0));
-        assert_eq!(rt.size_estimate(), 3);
-        // Never below what the table itself proves exists.
+        assert_eq!(rt.size_estimate(), 2);
         rt.observe(contact(far(0xff), 2), t(0));
         rt.observe(contact(small_id(0x7f), 3), t(0));
-        assert!(rt.size_estimate() >= 4);
-        // A contact extremely close to us: huge, but clamped.
         rt.observe(contact(small_id(1), 4), t(0));
+        assert_eq!(rt.size_estimate(), 5);
+        // A full bucket: extrapolate. One contact at distance 2^159 with
+        // k = 1: 1·2^160/2^159 + 1 = 3.
+        let mut rt1 = RoutingTable::new(Id::ZERO, 1, t(0));
+        rt1.observe(contact(far(0), 1), t(0));
+        assert_eq!(rt1.size_estimate(), 3);
+        // A contact extremely close to us: huge, but clamped.
         let mut rt1 = RoutingTable::new(Id::ZERO, 1, t(0));
         rt1.observe(contact(small_id(1), 4), t(0));
         assert_eq!(rt1.size_estimate(), u32::MAX);
