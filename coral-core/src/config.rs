@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::contact::Services;
+use crate::dsht::neighbours::NeighbourParams;
 
 /// One level of the clustering hierarchy (spec §4.1).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -113,6 +114,9 @@ pub struct DshtConfig {
     pub get_sweep: usize,
     /// Most RPCs one lookup at one level may send before it gives up.
     pub lookup_max_rpcs: u32,
+    /// Latency-near discovery, which finds the members of tight clusters
+    /// that XOR routing does not show (used only with bounded levels).
+    pub neighbours: NeighbourParams,
 }
 
 impl Default for DshtConfig {
@@ -138,13 +142,14 @@ impl Default for DshtConfig {
             probes_per_tick: 4,
             max_published: 1024,
             hint_ttl: Duration::from_secs(3600),
-            cluster_eval_interval: Duration::from_secs(60),
+            cluster_eval_interval: Duration::from_secs(20),
             reply_contacts: 8,
             reply_values: 8,
             max_inflight: 4096,
             max_ops: 4096,
             get_sweep: 3,
             lookup_max_rpcs: 48,
+            neighbours: NeighbourParams::default(),
         }
     }
 }

@@ -801,7 +801,7 @@ impl Harness {
                 _ => Body::Ping,
             },
             _ => match req {
-                Body::FindNear { .. } => Body::Nodes {
+                Body::FindNear { .. } | Body::Neighbours => Body::Nodes {
                     contacts: self.contacts(input, key, target),
                 },
                 Body::GetProbe { .. } if s & 8 != 0 => Body::GetReply {
@@ -1079,7 +1079,7 @@ impl Harness {
     fn request(&mut self, input: &mut Input<'_>) {
         let from = self.peers[usize::from(input.byte() % 8)];
         let m = input.byte();
-        let kind = input.byte() % 5;
+        let kind = input.byte() % 6;
         let lb = input.byte();
         let level = lb % 4;
         let cluster = if lb & 0x80 != 0 {
@@ -1098,6 +1098,7 @@ impl Harness {
             1 => Body::FindNear { scope, key, target },
             2 => Body::GetProbe { scope, key, target },
             3 => Body::PutProbe { scope, key, target },
+            5 => Body::Neighbours,
             _ => {
                 let len = usize::from(input.byte() % (MAX_VALUE_LEN as u8 + 1));
                 let fill = input.byte();
@@ -1281,6 +1282,14 @@ impl Harness {
             | (Body::PutProbe { .. }, Body::PutProbeReply { contacts, .. }) => {
                 assert!(contacts.len() <= n);
             }
+            (Body::Neighbours, Body::Nodes { contacts }) => {
+                // Nodes it measured: never itself, each once.
+                assert!(contacts.len() <= n);
+                for (i, c) in contacts.iter().enumerate() {
+                    assert_ne!(c.id, self.node.id(), "{contacts:?}");
+                    assert!(contacts[..i].iter().all(|d| d.id != c.id), "{contacts:?}");
+                }
+            }
             (Body::GetProbe { .. }, Body::GetReply { values, contacts }) => {
                 assert!(contacts.len() <= n);
                 assert!(
@@ -1337,6 +1346,15 @@ impl Harness {
                     );
                 }
                 (*op, AppKind::Nodes, None)
+            }
+            Event::ClusterChanged {
+                level, from, to, ..
+            } => {
+                // Level 0 is one global cluster; a move changes the cluster.
+                assert!(*level > 0 && usize::from(*level) < levels, "{event:?}");
+                assert!(from.level == *level && to.level == *level, "{event:?}");
+                assert_ne!(from.cluster, to.cluster, "{event:?}");
+                return;
             }
         };
         let app = self

@@ -28,8 +28,9 @@ use smallvec::SmallVec;
 
 use crate::config::{Config, LevelConfig};
 use crate::contact::{ClusterInfo, Contact, Level, Services};
-use crate::dsht::cluster::{ClusterParams, LevelClusters, Switch};
+use crate::dsht::cluster::{ClusterParams, ClusterStats, LevelClusters, Switch};
 use crate::dsht::lookup::{Hop, Lookup};
+use crate::dsht::neighbours::{NeighbourStats, Neighbourhood};
 use crate::dsht::routing::{Failure, Observe, RoutingTable, RttEstimator};
 use crate::dsht::store::{self, Store};
 use crate::id::{Distance, Id};
@@ -117,6 +118,18 @@ pub enum Event {
         /// Nodes that answered along the forward paths, over all levels.
         hops: u32,
     },
+    /// This node moved to another cluster at `level` (spec §4.3–4.4).
+    ClusterChanged {
+        /// The level.
+        level: Level,
+        /// The cluster left, as this node advertised it last.
+        from: ClusterInfo,
+        /// The cluster joined or founded, as this node now advertises it.
+        to: ClusterInfo,
+        /// Whether this node founded `to` (nothing it knew qualified, not
+        /// even the cluster it left).
+        founded: bool,
+    },
 }
 
 /// Why [`Node::join`], [`Node::get`] or [`Node::put`] refused to start.
@@ -149,6 +162,8 @@ pub struct RpcCounts {
     pub put_probe: u64,
     /// Store.
     pub store: u64,
+    /// Neighbour exchanges (latency-near discovery).
+    pub neighbours: u64,
     /// Replies of any kind.
     pub replies: u64,
 }
@@ -210,6 +225,8 @@ enum Purpose {
     /// A ping whose answer needs no further step: telling a neighbour
     /// about us after a join walk, or measuring a contact's RTT.
     Probe,
+    /// Asking a near node for its nearest nodes (latency discovery).
+    Neighbours,
 }
 
 struct Inflight {
@@ -332,6 +349,8 @@ pub struct Node {
     clusters: Vec<Option<LevelClusters>>,
     /// When clusters are next re-evaluated.
     next_cluster_eval: Instant,
+    /// The nearest nodes measured, for latency-near discovery.
+    neighbours: Neighbourhood,
     store: Store,
     rtt: RttEstimator,
     inflight: BTreeMap<u64, Inflight>,
@@ -432,6 +451,7 @@ impl Node {
             clusters.push(clustering);
         }
         let store = Store::new(&config.dsht);
+        let neighbours = Neighbourhood::new(contact.id, config.dsht.neighbours);
         let tick = config.dsht.maintenance_interval;
         let first_tick = now + tick + rng.jitter(tick);
         let eval = config.dsht.cluster_eval_interval;
@@ -443,6 +463,7 @@ impl Node {
             levels,
             clusters,
             next_cluster_eval: first_eval,
+            neighbours,
             store,
             rtt: RttEstimator::default(),
             inflight: BTreeMap::new(),
@@ -488,6 +509,19 @@ impl Node {
     /// This node's cluster at each level.
     pub fn clusters(&self) -> Vec<ClusterInfo> {
         self.levels.iter().map(|l| l.info).collect()
+    }
+
+    /// The clustering counters of `level` (`None` for level 0, an
+    /// unbounded level or an unknown one).
+    pub fn cluster_stats(&self, level: Level) -> Option<ClusterStats> {
+        self.clusters
+            .get(usize::from(level))
+            .and_then(|c| c.as_ref().map(LevelClusters::stats))
+    }
+
+    /// The counters of latency-near discovery.
+    pub fn neighbour_stats(&self) -> NeighbourStats {
+        self.neighbours.stats()
     }
 
     /// Contacts in the routing table of `level` (0 for an unknown level).
@@ -1106,6 +1140,7 @@ impl Node {
             Body::GetProbe { .. } => c.get_probe += 1,
             Body::PutProbe { .. } => c.put_probe += 1,
             Body::Store { .. } => c.store += 1,
+            Body::Neighbours => c.neighbours += 1,
             _ => c.replies += 1,
         }
     }
@@ -1205,6 +1240,9 @@ impl Node {
         clusters: &[ClusterInfo],
         rtt: Option<Duration>,
     ) {
+        if let Some(rtt) = rtt {
+            self.neighbours.observe(now, sender, rtt);
+        }
         for ci in clusters {
             if let Some(Some(lc)) = self.clusters.get_mut(usize::from(ci.level)) {
                 lc.observe(now, sender, ci, rtt);
@@ -1261,10 +1299,18 @@ impl Node {
             Body::GetProbe { .. } => c.get_probe += 1,
             Body::PutProbe { .. } => c.put_probe += 1,
             Body::Store { .. } => c.store += 1,
+            Body::Neighbours => c.neighbours += 1,
             _ => {}
         }
         let reply = match body {
             Body::Ping => Body::Pong,
+            Body::Neighbours => Body::Nodes {
+                contacts: self
+                    .neighbours
+                    .nearest(self.config.dsht.reply_contacts, &from.id)
+                    .map(|(c, _)| c)
+                    .collect(),
+            },
             Body::FindNear { scope, key, target } => match self.check_scope(&scope) {
                 Err(code) => Body::Error { code },
                 Ok(()) => Body::Nodes {
@@ -1368,6 +1414,11 @@ impl Node {
         {
             ls.table.remove(&from.id);
         }
+        if let (Purpose::Neighbours, Body::Nodes { contacts }) = (&f.purpose, &body) {
+            for c in self.neighbours.to_probe(now, contacts) {
+                self.probe(now, c);
+            }
+        }
         if let Purpose::Op(op) = f.purpose {
             self.advance(
                 now,
@@ -1406,6 +1457,7 @@ impl Node {
             return;
         }
         if let Some(id) = f.id {
+            self.neighbours.forget(&id);
             let max = self.config.dsht.max_failures;
             for ls in &mut self.levels {
                 if f.level.is_some_and(|l| l != ls.info.level) {
@@ -1980,10 +2032,32 @@ impl Node {
             self.start_refresh(now, level, target);
         }
         self.measure_contacts(now);
+        self.discover_neighbours(now);
         if self.next_cluster_eval <= now {
             let eval = self.config.dsht.cluster_eval_interval;
             self.next_cluster_eval = now + eval + self.rng.jitter(eval / 4);
             self.evaluate_clusters(now);
+        }
+    }
+
+    /// Asks one near node for its nearest nodes (see
+    /// [`crate::dsht::neighbours`]); its answer is probed in `on_reply`.
+    /// Only bounded levels need it.
+    fn discover_neighbours(&mut self, now: Instant) {
+        self.neighbours.expire(now);
+        if self.clusters.iter().all(Option::is_none) {
+            return;
+        }
+        if let Some(c) = self.neighbours.next_to_ask(now) {
+            self.send_request(
+                now,
+                c.addr,
+                Some(c.id),
+                Some(0),
+                Body::Neighbours,
+                Purpose::Neighbours,
+                false,
+            );
         }
     }
 
@@ -2015,17 +2089,27 @@ impl Node {
         };
         let info = lc.current(now);
         let founded = lc.founded();
-        let members = match sw {
-            Switch::Join { members, .. } => members,
-            Switch::Found { .. } => Vec::new(),
+        let (members, new_cluster) = match sw {
+            Switch::Join { members, .. } => (members, false),
+            Switch::Found { .. } => (Vec::new(), true),
         };
         let own = self.contact.id;
         let k = self.config.dsht.k;
         let Some(ls) = self.levels.get_mut(usize::from(level)) else {
             return;
         };
+        let from = ClusterInfo {
+            age_secs: u32::try_from((now - ls.founded).as_secs()).unwrap_or(u32::MAX),
+            ..ls.info
+        };
         ls.info = info;
         ls.founded = founded;
+        self.events.push_back(Event::ClusterChanged {
+            level,
+            from,
+            to: info,
+            founded: new_cluster,
+        });
         ls.table = RoutingTable::new(own, k, now);
         for m in members {
             let _ = ls.table.observe(m, now);
@@ -2095,16 +2179,22 @@ impl Node {
             .map(|d| d.2)
             .collect();
         for c in todo {
-            self.send_request(
-                now,
-                c.addr,
-                Some(c.id),
-                Some(0),
-                Body::Ping,
-                Purpose::Probe,
-                false,
-            );
+            self.probe(now, c);
         }
+    }
+
+    /// Pings `c` for an RTT sample and its clusters; the answer needs no
+    /// further step.
+    fn probe(&mut self, now: Instant, c: Contact) {
+        self.send_request(
+            now,
+            c.addr,
+            Some(c.id),
+            Some(0),
+            Body::Ping,
+            Purpose::Probe,
+            false,
+        );
     }
 }
 
@@ -2206,6 +2296,7 @@ mod tests {
                         | Event::GetDone { op: o, .. }
                         | Event::NodesFound { op: o, .. }
                         | Event::PutDone { op: o, .. } => *o == op,
+                        Event::ClusterChanged { .. } => false,
                     }
             })?;
             Some(self.events.remove(pos).1)

@@ -146,6 +146,10 @@ pub enum Body {
         /// Seconds the value should live.
         ttl_secs: u32,
     },
+    /// "Send me the nodes you measured nearest to you": how a node finds
+    /// latency-near nodes that XOR routing never shows it (answered with
+    /// `Nodes`; see `dsht::neighbours`).
+    Neighbours,
     /// Reply to `Store`.
     StoreReply {
         /// What happened.
@@ -225,6 +229,7 @@ const T_FIND_NEAR: u8 = 0x02;
 const T_GET_PROBE: u8 = 0x03;
 const T_PUT_PROBE: u8 = 0x04;
 const T_STORE: u8 = 0x05;
+const T_NEIGHBOURS: u8 = 0x06;
 const T_PONG: u8 = 0x81;
 const T_NODES: u8 = 0x82;
 const T_GET_REPLY: u8 = 0x83;
@@ -392,6 +397,7 @@ impl Body {
             Self::GetProbe { .. } => T_GET_PROBE,
             Self::PutProbe { .. } => T_PUT_PROBE,
             Self::Store { .. } => T_STORE,
+            Self::Neighbours => T_NEIGHBOURS,
             Self::Pong => T_PONG,
             Self::Nodes { .. } => T_NODES,
             Self::GetReply { .. } => T_GET_REPLY,
@@ -403,7 +409,7 @@ impl Body {
 
     fn encoded_len(&self) -> usize {
         match self {
-            Self::Ping | Self::Pong => 0,
+            Self::Ping | Self::Pong | Self::Neighbours => 0,
             Self::FindNear { .. } | Self::GetProbe { .. } | Self::PutProbe { .. } => PROBE_LEN,
             Self::Store { value, .. } => SCOPE_LEN + ID_LEN + value_len(value) + 4,
             Self::Nodes { contacts } => contacts_len(contacts),
@@ -423,7 +429,7 @@ impl Body {
 
     fn encode(&self, buf: &mut impl BufMut) {
         match self {
-            Self::Ping | Self::Pong => {}
+            Self::Ping | Self::Pong | Self::Neighbours => {}
             Self::FindNear { scope, key, target }
             | Self::GetProbe { scope, key, target }
             | Self::PutProbe { scope, key, target } => put_probe(buf, scope, key, target),
@@ -492,6 +498,7 @@ impl Message {
                 | T_GET_PROBE
                 | T_PUT_PROBE
                 | T_STORE
+                | T_NEIGHBOURS
                 | T_PONG
                 | T_NODES
                 | T_GET_REPLY
@@ -516,6 +523,7 @@ impl Message {
         }
         let body = match ty {
             T_PING => Body::Ping,
+            T_NEIGHBOURS => Body::Neighbours,
             T_PONG => Body::Pong,
             T_FIND_NEAR => {
                 let (scope, key, target) = r.probe()?;
@@ -635,6 +643,7 @@ impl Message {
     /// | 0x03 | `GetProbe`  | as `FindNear`                                            |
     /// | 0x04 | `PutProbe`  | as `FindNear`                                            |
     /// | 0x05 | `Store`     | scope, `[20] key`, value, `u32 ttl_secs`                 |
+    /// | 0x06 | `Neighbours`| empty (answered with `Nodes`)                            |
     /// | 0x81 | `Pong`      | empty                                                    |
     /// | 0x82 | `Nodes`     | contacts                                                 |
     /// | 0x83 | `GetReply`  | `u8` count ≤ [`MAX_VALUES`] × value, contacts            |
@@ -839,6 +848,7 @@ mod tests {
     fn body() -> impl Strategy<Value = Body> {
         prop_oneof![
             Just(Body::Ping),
+            Just(Body::Neighbours),
             Just(Body::Pong),
             probe().prop_map(|(scope, key, target)| Body::FindNear { scope, key, target }),
             probe().prop_map(|(scope, key, target)| Body::GetProbe { scope, key, target }),
@@ -1050,6 +1060,7 @@ mod tests {
         let target = Distance::ZERO;
         let cases = [
             (Body::Ping, 0x01),
+            (Body::Neighbours, 0x06),
             (
                 Body::FindNear {
                     scope: scope0(),
@@ -1361,7 +1372,7 @@ mod tests {
     #[test]
     fn rejects_unknown_types() {
         let known = [
-            0x01, 0x02, 0x03, 0x04, 0x05, 0x81, 0x82, 0x83, 0x84, 0x85, 0xFF,
+            0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x81, 0x82, 0x83, 0x84, 0x85, 0xFF,
         ];
         let mut b = enc(&header(Body::Ping));
         for t in 0..=u8::MAX {
@@ -1375,8 +1386,8 @@ mod tests {
         }
         // The type is checked before the rest of the header is needed.
         assert_eq!(
-            Message::decode(&[VERSION, 0x06]),
-            Err(DecodeError::UnknownType(6))
+            Message::decode(&[VERSION, 0x07]),
+            Err(DecodeError::UnknownType(7))
         );
     }
 
@@ -1517,7 +1528,7 @@ mod tests {
 
     fn type_byte() -> impl Strategy<Value = u8> {
         prop::sample::select(vec![
-            0x01, 0x02, 0x03, 0x04, 0x05, 0x81, 0x82, 0x83, 0x84, 0x85, 0xFF,
+            0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x81, 0x82, 0x83, 0x84, 0x85, 0xFF,
         ])
     }
 

@@ -849,6 +849,69 @@ pub struct LevelClusterReport {
     pub max_switches_one_node: u64,
     /// Switches at this level in each virtual minute of the run.
     pub switches_per_minute: Vec<u64>,
+    /// Of the nodes' own switches, how many founded a new cluster (the
+    /// node's cluster stopped qualifying and nothing else did) rather than
+    /// joining one.
+    pub founded: u64,
+}
+
+/// Requests the nodes sent, by type, per node per virtual minute of the run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RequestRates {
+    /// Pings (RTT measurement, liveness, telling neighbours about us).
+    pub ping: f64,
+    /// Find-near (lookup steps of joins and refreshes).
+    pub find_near: f64,
+    /// Get-probes.
+    pub get_probe: f64,
+    /// Put-probes.
+    pub put_probe: f64,
+    /// Stores.
+    pub store: f64,
+    /// Neighbour exchanges (latency-near discovery).
+    pub neighbours: f64,
+    /// All requests and replies sent.
+    pub total: f64,
+}
+
+impl RequestRates {
+    /// The rates of `sim`'s live nodes over `minutes`.
+    pub fn of(sim: &Sim, minutes: f64) -> Self {
+        let mut r = Self::default();
+        let mut nodes = 0usize;
+        for s in (0..sim.len()).filter_map(|i| sim.stats(i)) {
+            nodes += 1;
+            let o = &s.rpcs_out;
+            r.ping += o.ping as f64;
+            r.find_near += o.find_near as f64;
+            r.get_probe += o.get_probe as f64;
+            r.put_probe += o.put_probe as f64;
+            r.store += o.store as f64;
+            r.neighbours += o.neighbours as f64;
+            r.total += (o.ping
+                + o.find_near
+                + o.get_probe
+                + o.put_probe
+                + o.store
+                + o.neighbours
+                + o.replies) as f64;
+        }
+        let per = nodes as f64 * minutes;
+        if per > 0.0 {
+            for x in [
+                &mut r.ping,
+                &mut r.find_near,
+                &mut r.get_probe,
+                &mut r.put_probe,
+                &mut r.store,
+                &mut r.neighbours,
+                &mut r.total,
+            ] {
+                *x /= per;
+            }
+        }
+        r
+    }
 }
 
 /// What the cluster experiment measured.
@@ -896,6 +959,9 @@ pub struct ClusterReport {
     pub switches_reported: u64,
     /// Datagrams delivered during the whole run.
     pub datagrams_delivered: u64,
+    /// What the nodes sent, per node per minute: the cost of clustering
+    /// on an otherwise idle network.
+    pub sent_per_node_minute: RequestRates,
     /// Fingerprint of the run (hex).
     pub trace_hash: String,
 }
@@ -1041,6 +1107,10 @@ pub fn clusters(p: &ClusterParams) -> ClusterReport {
                 last_switch_s: samples.iter().rev().find(|s| s.1[l] > 0).map(|s| s.0),
                 max_switches_one_node: by_node.iter().map(|r| r[l]).max().unwrap_or(0),
                 switches_per_minute: per_minute[l].clone(),
+                founded: (0..n)
+                    .filter_map(|i| sim.node(i)?.cluster_stats(l as u8))
+                    .map(|c| c.founded)
+                    .sum(),
             }
         })
         .collect();
@@ -1066,6 +1136,7 @@ pub fn clusters(p: &ClusterParams) -> ClusterReport {
             .map(|s| s.cluster_switches)
             .sum(),
         datagrams_delivered: sim.counters().delivered,
+        sent_per_node_minute: RequestRates::of(&sim, end_s / 60.0),
         trace_hash: format!("{:016x}", sim.trace_hash()),
     }
 }

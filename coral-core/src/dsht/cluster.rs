@@ -15,11 +15,10 @@
 //! most carry an RTT sample (every RPC is timed, plus explicit pings; spec
 //! §4.2). [`LevelClusters::observe`] records, per *candidate* cluster:
 //!
-//! - its **size**: the largest of the latest claims of its members we have
-//!   heard from within `sample_ttl`. One member's stale or low estimate
-//!   cannot shrink the cluster, and an inflated claim ages out with the
-//!   member who made it rather than sticking forever (as a plain running
-//!   maximum would);
+//! - its **size**: the median of the latest claims of its members we have
+//!   heard from within `sample_ttl`. One member's stale, low or inflated
+//!   estimate cannot move it, and a claim ages out with the member who made
+//!   it;
 //! - its **founding time**: `now − age` of every claim, keeping the oldest.
 //!   It is kept as signed microseconds on this node's clock, so a cluster
 //!   founded before this node's time epoch is still ordered correctly
@@ -76,6 +75,17 @@
 //! a random id"; otherwise nothing changes. A decision takes effect only when
 //! two consecutive evaluations agree on it, so one noisy sample or one
 //! transient claim cannot move a node.
+//!
+//! A node that leaves a cluster because it stopped qualifying does not join
+//! that cluster again for `rejoin_holdoff` (30 min), twice that after a
+//! second such exit, and so on up to eight times. Verdicts rest on the
+//! members a node happens to have measured: a node on the rim of a wide
+//! cluster first measures the members near it (those are the ones it hears
+//! from), joins, then measures the far ones through the new routing table,
+//! and leaves; without the hold-off it comes back as soon as its samples of
+//! the far members age out, and flaps. Like a node's view of its own
+//! cluster, the hold-off is private knowledge that can only stop a switch
+//! into one cluster, never cause a switch the merge order forbids.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BTreeMap;
@@ -115,6 +125,10 @@ pub struct ClusterParams {
     pub max_clusters: usize,
     /// Most members tracked per candidate cluster.
     pub max_members: usize,
+    /// After leaving a cluster because it stopped qualifying, this node
+    /// does not join it again for this long (doubled for every repeat, up
+    /// to eight times).
+    pub rejoin_holdoff: Duration,
 }
 
 impl Default for ClusterParams {
@@ -145,6 +159,11 @@ impl Default for ClusterParams {
             // Enough members to judge a cluster and to seed a routing table
             // (a few k-buckets of k = 8, spec open question 8).
             max_members: 32,
+            // As long as RTT samples live: the verdict that made us leave
+            // stands until the samples behind it could have aged out. A node
+            // on the rim of a wide cluster otherwise measures a few near
+            // members, joins, measures the far ones, leaves, and repeats.
+            rejoin_holdoff: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -374,6 +393,9 @@ pub struct LevelClusters {
     /// Which candidate each tracked member is in; exactly the union of the
     /// candidates' member maps.
     member_of: BTreeMap<Id, Id>,
+    /// Clusters this node left because it stopped qualifying: when it last
+    /// left and how many times; at most `max_clusters`.
+    left: BTreeMap<Id, (Instant, u32)>,
     pending: Option<Decision>,
     stats: ClusterStats,
 }
@@ -399,6 +421,7 @@ impl LevelClusters {
             own_size: 1,
             clusters,
             member_of: BTreeMap::new(),
+            left: BTreeMap::new(),
             pending: None,
             stats: ClusterStats::default(),
         }
@@ -603,21 +626,27 @@ impl LevelClusters {
         (measured, within)
     }
 
-    /// The size estimate of a candidate: the largest latest claim of its
-    /// members heard within `sample_ttl`, and at least our own estimate if
-    /// it is our cluster.
+    /// The size estimate of a candidate: the (upper) median of the latest
+    /// claims of its members heard within `sample_ttl`, and at least our
+    /// own estimate if it is our cluster. Each claim is a noisy
+    /// extrapolation (see `RoutingTable::size_estimate`); the median is
+    /// what most members see, where a maximum would let one unlucky
+    /// estimate make a small cluster look many times its size and pull
+    /// nodes into it. Our own estimate may only raise our cluster in our
+    /// own eyes, which can stop a switch but never cause one (module doc).
     fn size_of(&self, now: Instant, id: &Id, t: &Tracked) -> u32 {
-        let claims = t
+        let mut claims: Vec<u32> = t
             .members
             .values()
             .filter(|m| self.fresh(now, m.last_seen))
             .map(|m| m.claimed_size)
-            .max()
-            .unwrap_or(0);
+            .collect();
+        claims.sort_unstable();
+        let median = claims.get(claims.len() / 2).copied().unwrap_or(0);
         if *id == self.current {
-            claims.max(self.own_size)
+            median.max(self.own_size)
         } else {
-            claims
+            median
         }
     }
 
@@ -639,7 +668,7 @@ impl LevelClusters {
             measured < required || passes()
         } else {
             let required = self.params.min_samples.min(size).max(1);
-            measured >= required && passes()
+            !self.held_off(now, id) && measured >= required && passes()
         }
     }
 
@@ -736,6 +765,23 @@ impl LevelClusters {
         });
     }
 
+    /// How long this node stays out of a cluster it left unqualified
+    /// `times` times: `rejoin_holdoff`, doubling with every repeat up to
+    /// eight times as long.
+    fn holdoff(&self, times: u32) -> Duration {
+        self.params
+            .rejoin_holdoff
+            .saturating_mul(1 << times.clamp(1, 4).saturating_sub(1))
+    }
+
+    /// Whether `id` is a cluster this node left, unqualified, within its
+    /// hold-off.
+    fn held_off(&self, now: Instant, id: &Id) -> bool {
+        self.left
+            .get(id)
+            .is_some_and(|(t, n)| now.saturating_duration_since(*t) < self.holdoff(*n))
+    }
+
     fn decide(&self, now: Instant) -> Option<Decision> {
         let h = self.params.size_hysteresis;
         let best = self
@@ -764,6 +810,25 @@ impl LevelClusters {
             return None;
         }
         self.pending = None;
+        if !self.acceptable(now, &self.current) {
+            // Remember for twice the longest hold-off, so a repeat is seen.
+            let memory = self.holdoff(u32::MAX).saturating_mul(2);
+            self.left
+                .retain(|_, (t, _)| now.saturating_duration_since(*t) < memory);
+            let times = self.left.get(&self.current).map_or(0, |e| e.1);
+            self.left
+                .insert(self.current, (now, times.saturating_add(1)));
+            while self.left.len() > self.params.max_clusters.max(1) {
+                let oldest = self
+                    .left
+                    .iter()
+                    .min_by_key(|(id, (t, _))| (*t, **id))
+                    .map(|(id, _)| *id);
+                if let Some(id) = oldest {
+                    self.left.remove(&id);
+                }
+            }
+        }
         match decision? {
             Decision::Join(id) => self.join(now, id),
             Decision::Found => Some(self.found(now, rng)),
@@ -1276,6 +1341,7 @@ mod tests {
             min_samples: usize::MAX,
             max_clusters: 0,
             max_members: 0,
+            rejoin_holdoff: Duration::MAX,
         };
         let mut rng = Rng::new(3);
         for now in [Instant::ZERO, Instant::from_micros(u64::MAX)] {

@@ -2,5 +2,6 @@
 
 pub mod cluster;
 pub mod lookup;
+pub mod neighbours;
 pub mod routing;
 pub mod store;
