@@ -19,7 +19,7 @@ use crate::runtime::BindError;
 const MAX_HEAD: usize = 8 * 1024;
 /// Most headers parsed.
 const MAX_HEADERS: usize = 32;
-/// Time a client has to send its request head, and to read the response.
+/// Time a client has to send its whole request head, and to read the response.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 64;
@@ -140,8 +140,11 @@ where
 {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
+    // One deadline for the whole head, so a client trickling bytes cannot
+    // hold a connection slot longer than a silent one.
+    let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
     let parsed = loop {
-        let n = match tokio::time::timeout(IO_TIMEOUT, stream.read(&mut chunk)).await {
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
             Ok(r) => r?,
             Err(_) => break Err(408),
         };

@@ -38,6 +38,10 @@ use crate::status::{self, NodeStatus};
 /// malformed by the core, which is what it is.
 const RECV_BUFFER: usize = 64 * 1024;
 
+/// Most queued datagrams handled after a wake-up before the loop looks at
+/// commands and the timer again (so neither waits behind a flood).
+const RECV_BATCH: usize = 32;
+
 /// How the adapter binds and sizes its socket; everything else is the core's [`Config`].
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
@@ -476,6 +480,24 @@ impl Driver {
                 }
             }
             self.drain().await;
+            // Datagrams already queued in the kernel are taken without going
+            // back through select!: a burst costs one wake-up, not one each.
+            for _ in 0..RECV_BATCH {
+                match self.socket.try_recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        let now = self.now();
+                        self.counters.datagrams_in += 1;
+                        self.node.handle_datagram(now, from, &buf[..n]);
+                        self.drain().await;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        self.counters.recv_errors += 1;
+                        debug!(error = %e, "try_recv_from failed");
+                        break;
+                    }
+                }
+            }
         }
         let stopped = self.pending.len();
         self.pending.clear();

@@ -341,3 +341,27 @@ async fn a_stopped_node_answers_callers_with_an_error() {
     .await
     .expect("the test finished in time");
 }
+
+#[tokio::test]
+async fn the_admin_endpoint_times_out_a_client_that_sends_no_request() {
+    timeout(LIMIT, async {
+        let a = start(142, 61);
+        let listener = httpd::bind("admin", "127.0.0.142:0".parse().unwrap())
+            .await
+            .unwrap();
+        let admin_addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(admin::serve(listener, a.handle.clone(), stopped));
+        // Half a request head, then silence: the server answers 408 and closes.
+        let r = raw_http(admin_addr, b"GET /metrics HTTP/1.1\r\nHo").await;
+        assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+        // A complete request still works afterwards.
+        let (code, _) = httpd::get(admin_addr, "/metrics").await.unwrap();
+        assert_eq!(code, 200);
+        stop.send(true).unwrap();
+        server.await.unwrap();
+        a.shutdown().await;
+    })
+    .await
+    .expect("the test finished in time");
+}
