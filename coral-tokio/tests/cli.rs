@@ -245,3 +245,72 @@ fn a_testnet_flash_crowd_reports_json_on_its_last_line() {
         .sum();
     assert_eq!(served, requests, "{last}");
 }
+
+/// Polls `coral status --json` on `admin` until `ready` holds (bounded).
+fn status_until(admin: &str, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = run(&["status", "--admin", admin, "--json"]);
+        if o.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            if ready(&v) {
+                return v;
+            }
+        }
+        assert!(Instant::now() < deadline, "{admin} never got ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn two_node_processes_join_through_join_flag() {
+    let a = coral(&[
+        "node",
+        "--rpc",
+        "127.0.0.153:8091",
+        "--admin",
+        "127.0.0.153:8092",
+    ])
+    .spawn()
+    .unwrap();
+    let b = coral(&[
+        "node",
+        "--rpc",
+        "127.0.0.154:8091",
+        "--admin",
+        "127.0.0.154:8092",
+        "--join",
+        "127.0.0.153:8091",
+    ])
+    .spawn()
+    .unwrap();
+    let contacts = |v: &serde_json::Value| -> Vec<String> {
+        v["levels"][0]["contacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["addr"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Each process learns of the other through the join, over real UDP.
+    let sb = status_until("127.0.0.154:8092", |v| !contacts(v).is_empty());
+    assert_eq!(contacts(&sb), vec!["127.0.0.153:8091"]);
+    let sa = status_until("127.0.0.153:8092", |v| !contacts(v).is_empty());
+    assert_eq!(contacts(&sa), vec!["127.0.0.154:8091"]);
+    assert!(
+        sa["stats"]["rpcs_in"]["ping"].as_u64().unwrap() >= 1,
+        "{sa}"
+    );
+    for child in [a, b] {
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let o = wait(child, Duration::from_secs(30));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+}
