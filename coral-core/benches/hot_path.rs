@@ -7,7 +7,6 @@
 
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use coral_core::Node;
@@ -58,18 +57,11 @@ fn loaded_node(levels: u8) -> (Node, Vec<Id>) {
     let now = Instant::from_millis(1000);
     let mut config = Config {
         seed: 1,
+        levels: vec![LevelConfig::GLOBAL],
         ..Config::default()
     };
     if levels == 3 {
-        config.levels = vec![
-            LevelConfig { diameter: None },
-            LevelConfig {
-                diameter: Some(Duration::from_millis(60)),
-            },
-            LevelConfig {
-                diameter: Some(Duration::from_millis(20)),
-            },
-        ];
+        config.levels = LevelConfig::coral_hierarchy();
     }
     let mut node = Node::new(config, addr(0), now);
     let scope = Scope {

@@ -26,12 +26,33 @@ pub struct Config {
     pub dsht: DshtConfig,
 }
 
+impl LevelConfig {
+    /// The global level 0: one cluster of unbounded diameter.
+    pub const GLOBAL: Self = Self { diameter: None };
+
+    /// Coral's hierarchy (spec §4.1): level 0 unbounded, level 1 clusters
+    /// of 60 ms diameter ("national"), level 2 of 20 ms ("regional").
+    pub fn coral_hierarchy() -> Vec<Self> {
+        vec![
+            Self::GLOBAL,
+            Self {
+                diameter: Some(Duration::from_millis(60)),
+            },
+            Self {
+                diameter: Some(Duration::from_millis(20)),
+            },
+        ]
+    }
+}
+
 impl Default for Config {
+    /// Coral's three levels ([`LevelConfig::coral_hierarchy`]) and the DSHT
+    /// defaults; no services, seed 0 (adapters must set a seed).
     fn default() -> Self {
         Self {
             seed: 0,
             services: Services::NONE,
-            levels: vec![LevelConfig { diameter: None }],
+            levels: LevelConfig::coral_hierarchy(),
             dsht: DshtConfig::default(),
         }
     }

@@ -405,18 +405,11 @@ fn node_config(flags: u8) -> Config {
     let mut c = Config {
         seed: u64::from(flags >> 4),
         services: Services((flags >> 2) & 3),
+        levels: vec![LevelConfig::GLOBAL],
         ..Config::default()
     };
     if flags & 1 != 0 {
-        c.levels = vec![
-            LevelConfig { diameter: None },
-            LevelConfig {
-                diameter: Some(Duration::from_millis(60)),
-            },
-            LevelConfig {
-                diameter: Some(Duration::from_millis(20)),
-            },
-        ];
+        c.levels = LevelConfig::coral_hierarchy();
     }
     if flags & 2 != 0 {
         let d = &mut c.dsht;

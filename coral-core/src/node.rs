@@ -413,7 +413,7 @@ impl Node {
     /// long; extra levels are ignored and an empty list means one global level.
     pub fn new(mut config: Config, addr: SocketAddr, now: Instant) -> Self {
         if config.levels.is_empty() {
-            config.levels.push(LevelConfig { diameter: None });
+            config.levels.push(LevelConfig::GLOBAL);
         }
         config.levels.truncate(wire::MAX_LEVELS);
         config.dsht.reply_contacts = config.dsht.reply_contacts.min(wire::MAX_CONTACTS);
@@ -2203,6 +2203,14 @@ mod tests {
     use super::*;
     use crate::wire::StoredInfo;
 
+    /// One global level: the DSHT alone, as most of these tests need.
+    fn flat() -> Config {
+        Config {
+            levels: vec![LevelConfig::GLOBAL],
+            ..Config::default()
+        }
+    }
+
     /// Drives nodes with zero network delay and a shared clock.
     struct Net {
         nodes: Vec<Node>,
@@ -2380,7 +2388,7 @@ mod tests {
             store_ok in proptest::collection::vec(proptest::bool::ANY, 16),
             puts in 1usize..4,
         ) {
-            let mut config = Config { seed: 5, ..Config::default() };
+            let mut config = Config { seed: 5, ..flat() };
             config.dsht.l = 2;
             let me = addr(100);
             let mut node = Node::new(config, me, Instant::ZERO);
@@ -2466,7 +2474,7 @@ mod tests {
 
     #[test]
     fn a_network_of_one_stores_and_finds_locally() {
-        let mut net = Net::new(1, &Config::default());
+        let mut net = Net::new(1, &flat());
         net.join_all();
         let key = Id::for_url("http://example.com/a");
         let (ttl, wait) = (Duration::from_secs(60), Duration::from_millis(1));
@@ -2485,7 +2493,7 @@ mod tests {
 
     #[test]
     fn put_lands_at_the_closest_node_and_every_node_gets_it() {
-        let mut net = Net::new(40, &Config::default());
+        let mut net = Net::new(40, &flat());
         net.join_all();
         let key = Id::for_url("http://example.com/b");
         let closest = (0..40)
@@ -2502,7 +2510,7 @@ mod tests {
 
     #[test]
     fn puts_spill_backwards_once_the_closest_node_is_full() {
-        let mut config = Config::default();
+        let mut config = flat();
         config.dsht.l = 2;
         let mut net = Net::new(30, &config);
         net.join_all();
@@ -2529,7 +2537,7 @@ mod tests {
 
     #[test]
     fn a_full_requester_next_to_the_key_stores_beside_it() {
-        let mut config = Config::default();
+        let mut config = flat();
         config.dsht.l = 1;
         let mut net = Net::new(30, &config);
         net.join_all();
@@ -2556,7 +2564,7 @@ mod tests {
 
     #[test]
     fn published_values_outlive_their_ttl_until_withdrawn() {
-        let mut net = Net::new(20, &Config::default());
+        let mut net = Net::new(20, &flat());
         net.join_all();
         let key = Id::for_url("http://example.com/pub");
         let ttl = Duration::from_secs(60);
@@ -2582,7 +2590,7 @@ mod tests {
 
     #[test]
     fn prefix_hints_name_the_nodes_of_the_prefix() {
-        let mut net = Net::new(12, &Config::default());
+        let mut net = Net::new(12, &flat());
         net.join_all();
         net.after(Duration::from_secs(5));
         // All test nodes live in 10.0.0.0/24: the hint maps it to them.
@@ -2609,7 +2617,7 @@ mod tests {
 
     #[test]
     fn find_nodes_prefers_hinted_nodes_of_the_target_prefix() {
-        let mut net = Net::new(12, &Config::default());
+        let mut net = Net::new(12, &flat());
         net.join_all();
         net.after(Duration::from_secs(5));
         let ask = |net: &mut Net, target: &str| {
@@ -2642,7 +2650,7 @@ mod tests {
 
     #[test]
     fn dead_contacts_time_out_and_are_dropped() {
-        let mut net = Net::new(12, &Config::default());
+        let mut net = Net::new(12, &flat());
         net.join_all();
         let victim = 5;
         let victim_id = net.nodes[victim].id();
@@ -2674,7 +2682,7 @@ mod tests {
 
     #[test]
     fn garbage_and_wrong_cluster_requests_are_handled() {
-        let mut net = Net::new(2, &Config::default());
+        let mut net = Net::new(2, &flat());
         net.join_all();
         net.nodes[0].handle_datagram(net.now, addr(1), b"\x01\x02garbage");
         assert_eq!(net.nodes[0].stats().malformed, 1);
@@ -2715,19 +2723,7 @@ mod tests {
 
     #[test]
     fn multi_level_get_falls_back_level_by_level() {
-        let config = Config {
-            levels: vec![
-                LevelConfig { diameter: None },
-                LevelConfig {
-                    diameter: Some(Duration::from_millis(60)),
-                },
-                LevelConfig {
-                    diameter: Some(Duration::from_millis(20)),
-                },
-            ],
-            ..Config::default()
-        };
-        let mut net = Net::new(20, &config);
+        let mut net = Net::new(20, &Config::default());
         net.join_all();
         // Levels 1 and 2 start as one cluster per node; with every RTT
         // within both diameters, each level merges into a single cluster.

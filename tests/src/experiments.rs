@@ -753,18 +753,10 @@ pub const CLUSTER_SAMPLE: Duration = Duration::from_secs(10);
 /// so every node has evaluated at least once in the quiet window.
 pub const CLUSTER_QUIET: Duration = Duration::from_secs(120);
 
-/// The level hierarchy of the cluster experiment (and the default):
-/// unbounded level 0, 60 ms level 1, 20 ms level 2.
+/// The level hierarchy of the cluster experiment: the core's default,
+/// Coral's unbounded level 0, 60 ms level 1 and 20 ms level 2.
 pub fn three_levels() -> Vec<LevelConfig> {
-    vec![
-        LevelConfig { diameter: None },
-        LevelConfig {
-            diameter: Some(Duration::from_millis(60)),
-        },
-        LevelConfig {
-            diameter: Some(Duration::from_millis(20)),
-        },
-    ]
+    LevelConfig::coral_hierarchy()
 }
 
 /// Parameters of the cluster experiment.

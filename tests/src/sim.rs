@@ -39,7 +39,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use bytes::Bytes;
-use coral_core::config::Config;
+use coral_core::config::{Config, LevelConfig};
 use coral_core::id::Id;
 use coral_core::rng::Rng;
 use coral_core::time::Instant;
@@ -71,14 +71,19 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// A lossless simulation on the default synthetic sphere with default
-    /// node configuration.
+    /// A lossless simulation on the default synthetic sphere whose nodes
+    /// run the default configuration with one global level: the DSHT
+    /// alone (spec §1–3). Experiments about the hierarchy set
+    /// `node.levels` themselves.
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
             latency: LatencyModel::sphere(mix64(seed, 0x1a7e)),
             loss: 0.0,
-            node: Config::default(),
+            node: Config {
+                levels: vec![LevelConfig::GLOBAL],
+                ..Config::default()
+            },
             port: DEFAULT_PORT,
         }
     }
