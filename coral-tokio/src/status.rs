@@ -460,8 +460,22 @@ pub fn prometheus(s: &NodeStatus) -> String {
     for l in &s.levels {
         p.labelled(
             "coral_cluster_size",
-            &format!("level=\"{}\",cluster=\"{}\"", l.level, l.cluster),
+            &format!("level=\"{}\"", l.level),
             l.cluster_size,
+        );
+    }
+    // The cluster id in its own info series, so the size series keeps one
+    // label set when the node switches clusters.
+    p.family(
+        "coral_cluster_info",
+        "gauge",
+        "The cluster this node belongs to, by level.",
+    );
+    for l in &s.levels {
+        p.labelled(
+            "coral_cluster_info",
+            &format!("level=\"{}\",cluster=\"{}\"", l.level, l.cluster),
+            1,
         );
     }
     p.one(

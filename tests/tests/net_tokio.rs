@@ -258,6 +258,14 @@ async fn admin_endpoints_answer() {
             metrics.contains("coral_routing_contacts{level=\"0\"} 1"),
             "{metrics}"
         );
+        assert!(
+            metrics.contains("coral_cluster_size{level=\"2\"} "),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("coral_cluster_info{level=\"0\",cluster=\""),
+            "{metrics}"
+        );
         for line in metrics.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "not a sample: {line}");
