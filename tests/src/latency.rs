@@ -397,6 +397,22 @@ impl LatencyModel {
         }
     }
 
+    /// Where node `i` sits, as (site, its rank among the nodes at that
+    /// site): a PlanetLab host for [`Self::matrix`] (node `i` is the
+    /// `i / N`-th machine at host `i % N`), and a site of its own for the
+    /// other models. The simulator gives each site its own /24, so that
+    /// prefix hints (spec §5) mean what they mean on the Internet: the same
+    /// network, not neighbouring array indices.
+    pub fn site(&self, i: usize) -> (usize, usize) {
+        match &self.kind {
+            Kind::Matrix(m) => {
+                let n = m.len().max(1);
+                (i % n, i / n)
+            }
+            Kind::Constant { .. } | Kind::Sphere(_) => (i, 0),
+        }
+    }
+
     fn place(&self, i: usize) -> Place {
         let mut rng = Rng::new(mix64(self.seed, i as u64));
         match &self.kind {

@@ -298,6 +298,8 @@ pub struct Sim {
     cfg: SimConfig,
     now: Instant,
     nodes: Vec<SimNode>,
+    /// Node index by address.
+    by_addr: BTreeMap<SocketAddr, usize>,
     queue: BinaryHeap<Entry>,
     seq: u64,
     rng: Rng,
@@ -343,6 +345,7 @@ impl Sim {
             cfg,
             now: Instant::ZERO,
             nodes: Vec::new(),
+            by_addr: BTreeMap::new(),
             queue: BinaryHeap::new(),
             seq: 0,
             rng,
@@ -432,8 +435,7 @@ impl Sim {
         if v4.port() != self.cfg.port {
             return None;
         }
-        let i = u32::from(*v4.ip()).checked_sub(BASE_IP + 1)? as usize;
-        (i < self.nodes.len()).then_some(i)
+        self.by_addr.get(&addr).copied()
     }
 
     /// The id node `i` has (or would have once restarted).
@@ -478,8 +480,9 @@ impl Sim {
         let start = self.nodes.len();
         self.cfg.latency.ensure(start + count);
         for i in start..start + count {
-            let ip = Ipv4Addr::from(BASE_IP + 1 + i as u32);
-            let addr = SocketAddr::V4(SocketAddrV4::new(ip, self.cfg.port));
+            let addr = self.site_addr(i);
+            let clash = self.by_addr.insert(addr, i);
+            debug_assert!(clash.is_none(), "two nodes at {addr}");
             let mut sn = SimNode {
                 addr,
                 node: None,
@@ -493,6 +496,19 @@ impl Sim {
             self.flush(i, Input::Other);
         }
         start..start + count
+    }
+
+    /// Node `i`'s address: host `rank + 1` of its site's /24,
+    /// `10.a.b.0/24` with `(a, b)` the site number (see
+    /// [`LatencyModel::site`]). Sites beyond 65 536, or more than 254 nodes
+    /// at one site, continue in 11.0.0.0/8 and up, still one /24 per site.
+    fn site_addr(&self, i: usize) -> SocketAddr {
+        let (site, rank) = self.cfg.latency.site(i);
+        let net = BASE_IP + ((site as u32) << 8);
+        let host = 1 + (rank as u32 % 254);
+        let spill = (rank as u32 / 254) << 24;
+        let ip = Ipv4Addr::from(net.wrapping_add(spill) | host);
+        SocketAddr::V4(SocketAddrV4::new(ip, self.cfg.port))
     }
 
     fn make_node(&self, i: usize, addr: SocketAddr, incarnation: u64) -> Node {
@@ -981,6 +997,7 @@ fn hash_event(h: &mut TraceHash, now: Instant, node: usize, e: &Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::latency::RttMatrix;
 
     fn entry(at: u64, seq: u64) -> Entry {
         Entry {
@@ -1008,32 +1025,38 @@ mod tests {
         let mut cfg = SimConfig::new(1);
         cfg.latency = LatencyModel::constant(Duration::from_millis(10));
         let mut sim = Sim::new(cfg);
-        // Nodes are not created here (their bodies may not exist yet); the
-        // address arithmetic only needs the count.
-        sim.nodes.push(SimNode {
-            addr: "10.0.0.1:8091".parse().expect("literal"),
-            node: None,
-            wake: None,
-            queued: Vec::new(),
-            incarnation: 0,
-            joined: false,
-        });
+        sim.add_nodes(3);
+        // One /24 per site: 10.0.0.1, 10.0.1.1, 10.0.2.1.
+        for i in 0..3 {
+            let want: SocketAddr = format!("10.0.{i}.1:8091").parse().expect("literal");
+            assert_eq!(sim.addr(i), want);
+            assert_eq!(sim.index_of(want), Some(i));
+        }
+        for other in [
+            "10.0.0.2:8091",
+            "10.0.0.1:53",
+            "10.0.3.1:8091",
+            "[::1]:8091",
+        ] {
+            assert_eq!(
+                sim.index_of(other.parse().expect("literal")),
+                None,
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
+    fn nodes_at_one_matrix_host_share_its_prefix() {
+        let matrix = RttMatrix::parse("0 10\n10 0\n").expect("a 2x2 matrix");
+        let mut cfg = SimConfig::new(1);
+        cfg.latency = LatencyModel::matrix(std::sync::Arc::new(matrix), 1);
+        let mut sim = Sim::new(cfg);
+        sim.add_nodes(5);
+        let addrs: Vec<String> = (0..5).map(|i| sim.addr(i).ip().to_string()).collect();
         assert_eq!(
-            sim.index_of("10.0.0.1:8091".parse().expect("literal")),
-            Some(0)
+            addrs,
+            ["10.0.0.1", "10.0.1.1", "10.0.0.2", "10.0.1.2", "10.0.0.3"]
         );
-        assert_eq!(
-            sim.index_of("10.0.0.2:8091".parse().expect("literal")),
-            None
-        );
-        assert_eq!(sim.index_of("10.0.0.1:53".parse().expect("literal")), None);
-        assert_eq!(
-            sim.index_of("10.0.0.0:8091".parse().expect("literal")),
-            None
-        );
-        assert_eq!(sim.index_of("[::1]:8091".parse().expect("literal")), None);
-        assert!(!sim.is_up(0));
-        assert_eq!(sim.ops_in_flight(), 0);
-        assert!(!sim.step());
     }
 }
