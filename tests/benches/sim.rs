@@ -4,21 +4,28 @@
 //! application load: every node puts one of 1024 keys and gets two random
 //! ones per virtual minute, at random instants. One iteration advances the
 //! network by one virtual minute, so criterion's throughput line, in
-//! "elem/s", reads directly as virtual minutes per wall second.
+//! "elem/s", reads directly as virtual minutes per wall second. The
+//! `_3_levels` case runs Coral's hierarchy (latency clustering at levels 1
+//! and 2, gets and puts at every level) on the same load.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use coral_core::Levels;
+use coral_core::config::LevelConfig;
 use coral_core::id::Id;
 use coral_tests::sim::{Command, JoinOptions, Sim, SimConfig};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
 const KEYS: usize = 1024;
 
-fn network(nodes: usize) -> (Sim, Vec<Id>) {
-    let mut sim = Sim::new(SimConfig::new(7));
+fn network(nodes: usize, levels: usize) -> (Sim, Vec<Id>) {
+    let mut cfg = SimConfig::new(7);
+    if levels == 3 {
+        cfg.node.levels = LevelConfig::coral_hierarchy();
+    }
+    let mut sim = Sim::new(cfg);
     sim.add_nodes(nodes);
     let report = sim.join_all(JoinOptions::default());
     eprintln!("{nodes} nodes joined: {report:?}");
@@ -62,16 +69,23 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("virtual_minute");
     group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Elements(1));
-    for (nodes, samples, secs) in [(1000usize, 10usize, 20u64), (10_000, 10, 60)] {
-        let (mut sim, keys) = network(nodes);
+    for (nodes, levels, samples, secs) in [
+        (1000usize, 1usize, 10usize, 20u64),
+        (1000, 3, 10, 30),
+        (10_000, 1, 10, 60),
+    ] {
+        let (mut sim, keys) = network(nodes, levels);
         // One warm-up minute so the bench measures the steady state.
         one_minute(&mut sim, &keys);
         group.sample_size(samples);
         group.measurement_time(Duration::from_secs(secs));
         group.warm_up_time(Duration::from_millis(1));
-        group.bench_function(format!("{nodes}_nodes"), |b| {
-            b.iter(|| one_minute(&mut sim, &keys))
-        });
+        let name = if levels == 1 {
+            format!("{nodes}_nodes")
+        } else {
+            format!("{nodes}_nodes_{levels}_levels")
+        };
+        group.bench_function(name, |b| b.iter(|| one_minute(&mut sim, &keys)));
     }
     group.finish();
 }
