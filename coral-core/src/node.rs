@@ -519,9 +519,34 @@ impl Node {
             .and_then(|c| c.as_ref().map(LevelClusters::stats))
     }
 
+    /// What this node knows of the clusters at `level` (none for an
+    /// unbounded or unknown level), best first in the merge order: each
+    /// cluster's id, size and age as this node sees them, with how many of
+    /// its members this node has measured and how many of those are within
+    /// the level's diameter.
+    pub fn cluster_candidates(
+        &self,
+        now: Instant,
+        level: Level,
+    ) -> Vec<(ClusterInfo, usize, usize)> {
+        self.clusters
+            .get(usize::from(level))
+            .and_then(Option::as_ref)
+            .map(|c| c.candidates(now))
+            .unwrap_or_default()
+    }
+
     /// The counters of latency-near discovery.
     pub fn neighbour_stats(&self) -> NeighbourStats {
         self.neighbours.stats()
+    }
+
+    /// The nearest nodes this node has measured, nearest first, with their
+    /// RTT estimates.
+    pub fn neighbours(&self) -> Vec<(Contact, Duration)> {
+        self.neighbours
+            .nearest(usize::MAX, &self.contact.id)
+            .collect()
     }
 
     /// Contacts in the routing table of `level` (0 for an unknown level).
@@ -1251,6 +1276,10 @@ impl Node {
                 continue;
             };
             if ls.info.cluster != ci.cluster {
+                // It says first-hand that it is in another cluster here: it
+                // is no longer a contact of this level's DSHT (and must not
+                // count in our size estimate).
+                ls.table.remove(&sender.id);
                 continue;
             }
             if let Observe::PingOldest(oldest) = ls.table.observe(sender, now) {

@@ -62,13 +62,14 @@
 //! two nodes with the same information can never decide opposite switches:
 //! a node in A moves to B only if B ranks above A (or A stopped qualifying),
 //! and a node in B would then need A above B. A node's private knowledge is
-//! only about its own cluster (its own size estimate, its own founding
-//! claim), and that only ever ranks its own cluster *higher* in its own
-//! eyes, which can stop a switch but never cause one.
+//! only about its own cluster (its own size estimate, used only while it
+//! knows no other member, and its own founding claim), and that only ever
+//! ranks its own cluster *higher* in its own eyes, which can stop a switch
+//! but never cause one.
 //!
 //! # Decisions (spec §4.3–4.4, open question 7)
 //!
-//! [`LevelClusters::evaluate`] runs on the node's timer (every ~60 s with
+//! [`LevelClusters::evaluate`] runs on the node's timer (every ~20 s with
 //! jitter). It takes the best acceptable candidate, our own included while it
 //! qualifies. If that is another cluster, the decision is "join it"; if
 //! nothing is acceptable, not even our own, it is "found a new cluster with
@@ -76,14 +77,16 @@
 //! two consecutive evaluations agree on it, so one noisy sample or one
 //! transient claim cannot move a node.
 //!
-//! A node that leaves a cluster because it stopped qualifying does not join
-//! that cluster again for `rejoin_holdoff` (30 min), twice that after a
-//! second such exit, and so on up to eight times. Verdicts rest on the
+//! A node that leaves a cluster because it stopped qualifying needs stronger
+//! evidence to join that cluster again for `rejoin_holdoff` (30 min, twice
+//! that after a second such exit, and so on up to eight times): twice the
+//! samples, and a near share half way between the rule and 100% (90% for
+//! the default 80%). Verdicts rest on the
 //! members a node happens to have measured: a node on the rim of a wide
 //! cluster first measures the members near it (those are the ones it hears
 //! from), joins, then measures the far ones through the new routing table,
-//! and leaves; without the hold-off it comes back as soon as its samples of
-//! the far members age out, and flaps. Like a node's view of its own
+//! and leaves; without the hold-off it comes back on the same marginal
+//! evidence as soon as its samples of the far members age out, and flaps. Like a node's view of its own
 //! cluster, the hold-off is private knowledge that can only stop a switch
 //! into one cluster, never cause a switch the merge order forbids.
 
@@ -126,8 +129,8 @@ pub struct ClusterParams {
     /// Most members tracked per candidate cluster.
     pub max_members: usize,
     /// After leaving a cluster because it stopped qualifying, this node
-    /// does not join it again for this long (doubled for every repeat, up
-    /// to eight times).
+    /// needs stronger evidence to join it again for this long (doubled for
+    /// every repeat, up to eight times).
     pub rejoin_holdoff: Duration,
 }
 
@@ -148,7 +151,7 @@ impl Default for ClusterParams {
             // verdict is not made on one or two lucky or unlucky RTTs.
             min_samples: 3,
             // Thirty minutes: twice the 15-minute half window of the RTT
-            // minimum, long enough to span many 60 s evaluations, short
+            // minimum, long enough to span many 20 s evaluations, short
             // enough that departed nodes stop counting (spec open question 10
             // refreshes soft state every 30 min).
             sample_ttl: Duration::from_secs(30 * 60),
@@ -627,13 +630,15 @@ impl LevelClusters {
     }
 
     /// The size estimate of a candidate: the (upper) median of the latest
-    /// claims of its members heard within `sample_ttl`, and at least our
-    /// own estimate if it is our cluster. Each claim is a noisy
-    /// extrapolation (see `RoutingTable::size_estimate`); the median is
-    /// what most members see, where a maximum would let one unlucky
+    /// claims of its members heard within `sample_ttl`; for our own
+    /// cluster with no such member, our own estimate. Each claim is a
+    /// noisy extrapolation (see `RoutingTable::size_estimate`); the median
+    /// is what most members see, where a maximum would let one unlucky
     /// estimate make a small cluster look many times its size and pull
-    /// nodes into it. Our own estimate may only raise our cluster in our
-    /// own eyes, which can stop a switch but never cause one (module doc).
+    /// nodes into it. Our own estimate does not vote: every node then
+    /// sizes a cluster from the same claims, so nodes with the same
+    /// information rank clusters the same way, and a node whose own
+    /// estimate is inflated is not held in its cluster by it.
     fn size_of(&self, now: Instant, id: &Id, t: &Tracked) -> u32 {
         let mut claims: Vec<u32> = t
             .members
@@ -642,11 +647,10 @@ impl LevelClusters {
             .map(|m| m.claimed_size)
             .collect();
         claims.sort_unstable();
-        let median = claims.get(claims.len() / 2).copied().unwrap_or(0);
-        if *id == self.current {
-            median.max(self.own_size)
-        } else {
-            median
+        match claims.get(claims.len() / 2) {
+            Some(&median) => median,
+            None if *id == self.current => self.own_size,
+            None => 0,
         }
     }
 
@@ -661,14 +665,21 @@ impl LevelClusters {
     fn acceptable_tracked(&self, now: Instant, id: &Id, t: &Tracked) -> bool {
         let (measured, within) = self.counts(now, t);
         let size = self.size_of(now, id, t) as usize;
-        let passes = || within as f64 / measured as f64 >= self.params.fraction;
+        let share = within as f64 / measured as f64;
         if *id == self.current {
             // We are one of the `size` members: judge on the others.
             let required = self.params.min_samples.min(size.saturating_sub(1)).max(1);
-            measured < required || passes()
+            measured < required || share >= self.params.fraction
         } else {
             let required = self.params.min_samples.min(size).max(1);
-            !self.held_off(now, id) && measured >= required && passes()
+            // Re-entering a cluster we left unqualified takes more: half
+            // way from the rule to all members near, on twice the samples.
+            let (required, fraction) = if self.held_off(now, id) {
+                (required * 2, (1.0 + self.params.fraction) / 2.0)
+            } else {
+                (required, self.params.fraction)
+            };
+            measured >= required && share >= fraction
         }
     }
 
@@ -797,7 +808,7 @@ impl LevelClusters {
         }
     }
 
-    /// Re-evaluates membership (spec §4.4; the node calls this every ~60 s
+    /// Re-evaluates membership (spec §4.4; the node calls this every ~20 s
     /// with jitter, spec open question 7) and returns a switch once two
     /// consecutive evaluations agree on it. The switch is already applied
     /// when returned. `rng` supplies the id of a newly founded cluster.
