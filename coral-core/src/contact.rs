@@ -57,6 +57,18 @@ pub struct Contact {
 }
 
 impl Contact {
+    /// This contact as a DSHT value (the compact wire form), as a proxy
+    /// stores it under a URL key to say "I hold it" (spec §7.1).
+    pub fn to_value(&self) -> bytes::Bytes {
+        crate::wire::contact_value(self)
+    }
+
+    /// A contact from a DSHT value made by [`Self::to_value`]; `None` if
+    /// the bytes are not exactly one contact.
+    pub fn from_value(value: &[u8]) -> Option<Self> {
+        crate::wire::contact_from_value(value).ok()
+    }
+
     /// A contact whose id is derived from its address (spec §1.1).
     pub fn from_addr(addr: SocketAddr, services: Services) -> Self {
         Self {
@@ -79,4 +91,21 @@ pub struct ClusterInfo {
     pub size: u32,
     /// Seconds since the cluster was founded, as the sender knows it.
     pub age_secs: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contact_survives_the_value_form_and_garbage_is_refused() {
+        for addr in ["10.1.2.3:8091", "[2001:db8::7]:8090"] {
+            let c = Contact::from_addr(addr.parse().unwrap(), Services::HTTP);
+            assert_eq!(Contact::from_value(&c.to_value()), Some(c));
+        }
+        let c = Contact::from_addr("10.1.2.3:8091".parse().unwrap(), Services::NONE);
+        let v = c.to_value();
+        assert_eq!(Contact::from_value(&v[..v.len() - 1]), None);
+        assert_eq!(Contact::from_value(b"127.0.0.1:8091"), None);
+    }
 }

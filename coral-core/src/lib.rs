@@ -83,4 +83,5 @@ pub mod rng;
 pub mod time;
 pub mod wire;
 
+pub use dsht::store::StoreStats;
 pub use node::{Event, Levels, Node, OpError, OpId, Stats, Transmit};

@@ -622,6 +622,22 @@ impl Driver {
                     let _ = r.send(Ok(NodesResult { nodes, hinted }));
                 }
             }
+            Event::ClusterChanged {
+                level,
+                from,
+                to,
+                founded,
+            } => {
+                info!(
+                    level,
+                    from = %from.cluster,
+                    from_size = from.size,
+                    to = %to.cluster,
+                    to_size = to.size,
+                    founded,
+                    "cluster changed"
+                );
+            }
             other => {
                 self.counters.other_events += 1;
                 trace!(event = ?other, "event with no waiting caller");
