@@ -15,7 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -1043,12 +1043,16 @@ impl Harness {
                     assert!(c.services.contains(services), "{c:?} lacks {services:?}");
                     assert!(table.contains(c) || *c == me, "nodes() invented {c:?}");
                 }
-                // The same question through the DSHT's hints, near a peer.
+                // The same question through the DSHT's hints, near a peer,
+                // behind up to 7 routers (other peers' addresses).
                 let target = self.peers[usize::from(input.byte() % 8)].ip();
+                let routers: Vec<IpAddr> = (0..input.byte() % 8)
+                    .map(|i| self.peers[usize::from(i)].ip())
+                    .collect();
                 let busy = self.busy();
                 match self
                     .node
-                    .find_nodes(self.now, level, count, target, services)
+                    .find_nodes_via(self.now, level, count, target, &routers, services)
                 {
                     Ok(op) => {
                         assert!(!busy, "find_nodes accepted at the cap");

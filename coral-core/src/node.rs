@@ -279,14 +279,22 @@ struct GetOp {
     nodes: Option<NodesQuery>,
 }
 
-/// What [`Node::find_nodes`] asked for.
-#[derive(Clone, Copy)]
+/// What [`Node::find_nodes`] asked for, and what its hint lookups found.
+#[derive(Clone)]
 struct NodesQuery {
     level: Level,
     count: usize,
     target: IpAddr,
     services: Services,
+    /// Router keys still to look up, in order.
+    routers_left: SmallVec<[Id; 5]>,
+    /// Hint values found so far: the prefix's, then each router's in order.
+    found: Vec<Bytes>,
 }
+
+/// Most router hints one `find_nodes` looks up (spec §5: the last five
+/// hops toward the target).
+pub const MAX_ROUTER_HINTS: usize = 5;
 
 struct PutOp {
     key: Id,
@@ -954,6 +962,24 @@ impl Node {
         target: IpAddr,
         services: Services,
     ) -> Result<OpId, OpError> {
+        self.find_nodes_via(now, level, count, target, &[], services)
+    }
+
+    /// [`Self::find_nodes`] that also reads the router hints (spec §5) of
+    /// `routers`, the last hops on the path toward `target` as the
+    /// adapter's traceroute-like probe found them, the hop nearest the
+    /// target first (at most [`MAX_ROUTER_HINTS`] are used). Nodes that
+    /// published a hint for the target's prefix come first, then those of
+    /// each router in order.
+    pub fn find_nodes_via(
+        &mut self,
+        now: Instant,
+        level: Level,
+        count: usize,
+        target: IpAddr,
+        routers: &[IpAddr],
+        services: Services,
+    ) -> Result<OpId, OpError> {
         self.check_capacity()?;
         let op = self.alloc_op();
         let level = level.min(self.levels.len().saturating_sub(1) as Level);
@@ -964,11 +990,21 @@ impl Node {
         let lookup = self
             .new_lookup(level, key)
             .with_sweep(self.config.dsht.get_sweep);
+        let mut routers_left: SmallVec<[Id; 5]> = SmallVec::new();
+        for r in routers {
+            let k = Id::for_router(*r);
+            if routers_left.len() < MAX_ROUTER_HINTS && !routers_left.contains(&k) {
+                routers_left.push(k);
+            }
+        }
+        routers_left.reverse();
         let query = NodesQuery {
             level,
             count,
             target,
             services,
+            routers_left,
+            found: Vec::new(),
         };
         self.ops.insert(
             op,
@@ -1035,7 +1071,7 @@ impl Node {
         values: Vec<Bytes>,
         level: Option<Level>,
     ) {
-        let Some(q) = g.nodes else {
+        let Some(mut q) = g.nodes else {
             self.events.push_back(Event::GetDone {
                 op,
                 key: g.key,
@@ -1045,13 +1081,39 @@ impl Node {
             });
             return;
         };
+        q.found.extend(values);
+        if let Some(key) = q.routers_left.pop() {
+            // The next router's hints, at the same level.
+            let lookup = self
+                .new_lookup(q.level, key)
+                .with_sweep(self.config.dsht.get_sweep);
+            self.ops.insert(
+                op,
+                Op::Get(GetOp {
+                    key,
+                    levels: SmallVec::new(),
+                    level: q.level,
+                    lookup,
+                    hops: g.hops,
+                    nodes: Some(q),
+                }),
+            );
+            self.start_get_level(now, op);
+            return;
+        }
         let local = self.local_ranking(now, q.level, Some(q.target), q.services);
         // Hinted nodes count only if they are live members we know (or us).
-        let hinted: Vec<Contact> = values
+        let hinted: Vec<Contact> = q
+            .found
             .iter()
             .filter_map(|v| wire::contact_from_value(v).ok())
             .filter_map(|h| local.iter().find(|c| c.id == h.id).copied())
-            .collect();
+            .fold(Vec::new(), |mut v: Vec<Contact>, c| {
+                if !v.iter().any(|d| d.id == c.id) {
+                    v.push(c);
+                }
+                v
+            });
         let mut nodes: Vec<Contact> = Vec::with_capacity(q.count);
         for c in hinted.iter().chain(local.iter().filter(|c| {
             same_prefix(c.addr.ip(), q.target)
@@ -2675,6 +2737,45 @@ mod tests {
         let (nodes, hinted) = ask(&mut net, "192.0.2.9");
         assert_eq!(hinted, 0);
         assert_eq!(nodes.len(), 3);
+    }
+
+    #[test]
+    fn find_nodes_via_routers_names_the_nodes_behind_them() {
+        let mut net = Net::new(12, &flat());
+        net.join_all();
+        let (r1, r2): (IpAddr, IpAddr) = (
+            "192.0.2.1".parse().unwrap(),
+            "198.51.100.1".parse().unwrap(),
+        );
+        net.nodes[7].publish_hints(net.now, &[r1]);
+        net.nodes[9].publish_hints(net.now, &[r2]);
+        net.after(Duration::from_secs(5));
+        // A target outside every node's prefix, behind r2 then r1.
+        let target: IpAddr = "203.0.113.5".parse().unwrap();
+        let op = net.nodes[2]
+            .find_nodes_via(net.now, 0, 3, target, &[r2, r1], Services::NONE)
+            .unwrap();
+        net.after(Duration::from_secs(2));
+        let Some(Event::NodesFound { nodes, hinted, .. }) = net.take_event(2, op) else {
+            panic!("no answer");
+        };
+        assert_eq!(hinted, 2);
+        let first: Vec<Id> = nodes.iter().take(2).map(|c| c.id).collect();
+        assert_eq!(
+            first,
+            [net.nodes[9].id(), net.nodes[7].id()],
+            "router order kept"
+        );
+        assert_eq!(nodes.len(), 3);
+        // Without routers no hint applies.
+        let op = net.nodes[2]
+            .find_nodes(net.now, 0, 3, target, Services::NONE)
+            .unwrap();
+        net.after(Duration::from_secs(2));
+        let Some(Event::NodesFound { hinted, .. }) = net.take_event(2, op) else {
+            panic!("no answer");
+        };
+        assert_eq!(hinted, 0);
     }
 
     #[test]
