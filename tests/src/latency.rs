@@ -21,11 +21,21 @@
 //!   uniform in [`MATRIX_EXTRA_ACCESS_MS`] to each of its RTTs, so that two
 //!   nodes at one host are close but not at distance zero.
 //!
+//! Each model also says which routers sit on the last hops toward a node
+//! ([`LatencyModel::routers`]), what a traceroute toward it would show and
+//! what Coral's router hints (spec §5) are made of. On the sphere a node's
+//! last three hops are the points of presence of the 1°, 3° and 9° cells
+//! (about 110, 330 and 1000 km) of a latitude/longitude grid that hold it,
+//! so nodes in one metro area share their nearest hop and nodes in one
+//! region their farther ones; a measured matrix says nothing about routes,
+//! so its nodes have none.
+//!
 //! Per-node placement is drawn from an RNG seeded by the model seed and the
 //! node index alone, so a node's place does not depend on how many nodes
 //! were added before it or in what order.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +47,10 @@ use crate::trace::mix64;
 /// Where the PlanetLab RTT matrix shipped with this crate lives.
 pub const PLANETLAB_RTT_PATH: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/data/planetlab-245-rtt.tsv");
+
+/// Cell sizes, in degrees, of the grids whose points of presence are a
+/// sphere node's last hops, nearest first.
+pub const ROUTER_CELLS_DEG: [f64; 3] = [1.0, 3.0, 9.0];
 
 /// The range, in milliseconds, of the extra RTT an access link adds to every
 /// RTT of a node beyond the first `N` in [`LatencyModel::matrix`].
@@ -411,6 +425,34 @@ impl LatencyModel {
             }
             Kind::Constant { .. } | Kind::Sphere(_) => (i, 0),
         }
+    }
+
+    /// The routers on the last hops of the path toward node `i`, the one
+    /// nearest the node first (see the module doc); empty for models
+    /// without geography. Addresses are in 100.64.0.0/10, apart from the
+    /// simulator's node addresses.
+    pub fn routers(&self, i: usize) -> Vec<IpAddr> {
+        let Kind::Sphere(_) = &self.kind else {
+            return Vec::new();
+        };
+        let Some(place) = self.places.get(i) else {
+            return Vec::new();
+        };
+        let [x, y, z] = place.p;
+        let lat = z.clamp(-1.0, 1.0).asin().to_degrees();
+        let lon = y.atan2(x).to_degrees();
+        ROUTER_CELLS_DEG
+            .iter()
+            .enumerate()
+            .map(|(hop, &deg)| {
+                let cell = ((lat + 90.0) / deg).floor() as i64 * 4096
+                    + ((lon + 180.0) / deg).floor() as i64;
+                let h = mix64(hop as u64, cell as u64);
+                // 100.64.0.0/10: the top 10 bits fixed, 22 bits of the hash.
+                let bits = 0x6440_0000u32 | (h as u32 & 0x003f_ffff);
+                IpAddr::V4(Ipv4Addr::from(bits))
+            })
+            .collect()
     }
 
     fn place(&self, i: usize) -> Place {

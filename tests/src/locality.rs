@@ -41,7 +41,7 @@ use serde::Serialize;
 
 use crate::experiments::{ClusterParams, JoinSummary};
 use crate::metrics::{mean, percentile};
-use crate::sim::{Command, Sim, SimConfig};
+use crate::sim::{Command, Outcome, Sim, SimConfig};
 use crate::trace::mix64;
 
 /// By default a client gets objects held by nodes at most this far (RTT)
@@ -515,9 +515,12 @@ pub struct AskerSources {
     pub random: usize,
 }
 
-/// Why `nodes()` ranked its first answer first.
+/// Why `find_nodes` ranked its first answer first.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct AnswerSources {
+    /// A node the DSHT's network hints named: one that published the
+    /// target's /24 or a router on the last hops toward the target.
+    pub hinted: usize,
     /// It is the asked node itself, which ranks first within its prefix
     /// class: its RTT to itself is zero.
     pub asker_itself: usize,
@@ -578,12 +581,15 @@ pub struct NodesReport {
     pub answered: usize,
     /// Where the asked node came from.
     pub askers: AskerSources,
-    /// Why the first answer ranked first. `nodes()` reads no DSHT hints
-    /// (only `find_nodes` does, which the simulator cannot issue), so
-    /// "same prefix" is the only hint-like source.
+    /// Why the first answer ranked first.
     pub answers: AnswerSources,
-    /// RTT(target, first answer) / RTT(target, nearest other node).
+    /// RTT(target, first answer) / RTT(target, nearest other node), for
+    /// `find_nodes_via(level, 3, T, routers toward T, http)`: the DSHT's
+    /// prefix and router hints, then the asker's own ranking.
     pub ratio: Ratio,
+    /// The same ratio for the local `nodes(level, 3, T, http)`, which reads
+    /// no hints (prefix rule and the asker's RTTs only).
+    pub local_ratio: Ratio,
     /// The same ratio for the asked node itself (what answering with one's
     /// own address would give).
     pub asker_ratio: Ratio,
@@ -607,15 +613,27 @@ pub struct NodesReport {
 /// and its RTT to any node is `T`'s. Coral's DNS referrals send a resolver
 /// to nameservers in its nearest cluster, so the node asked is a random
 /// other member of `T`'s level-2 cluster (level 1 if that is a singleton,
-/// any node if both are). It is asked for `nodes(level, 2, T, http)` and
-/// the first contact that is not `T` itself counts: `T` would be at RTT 0
-/// (a proxy on the resolver's own host), which makes the comparison with
-/// the nearest *other* node meaningless. Diagnostics: the asker's own
-/// ratio, a random node's, and `T.nodes(...)`'s first non-`T` answer.
+/// any node if both are). After the network settles every node publishes
+/// its hints (its /24 and the routers the latency model puts on the last
+/// hops toward it, as an adapter's traceroute would find them), and one
+/// more virtual minute lets the puts land. The asked node then runs
+/// `find_nodes_via(level, 3, T, routers toward T, http)` (a DNS server
+/// probes the resolver's path the same way, spec §5) and the first answer
+/// that is not `T` itself counts: `T` would be at RTT 0 (a proxy on the
+/// resolver's own host), which makes the comparison with the nearest
+/// *other* node meaningless. Diagnostics: the local `nodes()` answer, the
+/// asker's own ratio, a random node's, and `T.nodes(...)`'s first non-`T`
+/// answer.
 pub fn nodes(p: &NodesParams) -> NodesReport {
-    let (sim, join) = build(&p.net);
+    let (mut sim, join) = build(&p.net);
     let n = sim.len();
     let nl = p.net.levels.len();
+    for i in 0..n {
+        sim.publish_hints(i);
+    }
+    let settle = sim.now() + Duration::from_secs(60);
+    sim.run_until(settle);
+    let _ = sim.take_completions();
     let now = sim.now();
     let lat = sim.latency().clone();
     let mut rng = workload_rng(p.net.seed, 2);
@@ -634,19 +652,19 @@ pub fn nodes(p: &NodesParams) -> NodesReport {
     let clusters: Vec<Vec<Option<Id>>> = (0..n).map(|i| cluster_ids(&sim, i, nl)).collect();
 
     let mut askers = AskerSources::default();
-    let mut answers = AnswerSources::default();
-    let (mut ratio, mut asker_ratio, mut random_ratio, mut colocated_ratio) =
+    let (mut asker_ratio, mut random_ratio, mut colocated_ratio, mut local_ratio) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut answer_rtt, mut nearest_rtt) = (Vec::new(), Vec::new());
-    let mut answered = 0;
-    let first_other = |asker: usize, t: usize| -> Option<usize> {
+    let mut nearest_rtt = Vec::new();
+    let first_other = |sim: &Sim, asker: usize, t: usize| -> Option<usize> {
         let target = sim.addr(t);
         let node = sim.node(asker)?;
-        node.nodes(now, p.level, 2, Some(target.ip()), Services::HTTP)
+        node.nodes(now, p.level, 3, Some(target.ip()), Services::HTTP)
             .into_iter()
             .filter(|c| c.addr != target)
             .find_map(|c| sim.index_of(c.addr))
     };
+    // (target, asker, nearest RTT µs) per query, indexed by the query's tag.
+    let mut queries: Vec<(usize, usize, u64)> = Vec::new();
     for &t in &targets {
         let others: Vec<usize> = live.iter().copied().filter(|&j| j != t).collect();
         let Some(nearest_us) = others.iter().map(|&j| lat.rtt_us(t, j)).min() else {
@@ -680,22 +698,56 @@ pub fn nodes(p: &NodesParams) -> NodesReport {
         asker_ratio.push(r(asker));
         random_ratio.push(r(random));
         nearest_rtt.push(ms_us(nearest_us));
-        if let Some(j) = first_other(t, t) {
+        if let Some(j) = first_other(&sim, t, t) {
             colocated_ratio.push(r(j));
         }
-        let Some(j) = first_other(asker, t) else {
+        if let Some(j) = first_other(&sim, asker, t) {
+            local_ratio.push(r(j));
+        }
+        let cmd = Command::FindNodes {
+            level: p.level,
+            count: 3,
+            target: sim.addr(t).ip(),
+            routers: lat.routers(t),
+            services: Services::HTTP,
+        };
+        sim.schedule(now, asker, queries.len() as u64, cmd);
+        queries.push((t, asker, nearest_us));
+    }
+    sim.run_until(now + Duration::from_secs(30));
+
+    let mut answers = AnswerSources::default();
+    let (mut ratio, mut answer_rtt) = (Vec::new(), Vec::new());
+    let mut answered = 0;
+    for c in sim.take_completions() {
+        let Outcome::Event(Event::NodesFound { nodes, hinted, .. }) = c.outcome else {
+            continue;
+        };
+        let Some(&(t, asker, nearest_us)) =
+            usize::try_from(c.tag).ok().and_then(|q| queries.get(q))
+        else {
+            continue;
+        };
+        let target = sim.addr(t);
+        let Some((pos, j)) = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.addr != target)
+            .find_map(|(k, c)| Some((k, sim.index_of(c.addr)?)))
+        else {
             continue;
         };
         answered += 1;
-        let target_ip: IpAddr = sim.addr(t).ip();
-        if j == asker {
+        if pos < hinted {
+            answers.hinted += 1;
+        } else if j == asker {
             answers.asker_itself += 1;
-        } else if same_prefix(sim.addr(j).ip(), target_ip) {
+        } else if same_prefix(sim.addr(j).ip(), target.ip()) {
             answers.same_prefix += 1;
         } else {
             answers.ranked += 1;
         }
-        ratio.push(r(j));
+        ratio.push(lat.rtt_us(t, j) as f64 / nearest_us as f64);
         answer_rtt.push(ms_us(lat.rtt_us(t, j)));
     }
     NodesReport {
@@ -706,11 +758,12 @@ pub fn nodes(p: &NodesParams) -> NodesReport {
         settle_minutes: p.net.minutes,
         join,
         level: p.level,
-        targets: targets.len(),
+        targets: queries.len(),
         answered,
         askers,
         answers,
         ratio: Ratio::of(ratio),
+        local_ratio: Ratio::of(local_ratio),
         asker_ratio: Ratio::of(asker_ratio),
         random_ratio: Ratio::of(random_ratio),
         colocated_ratio: Ratio::of(colocated_ratio),
@@ -759,10 +812,18 @@ impl NodesReport {
         );
         let _ = writeln!(
             s,
-            "  first answer was: the asked node itself {}, another node in the target's /24 {}, ranked by the asker's RTTs {}",
-            self.answers.asker_itself, self.answers.same_prefix, self.answers.ranked
+            "  first answer was: named by hints {}, the asked node itself {}, another node in the target's /24 {}, ranked by the asker's RTTs {}",
+            self.answers.hinted,
+            self.answers.asker_itself,
+            self.answers.same_prefix,
+            self.answers.ranked
         );
         let _ = writeln!(s, "  RTT(answer)/RTT(nearest): {}", fmt_ratio(&self.ratio));
+        let _ = writeln!(
+            s,
+            "    local nodes():      {}",
+            fmt_ratio(&self.local_ratio)
+        );
         let _ = writeln!(
             s,
             "    asked node itself:  {}",

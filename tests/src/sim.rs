@@ -35,11 +35,12 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use bytes::Bytes;
 use coral_core::config::{Config, LevelConfig};
+use coral_core::contact::{Level, Services};
 use coral_core::id::Id;
 use coral_core::rng::Rng;
 use coral_core::time::Instant;
@@ -114,6 +115,19 @@ pub enum Command {
         ttl: Duration,
         /// Levels to store at.
         levels: Levels,
+    },
+    /// [`Node::find_nodes_via`].
+    FindNodes {
+        /// The level whose cluster is searched.
+        level: Level,
+        /// How many nodes are wanted.
+        count: usize,
+        /// The address the nodes should be near.
+        target: IpAddr,
+        /// The last hops toward `target`, nearest it first.
+        routers: Vec<IpAddr>,
+        /// Services the nodes must offer.
+        services: Services,
     },
 }
 
@@ -580,11 +594,32 @@ impl Sim {
                 ttl,
                 levels,
             } => node.put(now, key, value, ttl, levels),
+            Command::FindNodes {
+                level,
+                count,
+                target,
+                routers,
+                services,
+            } => node.find_nodes_via(now, level, count, target, &routers, services),
         }
         .map_err(SimError::Refused)?;
         self.pending.insert((i as u32, op.0), (now, tag));
         self.flush(i, Input::Other);
         Ok(op)
+    }
+
+    /// Node `i` publishes its network hints: its /24 and the routers the
+    /// latency model places on the last hops toward it
+    /// ([`LatencyModel::routers`]), as an adapter would after a traceroute.
+    /// Nothing happens for a crashed node.
+    pub fn publish_hints(&mut self, i: usize) {
+        let routers = self.cfg.latency.routers(i);
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(i).and_then(|n| n.node.as_mut()) else {
+            return;
+        };
+        node.publish_hints(now, &routers);
+        self.flush(i, Input::Other);
     }
 
     /// Crashes node `i`: its state is dropped, datagrams to it are lost until
@@ -928,7 +963,9 @@ impl Sim {
                 self.nodes[i].joined = true;
                 Some(*op)
             }
-            Event::GetDone { op, .. } | Event::PutDone { op, .. } => Some(*op),
+            Event::GetDone { op, .. }
+            | Event::PutDone { op, .. }
+            | Event::NodesFound { op, .. } => Some(*op),
             _ => None,
         };
         let (issued, tag) = match op.and_then(|op| self.pending.remove(&(i as u32, op.0))) {
