@@ -77,6 +77,7 @@ pub mod contact;
 pub mod dsht;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod http;
 pub mod id;
 pub mod node;
 pub mod rng;
