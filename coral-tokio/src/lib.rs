@@ -17,6 +17,7 @@ pub mod httpd;
 pub mod identity;
 pub mod logging;
 pub mod origin;
+pub mod proxy;
 pub mod runtime;
 pub mod status;
 pub mod testnet;

@@ -153,6 +153,7 @@ enum Command {
         reply: Reply<NodesResult>,
     },
     Status(oneshot::Sender<NodeStatus>),
+    Contacts(Level, oneshot::Sender<Vec<Contact>>),
     Shutdown,
 }
 
@@ -289,6 +290,16 @@ impl NodeHandle {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Status(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// The contacts of the node's routing table at `level`.
+    pub async fn contacts(&self, level: Level) -> Result<Vec<Contact>, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Contacts(level, tx))
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
@@ -574,6 +585,9 @@ impl Driver {
             },
             Command::Status(reply) => {
                 let _ = reply.send(self.status(now));
+            }
+            Command::Contacts(level, reply) => {
+                let _ = reply.send(self.node.contacts(level));
             }
             // Handled by the loop.
             Command::Shutdown => {}

@@ -1,0 +1,724 @@
+//! The HTTP proxy's sockets: a TCP listener for clients, HTTP/1.1 clients
+//! for origins and peers, DNS resolution of origins, and the timers.
+//!
+//! Every decision is made by [`coral_core::http::Proxy`], which this module
+//! holds behind one mutex shared by the connection tasks: it hands the core
+//! each request head, carries out the effects the core asks for
+//! ([`Output`]: DSHT gets and puts through the node task, claims, upstream
+//! requests), and feeds the core the upstream's head and body bytes. Client
+//! tasks read their response from the core ([`Read`]) and wait on a
+//! per-fetch [`Notify`] while a fetch makes progress, so a body streams to
+//! every waiting client and into the cache at once (cut-through).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use coral_core::Levels;
+use coral_core::http::parse::{self, ChunkedDecoder, Framing, ResponseHead};
+use coral_core::http::proxy::ClaimReply;
+use coral_core::http::{
+    Answer, FetchId, HttpConfig, Output, Proxy, Read, ReaderId, Upstream, UpstreamError,
+};
+use coral_core::time::Instant as CoreInstant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::debug;
+
+use crate::runtime::{BindError, NodeHandle};
+
+/// Socket limits and timeouts of the proxy, each with the reason for its default.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// The core's configuration.
+    pub http: HttpConfig,
+    /// Where to listen (loopback by default; the port is the network-wide proxy port).
+    pub listen: SocketAddr,
+    /// Most client connections at once; more get a quick 503 (a volunteer
+    /// box must shed load, not queue it).
+    pub max_connections: usize,
+    /// Time for a client to send a whole request head (slowloris defence).
+    pub header_timeout: Duration,
+    /// Time an idle keep-alive connection is kept.
+    pub idle_timeout: Duration,
+    /// Time to connect upstream (open question 15: fall back after 2 s).
+    pub connect_timeout: Duration,
+    /// Time from sending a request upstream to its first byte.
+    pub first_byte_timeout: Duration,
+    /// Time a client may take to accept a write, and a body may stall.
+    pub io_timeout: Duration,
+    /// Time a DSHT lookup may take before the fetch goes on without it.
+    pub lookup_timeout: Duration,
+}
+
+impl ProxyOptions {
+    /// Defaults for a proxy listening on `listen`.
+    pub fn new(listen: SocketAddr, mut http: HttpConfig) -> Self {
+        http.peer_port = listen.port();
+        Self {
+            http,
+            listen,
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(15),
+            io_timeout: Duration::from_secs(30),
+            lookup_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// State shared by the proxy's tasks.
+pub struct Shared {
+    core: Mutex<Proxy>,
+    notify: Mutex<HashMap<FetchId, Arc<Notify>>>,
+    node: NodeHandle,
+    opts: ProxyOptions,
+    epoch: std::time::Instant,
+    connections: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("listen", &self.opts.listen)
+            .finish()
+    }
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct RunningProxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its state, for metrics.
+    pub shared: Arc<Shared>,
+    /// The accept loop.
+    pub task: JoinHandle<()>,
+}
+
+impl Shared {
+    fn now(&self) -> CoreInstant {
+        CoreInstant::from_duration(self.epoch.elapsed())
+    }
+
+    fn unix() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    fn core(&self) -> MutexGuard<'_, Proxy> {
+        // A panic while holding the lock would be a bug; the state is still usable.
+        self.core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn notifier(&self, f: FetchId) -> Arc<Notify> {
+        let mut m = self
+            .notify
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(m.entry(f).or_default())
+    }
+
+    fn wake(&self, f: FetchId, last: bool) {
+        let mut m = self
+            .notify
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = if last {
+            m.remove(&f)
+        } else {
+            m.get(&f).cloned()
+        };
+        if let Some(n) = n {
+            n.notify_waiters();
+        }
+    }
+
+    /// Prometheus text for the proxy's counters.
+    pub fn metrics(&self) -> String {
+        let (s, c, inflight) = {
+            let core = self.core();
+            (core.stats(), core.cache_stats(), core.fetches_in_flight())
+        };
+        let mut o = String::new();
+        o.push_str("# HELP coral_http_served_total Responses by where they were served from.\n");
+        o.push_str("# TYPE coral_http_served_total counter\n");
+        o.push_str(&format!(
+            "coral_http_served_total{{from=\"local\"}} {}\n",
+            s.hits_local
+        ));
+        for (i, name) in ["peer_level0", "peer_level1", "peer_level2", "peer_claim"]
+            .iter()
+            .enumerate()
+        {
+            o.push_str(&format!(
+                "coral_http_served_total{{from=\"{name}\"}} {}\n",
+                s.hits_peer[i]
+            ));
+        }
+        o.push_str(&format!(
+            "coral_http_served_total{{from=\"origin\"}} {}\n",
+            s.hits_origin
+        ));
+        o.push_str(&format!(
+            "coral_http_served_total{{from=\"stale\"}} {}\n",
+            s.served_stale
+        ));
+        for (name, v) in [
+            ("requests", s.requests),
+            ("refused", s.refused),
+            ("origin_fetches", s.origin_fetches),
+            ("peer_fetches", s.peer_fetches),
+            ("revalidated", s.revalidated),
+            ("coalesced", s.coalesced),
+            ("claims_granted", s.claims_granted),
+            ("claims_held", s.claims_held),
+            ("bytes_served", s.bytes_served),
+            ("bytes_fetched", s.bytes_fetched),
+            ("cache_evictions", c.evictions),
+        ] {
+            o.push_str(&format!(
+                "# TYPE coral_http_{name}_total counter\ncoral_http_{name}_total {v}\n"
+            ));
+        }
+        for (name, v) in [
+            ("cache_objects", c.objects as u64),
+            ("cache_bytes", c.bytes as u64),
+            ("cache_budget_bytes", c.budget as u64),
+            ("fetches_in_flight", inflight as u64),
+        ] {
+            o.push_str(&format!(
+                "# TYPE coral_http_{name} gauge\ncoral_http_{name} {v}\n"
+            ));
+        }
+        o
+    }
+}
+
+/// Binds the proxy's listener and starts serving until `shutdown` turns true.
+pub async fn start(
+    opts: ProxyOptions,
+    node: NodeHandle,
+    shutdown: watch::Receiver<bool>,
+) -> Result<RunningProxy, BindError> {
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| BindError {
+            what: "HTTP proxy TCP listener",
+            addr: opts.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| BindError {
+        what: "HTTP proxy TCP listener",
+        addr: opts.listen,
+        source,
+    })?;
+    let mut http = opts.http.clone();
+    http.peer_port = addr.port();
+    let core = Proxy::new(http, addr, node.id());
+    let shared = Arc::new(Shared {
+        core: Mutex::new(core),
+        notify: Mutex::new(HashMap::new()),
+        node,
+        connections: Arc::new(Semaphore::new(opts.max_connections)),
+        opts,
+        epoch: std::time::Instant::now(),
+    });
+    let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown));
+    Ok(RunningProxy { addr, shared, task })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = tick.tick() => {
+                let now = shared.now();
+                shared.core().handle_timeout(now);
+                continue;
+            }
+            r = shutdown.changed() => {
+                if r.is_err() || *shutdown.borrow() { return; }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    stream.write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
+                    ),
+                )
+                .await;
+            });
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            if let Err(e) = client(stream, &shared).await {
+                debug!(%peer, error = %e, "proxy connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Carries out every effect the core has queued.
+fn drain(shared: &Arc<Shared>) {
+    loop {
+        let Some(out) = shared.core().poll_output() else {
+            return;
+        };
+        let s = Arc::clone(shared);
+        match out {
+            Output::Lookup { fetch, key } => {
+                tokio::spawn(async move {
+                    let t = s.opts.lookup_timeout;
+                    let (got, contacts) = tokio::join!(
+                        tokio::time::timeout(t, s.node.get(key, Levels::ALL)),
+                        tokio::time::timeout(t, s.node.contacts(0)),
+                    );
+                    let (values, level) = match got {
+                        Ok(Ok(g)) => (g.values, g.level),
+                        _ => (Vec::new(), None),
+                    };
+                    let contacts = contacts.ok().and_then(Result::ok).unwrap_or_default();
+                    s.core().handle_lookup(fetch, &values, level, &contacts);
+                    drain(&s);
+                });
+            }
+            Output::Claim {
+                fetch,
+                arbiter,
+                request,
+            } => {
+                tokio::spawn(async move {
+                    let reply = match exchange_head(&s, arbiter, &request).await {
+                        Ok((head, _, _)) => Proxy::claim_reply(&head),
+                        Err(_) => ClaimReply::Failed,
+                    };
+                    s.core().handle_claim_reply(fetch, reply);
+                    drain(&s);
+                });
+            }
+            Output::Fetch {
+                fetch,
+                upstream,
+                request,
+            } => {
+                tokio::spawn(async move {
+                    let r = upstream_fetch(&s, fetch, upstream, &request).await;
+                    let now = s.now();
+                    s.core().handle_upstream_end(now, fetch, r);
+                    s.wake(fetch, false);
+                    drain(&s);
+                });
+            }
+            Output::Put { key, value, ttl } => {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        s.node.put(key, value, ttl, Levels::ALL),
+                    )
+                    .await;
+                });
+            }
+            Output::Publish { key, value, ttl } => {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        s.node.publish(key, value, ttl, Levels::ALL),
+                    )
+                    .await;
+                });
+            }
+            Output::Withdraw { key, value } => {
+                tokio::spawn(async move {
+                    let _ = s.node.withdraw(key, value).await;
+                });
+            }
+        }
+    }
+}
+
+fn io_err(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned())
+}
+
+/// Connects to `addr`, sends `request`, and reads the response head;
+/// returns the head, the body bytes read past it, and the stream.
+async fn exchange_head(
+    shared: &Shared,
+    addr: SocketAddr,
+    request: &[u8],
+) -> Result<(ResponseHead, BytesMut, TcpStream), UpstreamError> {
+    let o = &shared.opts;
+    let mut s = match tokio::time::timeout(o.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => return Err(UpstreamError::Connect),
+        Err(_) => return Err(UpstreamError::Timeout),
+    };
+    let _ = s.set_nodelay(true);
+    let limits = o.http.head_limits();
+    let fut = async {
+        s.write_all(request).await?;
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            if s.read_buf(&mut buf).await? == 0 {
+                return Err(io_err("closed before a head"));
+            }
+            match parse::parse_response(&buf, limits) {
+                Ok(Some((head, n))) => {
+                    let rest = buf.split_off(n);
+                    return Ok((head, rest));
+                }
+                Ok(None) => {}
+                Err(_) => return Err(io_err("bad head")),
+            }
+        }
+    };
+    match tokio::time::timeout(o.first_byte_timeout, fut).await {
+        Ok(Ok((h, rest))) => Ok((h, rest, s)),
+        Ok(Err(_)) => Err(UpstreamError::Protocol),
+        Err(_) => Err(UpstreamError::Timeout),
+    }
+}
+
+async fn upstream_fetch(
+    s: &Arc<Shared>,
+    f: FetchId,
+    upstream: Upstream,
+    request: &[u8],
+) -> Result<(), UpstreamError> {
+    let (head, rest, stream) = match upstream {
+        Upstream::Origin { host, port } => {
+            let addrs: Vec<SocketAddr> = match tokio::time::timeout(
+                s.opts.connect_timeout,
+                tokio::net::lookup_host((host.as_str(), port)),
+            )
+            .await
+            {
+                Ok(Ok(a)) => a.collect(),
+                _ => return Err(UpstreamError::Dns),
+            };
+            let allowed: Vec<SocketAddr> = {
+                let core = s.core();
+                addrs
+                    .into_iter()
+                    .filter(|a| core.origin_addr_allowed(a.ip()))
+                    .collect()
+            };
+            let Some(&addr) = allowed.first() else {
+                return Err(UpstreamError::Forbidden);
+            };
+            exchange_head(s, addr, request).await?
+        }
+        Upstream::Peers(peers) => {
+            let mut set = JoinSet::new();
+            for p in peers {
+                let s2 = Arc::clone(s);
+                let req = request.to_vec();
+                set.spawn(async move { exchange_head(&s2, p, &req).await });
+            }
+            let mut won = None;
+            while let Some(r) = set.join_next().await {
+                if let Ok(Ok((h, rest, st))) = r {
+                    if Proxy::peer_answer_usable(&h) {
+                        won = Some((h, rest, st));
+                        break;
+                    }
+                }
+            }
+            won.ok_or(UpstreamError::NoPeer)?
+        }
+    };
+    let framing = parse::response_framing(false, &head).map_err(|_| UpstreamError::Protocol)?;
+    let body = {
+        let now = s.now();
+        s.core().handle_upstream_head(now, Shared::unix(), f, &head)
+    };
+    s.wake(f, false);
+    drain(s);
+    if !body {
+        return Ok(());
+    }
+    read_body(s, f, framing, rest, stream).await
+}
+
+async fn read_body(
+    s: &Arc<Shared>,
+    f: FetchId,
+    framing: Framing,
+    mut buf: BytesMut,
+    mut stream: TcpStream,
+) -> Result<(), UpstreamError> {
+    let mut left = match framing {
+        Framing::Length(n) => Some(n),
+        Framing::Empty => return Ok(()),
+        _ => None,
+    };
+    let mut chunked = (framing == Framing::Chunked).then(ChunkedDecoder::default);
+    let mut pieces = Vec::new();
+    loop {
+        if !buf.is_empty() {
+            let mut done = false;
+            if let Some(d) = chunked.as_mut() {
+                done = d
+                    .decode(&mut buf, &mut pieces)
+                    .map_err(|_| UpstreamError::Protocol)?;
+            } else {
+                let mut take = buf.len();
+                if let Some(l) = left.as_mut() {
+                    take = take.min(usize::try_from(*l).unwrap_or(usize::MAX));
+                    *l -= take as u64;
+                    done = *l == 0;
+                }
+                pieces.push(buf.split_to(take).freeze());
+            }
+            if !pieces.is_empty() {
+                let wanted = {
+                    let mut core = s.core();
+                    for p in pieces.drain(..) {
+                        core.handle_upstream_data(f, p);
+                    }
+                    core.fetch_wanted(f)
+                };
+                s.wake(f, false);
+                if !wanted {
+                    return Err(UpstreamError::Protocol);
+                }
+            }
+            if done || left == Some(0) {
+                return Ok(());
+            }
+        }
+        buf.reserve(64 * 1024);
+        match tokio::time::timeout(s.opts.io_timeout, stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => {
+                return if left.is_none() && chunked.is_none() {
+                    Ok(())
+                } else {
+                    Err(UpstreamError::Protocol)
+                };
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(UpstreamError::Protocol),
+            Err(_) => return Err(UpstreamError::Timeout),
+        }
+    }
+}
+
+async fn write(stream: &mut TcpStream, timeout: Duration, data: &[u8]) -> std::io::Result<()> {
+    match tokio::time::timeout(timeout, stream.write_all(data)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write timed out",
+        )),
+    }
+}
+
+async fn client(mut stream: TcpStream, shared: &Arc<Shared>) -> std::io::Result<()> {
+    let limits = shared.opts.http.head_limits();
+    let io = shared.opts.io_timeout;
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut first = true;
+    loop {
+        // Slowloris: one deadline for the whole head; idle keep-alive: a longer one before its first byte.
+        let mut deadline = tokio::time::Instant::now()
+            + if first || !buf.is_empty() {
+                shared.opts.header_timeout
+            } else {
+                shared.opts.idle_timeout
+            };
+        first = false;
+        let (req, used) = loop {
+            match parse::parse_request(&buf, limits) {
+                Ok(Some(x)) => break x,
+                Ok(None) => {}
+                Err(e) => {
+                    let msg = format!(
+                        "HTTP/1.1 {} Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        e.status()
+                    );
+                    let _ = write(&mut stream, io, msg.as_bytes()).await;
+                    return Ok(());
+                }
+            }
+            let was_empty = buf.is_empty();
+            match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(_)) => {
+                    if was_empty {
+                        deadline =
+                            deadline.min(tokio::time::Instant::now() + shared.opts.header_timeout);
+                    }
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    if !buf.is_empty() {
+                        let _ = write(&mut stream, io, b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+                    }
+                    return Ok(());
+                }
+            }
+        };
+        let _ = buf.split_to(used);
+        let answer = {
+            let now = shared.now();
+            shared.core().handle_request(now, &req)
+        };
+        drain(shared);
+        let keep = match answer {
+            Answer::Respond {
+                head,
+                body,
+                keep_alive,
+            } => {
+                write(&mut stream, io, &head).await?;
+                if !body.is_empty() {
+                    write(&mut stream, io, &body).await?;
+                }
+                keep_alive
+            }
+            Answer::Stream { fetch, reader } => {
+                let r = stream_fetch(&mut stream, shared, fetch, reader).await;
+                if r.is_err() {
+                    shared.core().close_reader(fetch, reader);
+                }
+                r?
+            }
+        };
+        if !keep {
+            let _ = stream.shutdown().await;
+            return Ok(());
+        }
+    }
+}
+
+async fn stream_fetch(
+    stream: &mut TcpStream,
+    shared: &Arc<Shared>,
+    f: FetchId,
+    r: ReaderId,
+) -> std::io::Result<bool> {
+    let io = shared.opts.io_timeout;
+    let notify = shared.notifier(f);
+    let mut chunked = false;
+    let mut keep = false;
+    let mut out = Vec::with_capacity(64 * 1024);
+    // Long enough for a lookup, a claim and an origin's first byte.
+    let stall = shared.opts.first_byte_timeout
+        + shared.opts.lookup_timeout
+        + shared.opts.connect_timeout * 2;
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let step = {
+            let now = shared.now();
+            shared.core().read(now, f, r, 256 * 1024)
+        };
+        match step {
+            Read::Head {
+                head,
+                chunked: c,
+                keep_alive,
+            } => {
+                chunked = c;
+                keep = keep_alive;
+                write(stream, io, &head).await?;
+            }
+            Read::Data(d) => {
+                if chunked {
+                    out.clear();
+                    parse::encode_chunk(&d, &mut out);
+                    write(stream, io, &out).await?;
+                } else {
+                    write(stream, io, &d).await?;
+                }
+            }
+            Read::Pending => {
+                if tokio::time::timeout(stall, notified).await.is_err() {
+                    shared.core().close_reader(f, r);
+                    return Ok(false);
+                }
+            }
+            Read::End => {
+                if chunked {
+                    write(stream, io, parse::LAST_CHUNK).await?;
+                }
+                return Ok(keep);
+            }
+            Read::Failed { head, body } => {
+                write(stream, io, &head).await?;
+                write(stream, io, &body).await?;
+                return Ok(false);
+            }
+            Read::Abort => return Ok(false),
+        }
+    }
+}
+
+/// Fetches `path` through the proxy at `proxy` with `host` as the Host
+/// header: status and body (a small client for the testnet and tests).
+pub async fn client_get(
+    proxy: SocketAddr,
+    host: &str,
+    path: &str,
+    extra: &str,
+) -> std::io::Result<(u16, Vec<(String, String)>, Bytes)> {
+    let mut s = TcpStream::connect(proxy).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    (&mut s).take(64 << 20).read_to_end(&mut buf).await?;
+    let limits = HttpConfig::default().head_limits();
+    let Ok(Some((head, n))) = parse::parse_response(&buf, limits) else {
+        return Err(io_err("not HTTP"));
+    };
+    let headers = head
+        .headers
+        .0
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    let mut body = BytesMut::from(&buf[n..]);
+    let body = if head
+        .headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+    {
+        let mut pieces = Vec::new();
+        ChunkedDecoder::default()
+            .decode(&mut body, &mut pieces)
+            .map_err(|_| io_err("bad chunk"))?;
+        Bytes::from(pieces.concat())
+    } else {
+        body.freeze()
+    };
+    Ok((head.status, headers, body))
+}
