@@ -1,0 +1,114 @@
+//! `coral-mio node`: one node and its admin endpoint on one loop on the
+//! main thread, until SIGINT or SIGTERM — what `coral node` does, with the
+//! same file, flags, defaults and log lines.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use coral_core::time::Instant as CoreInstant;
+use coral_core::{Event, Node};
+use coral_tokio::config::FileConfig;
+use coral_tokio::identity;
+use coral_tokio::runtime::{BindError, bind_udp};
+use tracing::{info, warn};
+
+use crate::runtime::{App, Driver, LogEvents};
+
+/// Where the seed came from, for the log line that records it. (The same
+/// order as `coral node`: config, identity in the data directory, the OS.)
+fn resolve_seed(cfg: &FileConfig) -> anyhow::Result<(u64, &'static str)> {
+    if let Some(seed) = cfg.node.seed {
+        return Ok((seed, "config node.seed"));
+    }
+    let Some(dir) = &cfg.node.data_dir else {
+        return Ok((identity::os_seed(), "operating system"));
+    };
+    let (id, created) = identity::load_or_create(dir, cfg.node.rpc)?;
+    if id.rpc != cfg.node.rpc {
+        warn!(
+            was = %id.rpc, now = %cfg.node.rpc,
+            "the RPC address changed since {} was written: the node id changes with it",
+            dir.join(identity::FILE_NAME).display()
+        );
+    }
+    let from = if created {
+        "new identity in data_dir"
+    } else {
+        "identity in data_dir"
+    };
+    Ok((id.seed, from))
+}
+
+/// The daemon's application: reports the join, then publishes the node's
+/// network hints, as `coral node` does.
+struct Daemon {
+    bootstrap: Vec<SocketAddr>,
+}
+
+impl App for Daemon {
+    fn on_event(&mut self, node: &mut Node, now: CoreInstant, event: Event) {
+        match event {
+            Event::Joined { contacts, .. } => {
+                if contacts == 0 && !self.bootstrap.is_empty() {
+                    warn!(peers = ?self.bootstrap, "no bootstrap peer answered; running alone until one does");
+                } else {
+                    info!(contacts, "joined the network");
+                }
+                node.publish_hints(now, &[]);
+            }
+            other => LogEvents.on_event(node, now, other),
+        }
+    }
+}
+
+/// Runs a node as `cfg` says until a shutdown signal; `join` adds bootstrap
+/// addresses to the file's. Errors name the key or address at fault.
+pub fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<()> {
+    cfg.node.join.extend(join);
+    let (seed, seed_from) = resolve_seed(&cfg)?;
+    let options = cfg.node_options(seed);
+    // Bind everything before starting anything, so a busy port fails fast
+    // and names the address (node.rpc / node.admin in the config).
+    let socket = bind_udp(
+        options.rpc_addr,
+        options.recv_buffer_bytes,
+        options.send_buffer_bytes,
+    )
+    .context("check `node.rpc` in the config (is another coral node running?)")?;
+    let admin = cfg.node.admin;
+    let listener = std::net::TcpListener::bind(admin)
+        .map_err(|source| BindError {
+            what: "admin TCP listener",
+            addr: admin,
+            source,
+        })
+        .context("check `node.admin` in the config (is another coral node running?)")?;
+    info!(seed, from = seed_from, "RNG seed");
+    let bootstrap = cfg.node.join.clone();
+    let app = Box::new(Daemon {
+        bootstrap: bootstrap.clone(),
+    });
+    let (mut driver, handle) = Driver::new(
+        options.core,
+        socket,
+        Some(listener),
+        app,
+        options.command_queue,
+    )?;
+    driver.stop_on_signals()?;
+    info!(admin = %admin, "admin endpoint: /, /metrics, /status.json");
+    info!(
+        http = %cfg.node.http, dns = %cfg.node.dns,
+        "HTTP proxy and DNS server addresses reserved (not served yet: later issues)"
+    );
+    if bootstrap.is_empty() {
+        info!("no bootstrap peers: this node starts a new network of one");
+    }
+    if let Err(e) = driver.with_node(|node, now| node.join(now, &bootstrap)) {
+        warn!(error = %e, "join failed");
+    }
+    driver.run()?;
+    // The loop stops when every handle is gone; this one lived until here.
+    drop(handle);
+    Ok(())
+}

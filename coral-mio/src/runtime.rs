@@ -1,0 +1,725 @@
+//! The loop: one thread, one `mio::Poll`, one core [`Node`].
+//!
+//! Sources, each with its own token: the RPC UDP socket, the admin TCP
+//! listener and its connections (keys of a `slab`), a `Waker` for commands
+//! from other threads, and optionally SIGINT/SIGTERM. Every source is
+//! registered edge-triggered, so a readiness event is a promise to read
+//! until `WouldBlock`: the UDP socket is drained with `recvmmsg`, at most
+//! [`RECV_TURNS`] batches per turn (a flood must not starve commands, the
+//! admin endpoint or the timer); when the budget runs out before
+//! `WouldBlock` the loop polls again without sleeping and carries on.
+//!
+//! After every input the loop drains the core as `coral_core`'s crate
+//! documentation prescribes: every transmit (into the bounded send queue of
+//! [`crate::udp`], flushed with `sendmmsg` when full, at the end of a batch,
+//! and on writability), then every event, then the next deadline. The
+//! core's [`Node::poll_timeout`] is the loop's only protocol timer: it
+//! becomes the `epoll_wait` timeout, so an idle node sleeps until the core
+//! has something to do. The only other deadline is the admin endpoint's
+//! per-connection I/O limit, which is about sockets, not the protocol.
+//!
+//! The loop makes no protocol decision: retries, timeouts, peer choice and
+//! clustering happen inside the core.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant as StdInstant};
+
+use bytes::Bytes;
+use coral_core::config::Config;
+use coral_core::id::Id;
+use coral_core::time::Instant as CoreInstant;
+use coral_core::{Event, Levels, Node, OpId};
+use coral_tokio::NodeError;
+use coral_tokio::runtime::{BindError, GetResult, Joined, NodeOptions, PutResult};
+use coral_tokio::status::{AdapterCounters, NodeStatus};
+use mio::net::{TcpListener, UdpSocket};
+use mio::{Events, Interest, Poll, Token, Waker};
+use tracing::{debug, info, trace, warn};
+
+use crate::admin::Admin;
+use crate::snapshot::snapshot;
+use crate::udp::{RecvBatch, SendQueue};
+
+const UDP: Token = Token(0);
+const WAKER: Token = Token(1);
+const LISTENER: Token = Token(2);
+const SIGNALS: Token = Token(3);
+/// Connection tokens are slab keys plus this.
+pub(crate) const FIRST_CONN: usize = 16;
+
+/// `recvmmsg` batches taken per turn before the loop looks at its other
+/// sources (32 datagrams each).
+pub const RECV_TURNS: usize = 8;
+
+/// Readiness events taken per `epoll_wait`.
+const EVENTS: usize = 256;
+
+/// Most commands handled per turn, for the same reason as [`RECV_TURNS`].
+const COMMAND_TURN: usize = 256;
+
+type Reply<T> = mpsc::Sender<Result<T, NodeError>>;
+type Call = Box<dyn FnOnce(&mut Node, CoreInstant) + Send>;
+
+enum Command {
+    Join(Vec<SocketAddr>, Reply<Joined>),
+    Get(Id, Levels, Reply<GetResult>),
+    Put {
+        key: Id,
+        value: Bytes,
+        ttl: Duration,
+        levels: Levels,
+        publish: bool,
+        reply: Reply<PutResult>,
+    },
+    PublishHints(Vec<IpAddr>, mpsc::Sender<()>),
+    Status(mpsc::Sender<NodeStatus>),
+    Call(Call),
+    Shutdown,
+}
+
+enum Pending {
+    Join(Reply<Joined>),
+    Get(Reply<GetResult>),
+    Put(Reply<PutResult>),
+}
+
+/// Code that runs on the loop's thread and receives the core events no
+/// [`Handle`] caller is waiting for (operations it started itself through
+/// the `&mut Node` it is given, cluster changes, ...). The HTTP proxy and
+/// DNS server handlers will be applications of this kind, on the same loop.
+pub trait App: Send {
+    /// One event; the node may be given new work, whose output the loop drains.
+    fn on_event(&mut self, node: &mut Node, now: CoreInstant, event: Event);
+}
+
+/// The application that only logs: cluster changes at info, the rest at trace.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogEvents;
+
+impl App for LogEvents {
+    fn on_event(&mut self, _node: &mut Node, _now: CoreInstant, event: Event) {
+        match event {
+            Event::ClusterChanged {
+                level,
+                from,
+                to,
+                founded,
+            } => info!(
+                level,
+                from = %from.cluster,
+                from_size = from.size,
+                to = %to.cluster,
+                to_size = to.size,
+                founded,
+                "cluster changed"
+            ),
+            other => trace!(event = ?other, "event with no waiting caller"),
+        }
+    }
+}
+
+/// A cheap, cloneable handle to a running loop, usable from any thread.
+/// Every method blocks the calling thread until the loop answers.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    commands: SyncSender<Command>,
+    waker: Arc<Waker>,
+    addr: SocketAddr,
+    id: Id,
+    seed: u64,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl Handle {
+    /// The RPC socket's address (with the port the OS picked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
+    /// The seed of the node's RNG, for replaying an incident in the simulator.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), NodeError> {
+        self.commands.send(cmd).map_err(|_| NodeError::Stopped)?;
+        // A failed wake means the poller is gone, i.e. the loop stopped;
+        // the reply channel then reports it.
+        let _ = self.waker.wake();
+        Ok(())
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NodeError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(make(tx))?;
+        rx.recv().map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Joins the network through `bootstrap` (none: a network of one).
+    pub fn join(&self, bootstrap: Vec<SocketAddr>) -> Result<Joined, NodeError> {
+        self.ask(|r| Command::Join(bootstrap, r))
+    }
+
+    /// Gets the values of `key` at `levels`, fastest level first.
+    pub fn get(&self, key: Id, levels: Levels) -> Result<GetResult, NodeError> {
+        self.ask(|r| Command::Get(key, levels, r))
+    }
+
+    /// Puts `value` under `key` for `ttl` at `levels`.
+    pub fn put(
+        &self,
+        key: Id,
+        value: Bytes,
+        ttl: Duration,
+        levels: Levels,
+    ) -> Result<PutResult, NodeError> {
+        self.put_or_publish(key, value, ttl, levels, false)
+    }
+
+    /// Puts `value` under `key` and has the core keep it alive.
+    pub fn publish(
+        &self,
+        key: Id,
+        value: Bytes,
+        ttl: Duration,
+        levels: Levels,
+    ) -> Result<PutResult, NodeError> {
+        self.put_or_publish(key, value, ttl, levels, true)
+    }
+
+    fn put_or_publish(
+        &self,
+        key: Id,
+        value: Bytes,
+        ttl: Duration,
+        levels: Levels,
+        publish: bool,
+    ) -> Result<PutResult, NodeError> {
+        self.ask(|reply| Command::Put {
+            key,
+            value,
+            ttl,
+            levels,
+            publish,
+            reply,
+        })
+    }
+
+    /// Publishes this node's network hints (its prefix and `routers`).
+    pub fn publish_hints(&self, routers: Vec<IpAddr>) -> Result<(), NodeError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::PublishHints(routers, tx))?;
+        rx.recv().map_err(|_| NodeError::Stopped)
+    }
+
+    /// A snapshot of the node's state and counters, as coral-tokio reports it.
+    pub fn status(&self) -> Result<NodeStatus, NodeError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::Status(tx))?;
+        rx.recv().map_err(|_| NodeError::Stopped)
+    }
+
+    /// Runs `f` on the loop's thread with the node; events of operations it
+    /// starts go to the loop's [`App`]. Returns what `f` returns.
+    pub fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Node, CoreInstant) -> R + Send + 'static,
+    ) -> Result<R, NodeError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::Call(Box::new(move |node, now| {
+            let _ = tx.send(f(node, now));
+        })))?;
+        rx.recv().map_err(|_| NodeError::Stopped)
+    }
+
+    /// Asks the loop to stop; callers still waiting get [`NodeError::Stopped`].
+    pub fn shutdown(&self) {
+        // An error means the loop already stopped, which is what was asked.
+        let _ = self.send(Command::Shutdown);
+    }
+}
+
+/// A loop running on its own thread, and the handle to talk to it.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// The handle; clone it freely.
+    pub handle: Handle,
+    thread: JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Stops the loop and waits until its thread (and sockets) are gone.
+    pub fn shutdown(self) {
+        self.handle.shutdown();
+        if self.thread.join().is_err() {
+            warn!("node thread panicked");
+        }
+    }
+
+    /// Whether the thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+/// Binds the RPC socket (as coral-tokio binds it) and starts a loop on a
+/// new thread, with no admin endpoint and the [`LogEvents`] application.
+pub fn spawn(options: NodeOptions) -> Result<RunningNode, BindError> {
+    spawn_with(options, None, Box::new(LogEvents))
+}
+
+/// [`spawn`] with an admin listener and an application of the caller's.
+pub fn spawn_with(
+    options: NodeOptions,
+    admin: Option<std::net::TcpListener>,
+    app: Box<dyn App>,
+) -> Result<RunningNode, BindError> {
+    let socket = coral_tokio::runtime::bind_udp(
+        options.rpc_addr,
+        options.recv_buffer_bytes,
+        options.send_buffer_bytes,
+    )?;
+    // The driver holds kernel message headers (raw pointers, not `Send`),
+    // so it is built on the thread that runs it and only the handle comes back.
+    let (tx, rx) = mpsc::channel();
+    let (core, queue, addr) = (options.core, options.command_queue, options.rpc_addr);
+    let thread = std::thread::Builder::new()
+        .name(format!("coral-mio {addr}"))
+        .spawn(move || match Driver::new(core, socket, admin, app, queue) {
+            Ok((driver, handle)) => {
+                let _ = tx.send(Ok(handle));
+                if let Err(e) = driver.run() {
+                    warn!(error = %e, "node loop failed");
+                }
+            }
+            Err(e) => drop(tx.send(Err(e))),
+        })
+        .map_err(|source| BindError {
+            what: "node thread for",
+            addr,
+            source,
+        })?;
+    let handle = rx
+        .recv()
+        .unwrap_or_else(|_| Err(io::Error::other("the node thread died")))
+        .map_err(|source| BindError {
+            what: "mio poller for",
+            addr,
+            source,
+        })?;
+    Ok(RunningNode { handle, thread })
+}
+
+/// The loop and everything it owns. Build it with [`Driver::new`], then
+/// [`Driver::run`] it on the thread that should own it.
+pub struct Driver {
+    node: Node,
+    poll: Poll,
+    socket: UdpSocket,
+    commands: Receiver<Command>,
+    admin: Option<Admin>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    app: Box<dyn App>,
+    epoch: StdInstant,
+    recv: RecvBatch,
+    send: SendQueue,
+    scratch: Vec<u8>,
+    pending: BTreeMap<OpId, Pending>,
+    counters: AdapterCounters,
+    seed: u64,
+    /// The UDP socket may hold more datagrams (the budget ran out first).
+    udp_more: bool,
+    /// Commands may be queued (the waker fired, or the budget ran out).
+    commands_more: bool,
+    stop: bool,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("addr", &self.node.contact().addr)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// Takes a bound, non-blocking UDP socket (and optionally a bound admin
+    /// listener) and builds the loop and its handle.
+    pub fn new(
+        core: Config,
+        socket: std::net::UdpSocket,
+        admin: Option<std::net::TcpListener>,
+        app: Box<dyn App>,
+        command_queue: usize,
+    ) -> io::Result<(Self, Handle)> {
+        socket.set_nonblocking(true)?;
+        let addr = socket.local_addr()?;
+        let poll = Poll::new()?;
+        let mut socket = UdpSocket::from_std(socket);
+        poll.registry()
+            .register(&mut socket, UDP, Interest::READABLE | Interest::WRITABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let admin = match admin {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                let mut l = TcpListener::from_std(l);
+                poll.registry()
+                    .register(&mut l, LISTENER, Interest::READABLE)?;
+                Some(Admin::new(l))
+            }
+            None => None,
+        };
+        let seed = core.seed;
+        let node = Node::new(core, addr, CoreInstant::ZERO);
+        let id = node.id();
+        info!(%addr, id = %id, seed, "node started (replay with this seed)");
+        let (tx, rx) = mpsc::sync_channel(command_queue.max(1));
+        let driver = Self {
+            node,
+            poll,
+            socket,
+            commands: rx,
+            admin,
+            signals: None,
+            app,
+            epoch: StdInstant::now(),
+            recv: RecvBatch::new(),
+            send: SendQueue::new(),
+            scratch: Vec::with_capacity(crate::udp::SLOT),
+            pending: BTreeMap::new(),
+            counters: AdapterCounters::default(),
+            seed,
+            udp_more: true,
+            commands_more: true,
+            stop: false,
+        };
+        let handle = Handle {
+            commands: tx,
+            waker,
+            addr,
+            id,
+            seed,
+        };
+        Ok((driver, handle))
+    }
+
+    /// Stops the loop cleanly on SIGINT or SIGTERM (for the binary).
+    pub fn stop_on_signals(&mut self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// Runs `f` with the node before the loop starts (a join, say), then
+    /// drains the core as after any input.
+    pub fn with_node<R>(&mut self, f: impl FnOnce(&mut Node, CoreInstant) -> R) -> R {
+        let now = self.now();
+        let r = f(&mut self.node, now);
+        self.drain(now);
+        r
+    }
+
+    fn now(&self) -> CoreInstant {
+        CoreInstant::from_duration(self.epoch.elapsed())
+    }
+
+    /// How long `epoll_wait` may sleep: until the core's deadline or an
+    /// admin connection's, and not at all while input is known to wait.
+    fn wait(&self) -> Option<Duration> {
+        if self.udp_more || self.commands_more {
+            return Some(Duration::ZERO);
+        }
+        let core = self
+            .node
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(self.now()));
+        let admin = self
+            .admin
+            .as_ref()
+            .and_then(|a| a.next_deadline())
+            .map(|t| t.saturating_duration_since(StdInstant::now()));
+        match (core, admin) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs until [`Handle::shutdown`] (or a signal, see
+    /// [`Self::stop_on_signals`]); errors only if the poller fails.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS);
+        let now = self.now();
+        self.drain(now);
+        while !self.stop {
+            let timeout = self.wait();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in &events {
+                match ev.token() {
+                    UDP => {
+                        if ev.is_readable() {
+                            self.udp_more = true;
+                        }
+                        if ev.is_writable() && !self.send.is_empty() {
+                            self.flush();
+                        }
+                    }
+                    WAKER => self.commands_more = true,
+                    LISTENER => {
+                        if let Some(a) = &mut self.admin {
+                            a.accept_ready(self.poll.registry());
+                        }
+                    }
+                    SIGNALS => {
+                        if let Some(s) = &mut self.signals {
+                            if s.pending().next().is_some() {
+                                info!("signal received: shutting down");
+                                self.stop = true;
+                            }
+                        }
+                    }
+                    Token(t) => {
+                        let now = self.now();
+                        if let Some(a) = &mut self.admin {
+                            let counters = self.counters;
+                            let waiting = self.pending.len();
+                            let (node, seed) = (&self.node, self.seed);
+                            a.connection_ready(
+                                self.poll.registry(),
+                                t.wrapping_sub(FIRST_CONN),
+                                ev.is_readable(),
+                                ev.is_writable(),
+                                || snapshot(node, now, seed, counters, waiting),
+                            );
+                        }
+                    }
+                }
+            }
+            if self.udp_more {
+                self.recv_turn();
+            }
+            if self.commands_more {
+                self.command_turn();
+            }
+            let now = self.now();
+            if self.node.poll_timeout().is_some_and(|t| t <= now) {
+                self.counters.timer_wakeups += 1;
+                self.node.handle_timeout(now);
+                self.drain(now);
+            }
+            if let Some(a) = &mut self.admin {
+                a.expire(self.poll.registry(), StdInstant::now());
+            }
+            self.flush();
+        }
+        let stopped = self.pending.len();
+        self.pending.clear();
+        self.flush();
+        info!(addr = %self.node.contact().addr, operations_cancelled = stopped, "node stopped");
+        Ok(())
+    }
+
+    /// Up to [`RECV_TURNS`] `recvmmsg` batches; stops early on `WouldBlock`.
+    fn recv_turn(&mut self) {
+        for _ in 0..RECV_TURNS {
+            let n = match self.recv.recv(&self.socket) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.udp_more = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors surface here; the core notices the silence
+                    // through its own timeouts.
+                    self.counters.recv_errors += 1;
+                    debug!(error = %e, "recvmmsg failed");
+                    continue;
+                }
+            };
+            // Datagrams of one batch arrived together: one clock read.
+            let now = self.now();
+            for i in 0..n {
+                if let Some((from, bytes)) = self.recv.get(i) {
+                    self.counters.datagrams_in += 1;
+                    self.node.handle_datagram(now, from, bytes);
+                }
+                self.drain(now);
+            }
+            // Replies to a batch leave as a batch.
+            self.flush();
+        }
+    }
+
+    fn command_turn(&mut self) {
+        for _ in 0..COMMAND_TURN {
+            match self.commands.try_recv() {
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    self.stop = true;
+                    self.commands_more = false;
+                    return;
+                }
+                Ok(cmd) => self.command(cmd),
+                Err(TryRecvError::Empty) => {
+                    self.commands_more = false;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends what the queue holds; counts what was sent and what failed.
+    fn flush(&mut self) {
+        let f = self.send.flush(&self.socket);
+        self.counters.datagrams_out += f.sent as u64;
+        self.counters.send_errors += f.failed as u64;
+    }
+
+    /// Every transmit, then every event, until both are empty (an
+    /// application may start operations from an event).
+    fn drain(&mut self, now: CoreInstant) {
+        loop {
+            self.drain_transmits();
+            let Some(event) = self.node.poll_event() else {
+                break;
+            };
+            self.event(now, event);
+        }
+    }
+
+    fn drain_transmits(&mut self) {
+        loop {
+            if self.send.is_full() {
+                self.flush();
+            }
+            match self.send.slot() {
+                Some(buf) => match self.node.poll_transmit(buf) {
+                    Some(t) => self.send.commit(t.destination, t.size),
+                    None => return,
+                },
+                // Still full: the socket is blocked. The core must still be
+                // drained; what does not fit is dropped and counted.
+                None => match self.node.poll_transmit(&mut self.scratch) {
+                    Some(t) => {
+                        self.counters.send_errors += 1;
+                        debug!(to = %t.destination, "send queue full: datagram dropped");
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::Join(bootstrap, reply) => match self.node.join(now, &bootstrap) {
+                Ok(op) => drop(self.pending.insert(op, Pending::Join(reply))),
+                Err(e) => drop(reply.send(Err(e.into()))),
+            },
+            Command::Get(key, levels, reply) => match self.node.get(now, key, levels) {
+                Ok(op) => drop(self.pending.insert(op, Pending::Get(reply))),
+                Err(e) => drop(reply.send(Err(e.into()))),
+            },
+            Command::Put {
+                key,
+                value,
+                ttl,
+                levels,
+                publish,
+                reply,
+            } => {
+                let r = if publish {
+                    self.node.publish(now, key, value, ttl, levels)
+                } else {
+                    self.node.put(now, key, value, ttl, levels)
+                };
+                match r {
+                    Ok(op) => drop(self.pending.insert(op, Pending::Put(reply))),
+                    Err(e) => drop(reply.send(Err(e.into()))),
+                }
+            }
+            Command::PublishHints(routers, reply) => {
+                self.node.publish_hints(now, &routers);
+                let _ = reply.send(());
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(snapshot(
+                    &self.node,
+                    now,
+                    self.seed,
+                    self.counters,
+                    self.pending.len(),
+                ));
+            }
+            Command::Call(f) => f(&mut self.node, now),
+            // Handled by the command turn.
+            Command::Shutdown => {}
+        }
+        self.drain(now);
+    }
+
+    fn event(&mut self, now: CoreInstant, event: Event) {
+        // A receiver that went away (a caller that gave up) is not an error.
+        let op = match &event {
+            Event::Joined { op, .. }
+            | Event::GetDone { op, .. }
+            | Event::PutDone { op, .. }
+            | Event::NodesFound { op, .. } => Some(*op),
+            _ => None,
+        };
+        let waiting = op.and_then(|op| self.pending.remove(&op));
+        match (waiting, event) {
+            (Some(Pending::Join(r)), Event::Joined { contacts, .. }) => {
+                info!(contacts, "joined");
+                let _ = r.send(Ok(Joined { contacts }));
+            }
+            (
+                Some(Pending::Get(r)),
+                Event::GetDone {
+                    values,
+                    level,
+                    hops,
+                    ..
+                },
+            ) => {
+                let _ = r.send(Ok(GetResult {
+                    values,
+                    level,
+                    hops,
+                }));
+            }
+            (Some(Pending::Put(r)), Event::PutDone { stored, hops, .. }) => {
+                let _ = r.send(Ok(PutResult { stored, hops }));
+            }
+            (_, event) => {
+                self.counters.other_events += 1;
+                self.app.on_event(&mut self.node, now, event);
+            }
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Batched UDP: `recvmmsg` takes up to [`BATCH`] datagrams in one system
+//! call and `sendmmsg` sends up to [`BATCH`] at once, through `nix`'s safe
+//! wrappers (no `unsafe` here). Both sides own their buffers for the life of
+//! the node, so the hot path allocates nothing per datagram.
+//!
+//! The send side doubles as the loop's bounded queue for sends that would
+//! block: datagrams wait in their slots until `sendmmsg` takes them, and a
+//! datagram that finds every slot taken while the socket is blocked is
+//! dropped and counted (UDP may lose it anyway; the core's retries and
+//! timeouts are built for that).
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
+};
+
+/// Datagrams per `recvmmsg`/`sendmmsg` call, and slots in the send queue.
+pub const BATCH: usize = 32;
+
+/// Bytes per receive slot. The core's datagrams are far smaller (its
+/// encoder caps them at 1200 bytes); a larger datagram arrives truncated to
+/// this size and the core counts it as malformed, which it is.
+pub const SLOT: usize = 2048;
+
+fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
+    }
+    a.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
+}
+
+/// Receive buffers and the kernel headers `recvmmsg` fills, reused forever.
+pub struct RecvBatch {
+    bufs: Box<[[u8; SLOT]; BATCH]>,
+    headers: MultiHeaders<SockaddrStorage>,
+    got: [(usize, Option<SocketAddr>); BATCH],
+    len: usize,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch").field("len", &self.len).finish()
+    }
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecvBatch {
+    /// Allocates the buffers once.
+    pub fn new() -> Self {
+        let bufs: Box<[[u8; SLOT]]> = vec![[0u8; SLOT]; BATCH].into_boxed_slice();
+        let bufs: Box<[[u8; SLOT]; BATCH]> = match bufs.try_into() {
+            Ok(b) => b,
+            // The vector was built with exactly BATCH slots.
+            Err(_) => unreachable!("BATCH slots"),
+        };
+        Self {
+            bufs,
+            headers: MultiHeaders::preallocate(BATCH, None),
+            got: [(0, None); BATCH],
+            len: 0,
+        }
+    }
+
+    /// One `recvmmsg` on `socket`: returns how many datagrams arrived
+    /// (at least one), or the error (`WouldBlock` when none was queued).
+    pub fn recv(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
+        self.len = 0;
+        let mut iovs = self.bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
+        let results = recvmmsg(
+            socket.as_raw_fd(),
+            &mut self.headers,
+            iovs.iter_mut(),
+            // Return what is queued once one datagram is in, even on a
+            // blocking socket (the loop's socket never blocks anyway).
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        for (slot, r) in self.got.iter_mut().zip(results) {
+            *slot = (r.bytes.min(SLOT), r.address.as_ref().and_then(to_std));
+            self.len += 1;
+        }
+        Ok(self.len)
+    }
+
+    /// The `i`-th datagram of the last [`Self::recv`]: sender and bytes
+    /// (`None` past the end, or for a sender that is not IPv4/IPv6).
+    pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
+        if i >= self.len {
+            return None;
+        }
+        let (n, from) = self.got[i];
+        Some((from?, &self.bufs[i][..n]))
+    }
+}
+
+/// The outcome of a flush.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// Datagrams the kernel took.
+    pub sent: usize,
+    /// Datagrams dropped because the kernel refused them (not for blocking).
+    pub failed: usize,
+}
+
+/// Outgoing datagrams waiting for `sendmmsg`: a bounded queue of [`BATCH`]
+/// reusable buffers.
+pub struct SendQueue {
+    bufs: Vec<Vec<u8>>,
+    dests: [Option<SockaddrStorage>; BATCH],
+    len: usize,
+    headers: MultiHeaders<SockaddrStorage>,
+    blocked: bool,
+}
+
+impl std::fmt::Debug for SendQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendQueue")
+            .field("len", &self.len)
+            .field("blocked", &self.blocked)
+            .finish()
+    }
+}
+
+impl Default for SendQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SendQueue {
+    /// Allocates the buffers once.
+    pub fn new() -> Self {
+        Self {
+            bufs: (0..BATCH).map(|_| Vec::with_capacity(SLOT)).collect(),
+            dests: [None; BATCH],
+            len: 0,
+            headers: MultiHeaders::preallocate(BATCH, None),
+            blocked: false,
+        }
+    }
+
+    /// Datagrams waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether every slot is taken.
+    pub fn is_full(&self) -> bool {
+        self.len == BATCH
+    }
+
+    /// Whether the last flush stopped on `WouldBlock` (cleared by a flush
+    /// that empties the queue).
+    pub fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// The next free buffer, to be filled and then [`Self::commit`]ted;
+    /// `None` when the queue is full.
+    pub fn slot(&mut self) -> Option<&mut Vec<u8>> {
+        self.bufs.get_mut(self.len).filter(|_| self.len < BATCH)
+    }
+
+    /// Queues the first `size` bytes of the buffer [`Self::slot`] returned.
+    pub fn commit(&mut self, to: SocketAddr, size: usize) {
+        if self.len < BATCH {
+            self.bufs[self.len].truncate(size);
+            self.dests[self.len] = Some(SockaddrStorage::from(to));
+            self.len += 1;
+        }
+    }
+
+    /// Sends what waits, in as few `sendmmsg` calls as the kernel allows.
+    /// Stops on `WouldBlock` (the rest waits for writability); a datagram
+    /// the kernel refuses outright (no route, bad address) is dropped.
+    pub fn flush(&mut self, socket: &impl AsRawFd) -> Flushed {
+        let mut out = Flushed::default();
+        while self.len > 0 {
+            let n = self.len;
+            let result = {
+                let iovs: [[IoSlice<'_>; 1]; BATCH] =
+                    std::array::from_fn(|i| [IoSlice::new(&self.bufs[i])]);
+                let no_cmsgs: [ControlMessage<'_>; 0] = [];
+                sendmmsg(
+                    socket.as_raw_fd(),
+                    &mut self.headers,
+                    iovs[..n].iter(),
+                    &self.dests[..n],
+                    no_cmsgs,
+                    MsgFlags::empty(),
+                )
+                .map(Iterator::count)
+            };
+            let done = match result {
+                Ok(0) | Err(Errno::EAGAIN) => {
+                    self.blocked = true;
+                    return out;
+                }
+                Ok(k) => {
+                    out.sent += k;
+                    k
+                }
+                Err(Errno::EINTR) => continue,
+                // The first datagram failed: drop it and go on with the rest.
+                Err(_) => {
+                    out.failed += 1;
+                    1
+                }
+            };
+            // The kernel may take fewer than offered: keep the rest in order.
+            // Rotating moves the Vec headers, never their heap buffers.
+            let done = done.clamp(1, n);
+            self.bufs[..n].rotate_left(done);
+            self.dests[..n].rotate_left(done);
+            self.len = n - done;
+        }
+        self.blocked = false;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn a_batch_goes_out_in_order_and_comes_back_whole() {
+        let (a, b) = pair();
+        let to = b.local_addr().unwrap();
+        let mut q = SendQueue::new();
+        for i in 0..BATCH {
+            let buf = q.slot().unwrap();
+            buf.clear();
+            buf.extend_from_slice(format!("datagram {i}").as_bytes());
+            let size = buf.len();
+            q.commit(to, size);
+        }
+        assert!(q.is_full() && q.slot().is_none());
+        let f = q.flush(&a);
+        assert_eq!(
+            f,
+            Flushed {
+                sent: BATCH,
+                failed: 0
+            }
+        );
+        assert!(q.is_empty() && !q.is_blocked());
+
+        let mut r = RecvBatch::new();
+        let mut seen = Vec::new();
+        while seen.len() < BATCH {
+            let n = r.recv(&b).unwrap();
+            for i in 0..n {
+                let (from, bytes) = r.get(i).unwrap();
+                assert_eq!(from, a.local_addr().unwrap());
+                seen.push(String::from_utf8(bytes.to_vec()).unwrap());
+            }
+            assert!(r.get(n).is_none());
+        }
+        let want: Vec<String> = (0..BATCH).map(|i| format!("datagram {i}")).collect();
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn an_oversized_datagram_arrives_truncated_to_a_slot() {
+        let (a, b) = pair();
+        a.send_to(&vec![7u8; 5000], b.local_addr().unwrap())
+            .unwrap();
+        let mut r = RecvBatch::new();
+        assert_eq!(r.recv(&b).unwrap(), 1);
+        assert_eq!(r.get(0).unwrap().1.len(), SLOT);
+    }
+
+    #[test]
+    fn an_empty_socket_would_block() {
+        let (_, b) = pair();
+        b.set_nonblocking(true).unwrap();
+        let e = RecvBatch::new().recv(&b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn a_refused_datagram_is_dropped_and_the_rest_sent() {
+        let (a, b) = pair();
+        let mut q = SendQueue::new();
+        // An IPv6 destination on an IPv4 socket is refused by the kernel.
+        for to in ["[::1]:9".parse().unwrap(), b.local_addr().unwrap()] {
+            let buf = q.slot().unwrap();
+            buf.clear();
+            buf.push(1);
+            q.commit(to, 1);
+        }
+        assert_eq!(q.flush(&a), Flushed { sent: 1, failed: 1 });
+        let mut r = RecvBatch::new();
+        assert_eq!(r.recv(&b).unwrap(), 1);
+    }
+}
