@@ -42,6 +42,8 @@ pub struct Response {
     pub content_type: &'static str,
     /// The body.
     pub body: bytes::Bytes,
+    /// `Cache-Control` (admin pages are `no-store`; the testnet origin's files are cacheable).
+    pub cache_control: &'static str,
 }
 
 impl Response {
@@ -51,7 +53,15 @@ impl Response {
             status: 200,
             content_type,
             body: body.into(),
+            cache_control: "no-store",
         }
+    }
+
+    /// This response with `Cache-Control: cache_control`.
+    #[must_use]
+    pub fn with_cache_control(mut self, cache_control: &'static str) -> Self {
+        self.cache_control = cache_control;
+        self
     }
 
     /// An error response with a one-line text body.
@@ -60,6 +70,7 @@ impl Response {
             status,
             content_type: "text/plain; charset=utf-8",
             body: format!("{} {}\n", status, reason(status)).into(),
+            cache_control: "no-store",
         }
     }
 }
@@ -96,9 +107,55 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
+/// A bandwidth limit shared by every connection of a server (the testnet
+/// origin's 384 kbit/s uplink, as in the paper's experiment).
+#[derive(Debug)]
+pub struct Throttle {
+    bytes_per_sec: u64,
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Throttle {
+    /// A limit of `bits_per_sec`.
+    pub fn new(bits_per_sec: u64) -> Self {
+        Self {
+            bytes_per_sec: (bits_per_sec / 8).max(1),
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits until `n` more bytes may be sent.
+    async fn take(&self, n: usize) {
+        let at = {
+            let mut next = self
+                .next
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = tokio::time::Instant::now();
+            let at = (*next).max(now);
+            *next = at + Duration::from_secs_f64(n as f64 / self.bytes_per_sec as f64);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
 /// Serves `listener` with `handler` until `shutdown` turns true.
-pub async fn serve<H, F>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, handler: H)
+pub async fn serve<H, F>(listener: TcpListener, shutdown: watch::Receiver<bool>, handler: H)
 where
+    H: Fn(Request) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
+    serve_throttled(listener, shutdown, handler, None).await;
+}
+
+/// [`serve`] with every response body sent through `throttle`.
+pub async fn serve_throttled<H, F>(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    handler: H,
+    throttle: Option<Arc<Throttle>>,
+) where
     H: Fn(Request) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
@@ -124,8 +181,9 @@ where
             () = stopped(&mut shutdown) => return,
         };
         let handler = handler.clone();
+        let throttle = throttle.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, handler).await {
+            if let Err(e) = connection(stream, handler, throttle).await {
                 debug!(%peer, error = %e, "HTTP connection ended with an error");
             }
             drop(permit);
@@ -133,7 +191,11 @@ where
     }
 }
 
-async fn connection<H, F>(mut stream: TcpStream, handler: H) -> std::io::Result<()>
+async fn connection<H, F>(
+    mut stream: TcpStream,
+    handler: H,
+    throttle: Option<Arc<Throttle>>,
+) -> std::io::Result<()>
 where
     H: Fn(Request) -> F,
     F: Future<Output = Response>,
@@ -176,19 +238,31 @@ where
     };
     let mut out = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\
-         Cache-Control: no-store\r\n\r\n",
+         Cache-Control: {}\r\n\r\n",
         response.status,
         reason(response.status),
         response.content_type,
-        response.body.len()
+        response.body.len(),
+        response.cache_control
     )
     .into_bytes();
     if !head_only {
         out.extend_from_slice(&response.body);
     }
-    match tokio::time::timeout(IO_TIMEOUT, stream.write_all(&out)).await {
-        Ok(r) => r?,
-        Err(_) => return Ok(()),
+    if let Some(t) = throttle {
+        // One MSS-sized piece at a time, each waiting for its share of the uplink.
+        for piece in out.chunks(1460) {
+            t.take(piece.len()).await;
+            match tokio::time::timeout(IO_TIMEOUT, stream.write_all(piece)).await {
+                Ok(r) => r?,
+                Err(_) => return Ok(()),
+            }
+        }
+    } else {
+        match tokio::time::timeout(IO_TIMEOUT, stream.write_all(&out)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(()),
+        }
     }
     let _ = tokio::time::timeout(IO_TIMEOUT, stream.shutdown()).await;
     Ok(())

@@ -68,7 +68,9 @@ enum Command {
         /// Number of nodes.
         #[arg(long, short, default_value_t = 8)]
         nodes: usize,
-        /// Run a flash crowd of DSHT gets for SECONDS, print a summary and exit.
+        /// Run a flash crowd for SECONDS: clients spread over every node's
+        /// HTTP proxy fetch the paper's twelve 41 KB files from an origin
+        /// limited to 384 kbit/s; print a summary and exit.
         #[arg(long, value_name = "SECONDS")]
         flash_crowd: Option<u64>,
         /// Concurrent clients of the flash crowd.
@@ -92,6 +94,9 @@ enum Command {
         /// Admin port of every node.
         #[arg(long, default_value_t = 8092)]
         admin_port: u16,
+        /// HTTP proxy port of every node.
+        #[arg(long, default_value_t = 8090)]
+        http_port: u16,
         /// Port of the origin web server.
         #[arg(long, default_value_t = 8080)]
         origin_port: u16,
@@ -174,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             first_ip,
             rpc_port,
             admin_port,
+            http_port,
             origin_port,
             seed,
             config,
@@ -187,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 first_ip,
                 rpc_port,
                 admin_port,
+                http_port,
                 origin_port,
                 objects,
                 flash_crowd: flash_crowd.map(Duration::from_secs),

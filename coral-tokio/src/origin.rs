@@ -44,6 +44,21 @@ impl Origin {
     }
 }
 
+/// Files of the flash-crowd workload (the paper's: twelve 41 KB files).
+pub const FLASH_OBJECTS: usize = 12;
+/// Size of each flash-crowd file.
+pub const FLASH_BYTES: usize = 41 * 1024;
+/// The origin's uplink in the flash-crowd workload (the paper's 384 kbit/s).
+pub const FLASH_BITS_PER_SEC: u64 = 384_000;
+
+/// The body of flash-crowd file `i`: distinct per file, so a mix-up shows.
+pub fn flash_body(i: usize) -> Bytes {
+    (0..FLASH_BYTES)
+        .map(|j| (j.wrapping_mul(31).wrapping_add(i.wrapping_mul(97)) % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
 /// The sample files, by path.
 fn files(objects: usize) -> BTreeMap<String, (&'static str, Bytes)> {
     let mut m = BTreeMap::new();
@@ -80,6 +95,12 @@ fn files(objects: usize) -> BTreeMap<String, (&'static str, Bytes)> {
         "/data/64k.bin".to_owned(),
         ("application/octet-stream", Bytes::from(big)),
     );
+    for i in 0..FLASH_OBJECTS {
+        m.insert(
+            format!("/flash/{i}.bin"),
+            ("application/octet-stream", flash_body(i)),
+        );
+    }
     for i in 0..objects {
         let body = format!("object {i}\n").repeat(64);
         m.insert(
@@ -96,6 +117,16 @@ pub async fn start(
     objects: usize,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Origin, BindError> {
+    start_throttled(addr, objects, shutdown, None).await
+}
+
+/// [`start`] with the origin's uplink limited to `bits_per_sec`.
+pub async fn start_throttled(
+    addr: SocketAddr,
+    objects: usize,
+    shutdown: watch::Receiver<bool>,
+    bits_per_sec: Option<u64>,
+) -> Result<Origin, BindError> {
     let listener = httpd::bind("origin TCP listener", addr).await?;
     let addr = listener.local_addr().map_err(|source| BindError {
         what: "origin TCP listener",
@@ -106,24 +137,30 @@ pub async fn start(
     let paths = files.keys().cloned().collect();
     let served = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&served);
-    let task = tokio::spawn(httpd::serve(listener, shutdown, move |req| {
-        let files = Arc::clone(&files);
-        let counter = Arc::clone(&counter);
-        async move {
-            let path = if req.path == "/" {
-                "/index.html"
-            } else {
-                &req.path
-            };
-            match files.get(path) {
-                Some((ctype, body)) => {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    Response::ok(ctype, body.clone())
+    let throttle = bits_per_sec.map(|b| Arc::new(httpd::Throttle::new(b)));
+    let task = tokio::spawn(httpd::serve_throttled(
+        listener,
+        shutdown,
+        move |req| {
+            let files = Arc::clone(&files);
+            let counter = Arc::clone(&counter);
+            async move {
+                let path = if req.path == "/" {
+                    "/index.html"
+                } else {
+                    &req.path
+                };
+                match files.get(path) {
+                    Some((ctype, body)) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        Response::ok(ctype, body.clone()).with_cache_control("max-age=3600")
+                    }
+                    None => Response::error(404),
                 }
-                None => Response::error(404),
             }
-        }
-    }));
+        },
+        throttle,
+    ));
     Ok(Origin {
         addr,
         paths,

@@ -143,6 +143,11 @@ impl Shared {
         }
     }
 
+    /// The core's counters.
+    pub fn stats(&self) -> coral_core::http::ProxyStats {
+        self.core().stats()
+    }
+
     /// Prometheus text for the proxy's counters.
     pub fn metrics(&self) -> String {
         let (s, c, inflight) = {

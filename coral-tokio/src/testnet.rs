@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,7 +29,10 @@ use tracing::info;
 
 use crate::config::FileConfig;
 use crate::runtime::{self, NodeHandle, RunningNode};
-use crate::{admin, coralize, httpd, identity, origin};
+use crate::{admin, coralize, httpd, identity, origin, proxy};
+use coral_core::contact::Services;
+use coral_core::http::HttpConfig;
+use coral_core::http::ssrf::IpNet;
 
 /// How long a value put by the testnet lives.
 const TTL: Duration = Duration::from_secs(3600);
@@ -49,6 +52,8 @@ pub struct TestnetOptions {
     pub rpc_port: u16,
     /// Admin port of every node.
     pub admin_port: u16,
+    /// HTTP proxy port of every node.
+    pub http_port: u16,
     /// Port of the origin web server (at 127.0.0.(first_ip-1)).
     pub origin_port: u16,
     /// Generated objects the origin serves besides the sample files.
@@ -76,6 +81,7 @@ impl Default for TestnetOptions {
             first_ip: 10,
             rpc_port: 8091,
             admin_port: 8092,
+            http_port: 8090,
             origin_port: 8080,
             objects: 20,
             flash_crowd: None,
@@ -92,20 +98,18 @@ impl Default for TestnetOptions {
 /// The flash-crowd summary; also printed as one JSON object with `--json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
-    /// Requests made (DSHT gets).
+    /// HTTP requests made through the proxies.
     pub requests: u64,
-    /// Requests answered correctly: a holder found, or nothing found for an
-    /// object no reference had been stored for yet.
+    /// Requests answered 200 with exactly the origin's bytes.
     pub ok: u64,
-    /// Requests that timed out, were refused, or found nothing although a
-    /// reference had been stored before they started.
+    /// Requests that timed out, failed, or got other bytes.
     pub failed: u64,
-    /// Requests the origin web server answered during the run.
+    /// Requests the origin web server answered during the run, from its own books.
     pub origin_fetches: u64,
-    /// Distinct objects requested.
+    /// Distinct objects requested (the paper's twelve 41 KB files).
     pub objects: usize,
-    /// References stored after a miss (what a proxy does after fetching).
-    pub puts: u64,
+    /// Claims granted by arbiters (total misses allowed to the origin).
+    pub claims_granted: u64,
     /// Median get latency, milliseconds.
     pub latency_ms_p50: f64,
     /// 90th percentile get latency, milliseconds.
@@ -114,8 +118,7 @@ pub struct Summary {
     pub latency_ms_p99: f64,
     /// Slowest get, milliseconds.
     pub latency_ms_max: f64,
-    /// Where answers came from: `level N` (the DSHT level a holder was
-    /// found at), `miss` (no holder yet), `error`.
+    /// Where answers came from, summed over the proxies' own counters.
     pub served_from: BTreeMap<String, u64>,
     /// Nodes in the network.
     pub nodes: usize,
@@ -176,9 +179,17 @@ pub async fn run(opts: TestnetOptions) -> anyhow::Result<()> {
         Ipv4Addr::new(127, 0, 0, opts.first_ip - 1),
         opts.origin_port,
     ));
-    let origin = origin::start(origin_addr, opts.objects, stop_rx.clone()).await?;
+    // The paper's flash crowd: the origin's uplink is 384 kbit/s.
+    let origin = origin::start_throttled(
+        origin_addr,
+        opts.objects,
+        stop_rx.clone(),
+        opts.flash_crowd.map(|_| origin::FLASH_BITS_PER_SEC),
+    )
+    .await?;
 
     let mut nodes = Vec::with_capacity(opts.nodes);
+    let mut proxies = Vec::with_capacity(opts.nodes);
     let mut admin_tasks = Vec::new();
     for i in 0..opts.nodes {
         let ip = node_ip(opts.first_ip, i)
@@ -186,9 +197,28 @@ pub async fn run(opts: TestnetOptions) -> anyhow::Result<()> {
         let mut cfg = opts.config.clone();
         cfg.node.rpc = SocketAddr::from((ip, opts.rpc_port));
         cfg.node.admin = SocketAddr::from((ip, opts.admin_port));
-        let options = cfg.node_options(seed.wrapping_add(i as u64));
+        cfg.node.http = SocketAddr::from((ip, opts.http_port));
+        let mut options = cfg.node_options(seed.wrapping_add(i as u64));
+        options.core.services = options.core.services.with(Services::HTTP);
         let listener = httpd::bind("admin TCP listener", cfg.node.admin).await?;
         let node = runtime::spawn(options)?;
+        let http = HttpConfig {
+            // The testnet's origin lives on loopback; nothing else private is allowed.
+            allow_origins: vec![IpNet {
+                addr: origin_addr.ip(),
+                prefix: 32,
+            }],
+            suffixes: vec![opts.coral_domain.clone()],
+            ..HttpConfig::default()
+        };
+        proxies.push(
+            proxy::start(
+                proxy::ProxyOptions::new(cfg.node.http, http),
+                node.handle.clone(),
+                stop_rx.clone(),
+            )
+            .await?,
+        );
         admin_tasks.push(tokio::spawn(admin::serve(
             listener,
             node.handle.clone(),
@@ -240,7 +270,10 @@ pub async fn run(opts: TestnetOptions) -> anyhow::Result<()> {
 
     // The DSHT at work: each sample object put by one node, got by another.
     let urls = origin.urls();
-    let demo: Vec<&String> = urls.iter().filter(|u| !u.contains("/obj/")).collect();
+    let demo: Vec<&String> = urls
+        .iter()
+        .filter(|u| !u.contains("/obj/") && !u.contains("/flash/"))
+        .collect();
     if human {
         println!("\nDSHT puts and gets (key = sha1 of the URL, value = the holder's address):");
     }
@@ -299,7 +332,7 @@ pub async fn run(opts: TestnetOptions) -> anyhow::Result<()> {
 
     let result = match opts.flash_crowd {
         Some(duration) => {
-            let summary = flash_crowd(&handles, &origin, &opts, duration, seed).await;
+            let summary = flash_crowd(&proxies, &origin, &opts, duration, seed).await;
             if human {
                 print!("{}", summary_table(&summary));
             }
@@ -327,6 +360,9 @@ pub async fn run(opts: TestnetOptions) -> anyhow::Result<()> {
         }
     };
     let _ = stop_tx.send(true);
+    for p in proxies {
+        p.task.abort();
+    }
     for n in nodes {
         n.node.shutdown().await;
     }
@@ -531,37 +567,38 @@ struct Load {
     requests: AtomicU64,
     ok: AtomicU64,
     failed: AtomicU64,
-    puts: AtomicU64,
-    /// Per object: whether a reference put has completed, and when (µs since start).
-    stored: Vec<(AtomicBool, AtomicU64)>,
-    served_from: Mutex<BTreeMap<String, u64>>,
     latencies: Mutex<Vec<f64>>,
 }
 
+/// Longest wait for one client request of the flash crowd: the origin's
+/// throttled uplink needs about 11 s for the whole workload.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
+
 async fn flash_crowd(
-    handles: &[NodeHandle],
+    proxies: &[proxy::RunningProxy],
     origin: &origin::Origin,
     opts: &TestnetOptions,
     duration: Duration,
     seed: u64,
 ) -> Summary {
-    let urls: Vec<String> = origin.urls();
-    let keys: Arc<Vec<Id>> = Arc::new(urls.iter().map(|u| Id::for_url(u)).collect());
-    // The demo above stored references for the sample files already.
-    let demo_done: Vec<bool> = urls.iter().map(|u| !u.contains("/obj/")).collect();
+    let host = format!(
+        "{}.{}.{}",
+        origin.addr.ip(),
+        origin.addr.port(),
+        opts.coral_domain
+    );
+    let bodies: Arc<Vec<Bytes>> =
+        Arc::new((0..origin::FLASH_OBJECTS).map(origin::flash_body).collect());
     let load = Arc::new(Load {
         requests: AtomicU64::new(0),
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
-        puts: AtomicU64::new(0),
-        stored: demo_done
-            .iter()
-            .map(|&d| (AtomicBool::new(d), AtomicU64::new(0)))
-            .collect(),
-        served_from: Mutex::new(BTreeMap::new()),
         latencies: Mutex::new(Vec::new()),
     });
+    let before: Vec<coral_core::http::ProxyStats> =
+        proxies.iter().map(|p| p.shared.stats()).collect();
     let origin_before = origin.served();
+    let addrs: Arc<Vec<SocketAddr>> = Arc::new(proxies.iter().map(|p| p.addr).collect());
     let start = Instant::now();
     let deadline = start + duration;
     let bar = indicatif::ProgressBar::new(duration.as_secs().max(1));
@@ -571,71 +608,41 @@ async fn flash_crowd(
     );
     let mut clients = Vec::new();
     for c in 0..opts.clients.max(1) {
-        let handles = handles.to_vec();
-        let keys = Arc::clone(&keys);
+        let addrs = Arc::clone(&addrs);
+        let bodies = Arc::clone(&bodies);
         let load = Arc::clone(&load);
+        let host = host.clone();
         let max = opts.max_requests;
         let mut pick = Pick(seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(c as u64 + 1)) | 1);
+        // Clients are spread over all proxies: client c starts at proxy c.
+        let mut next_proxy = c;
+        // Client c asks for object c first, so a crowd of at least twelve
+        // clients misses on every object at the same moment.
+        let mut first = Some(c % bodies.len());
         clients.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 if load.requests.fetch_add(1, Ordering::Relaxed) >= max {
                     load.requests.fetch_sub(1, Ordering::Relaxed);
                     break;
                 }
-                let node = &handles[pick.below(handles.len())];
-                let obj = pick.below(keys.len());
-                let key = keys[obj];
+                let proxy = addrs[next_proxy % addrs.len()];
+                next_proxy = next_proxy.wrapping_add(1 + pick.below(addrs.len()));
+                let obj = first.take().unwrap_or_else(|| pick.below(bodies.len()));
                 let t0 = Instant::now();
-                let t0_us = (t0 - start).as_micros() as u64;
-                let was_stored = {
-                    let (done, at) = &load.stored[obj];
-                    done.load(Ordering::Acquire) && at.load(Ordering::Relaxed) <= t0_us
-                };
-                let r = tokio::time::timeout(OP_TIMEOUT, node.get(key, Levels::ALL)).await;
+                let r = tokio::time::timeout(
+                    REQUEST_TIMEOUT,
+                    proxy::client_get(proxy, &host, &format!("/flash/{obj}.bin"), ""),
+                )
+                .await;
                 let ms = t0.elapsed().as_secs_f64() * 1000.0;
-                let from = match r {
-                    Ok(Ok(g)) if !g.values.is_empty() => {
-                        let valid = g.values.iter().all(|v| {
-                            std::str::from_utf8(v)
-                                .ok()
-                                .and_then(|s| s.parse::<SocketAddr>().ok())
-                                .is_some_and(|a| handles.iter().any(|h| h.addr() == a))
-                        });
-                        if valid {
-                            load.ok.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            load.failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        g.level
-                            .map_or_else(|| "level ?".to_owned(), |l| format!("level {l}"))
-                    }
-                    Ok(Ok(_)) => {
-                        if was_stored {
-                            load.failed.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            load.ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        // What a proxy does after fetching: store a reference to itself.
-                        let p = tokio::time::timeout(
-                            OP_TIMEOUT,
-                            node.put(key, holder_value(node), TTL, Levels::ALL),
-                        )
-                        .await;
-                        if matches!(p, Ok(Ok(ref p)) if !p.stored.is_empty()) {
-                            load.puts.fetch_add(1, Ordering::Relaxed);
-                            let (done, at) = &load.stored[obj];
-                            if !done.swap(true, Ordering::AcqRel) {
-                                at.store((start.elapsed()).as_micros() as u64, Ordering::Relaxed);
-                            }
-                        }
-                        "miss".to_owned()
+                match r {
+                    Ok(Ok((200, _, body))) if body == bodies[obj] => {
+                        load.ok.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {
                         load.failed.fetch_add(1, Ordering::Relaxed);
-                        "error".to_owned()
                     }
-                };
-                *load.served_from.lock().await.entry(from).or_default() += 1;
+                }
                 load.latencies.lock().await.push(ms);
             }
         }));
@@ -663,20 +670,32 @@ async fn flash_crowd(
     let seconds = start.elapsed().as_secs_f64();
     let mut lat = std::mem::take(&mut *load.latencies.lock().await);
     lat.sort_by(f64::total_cmp);
-    let served_from = load.served_from.lock().await.clone();
+    let mut served_from = BTreeMap::new();
+    let mut claims = 0;
+    for (p, b) in proxies.iter().zip(&before) {
+        let s = p.shared.stats();
+        let mut add = |k: &str, v: u64| *served_from.entry(k.to_owned()).or_insert(0) += v;
+        add("local cache", s.hits_local - b.hits_local);
+        add("peer, level 0", s.hits_peer[0] - b.hits_peer[0]);
+        add("peer, level 1", s.hits_peer[1] - b.hits_peer[1]);
+        add("peer, level 2", s.hits_peer[2] - b.hits_peer[2]);
+        add("peer, claim holder", s.hits_peer[3] - b.hits_peer[3]);
+        add("origin", s.hits_origin - b.hits_origin);
+        claims += s.claims_granted - b.claims_granted;
+    }
     Summary {
         requests: load.requests.load(Ordering::Relaxed),
         ok: load.ok.load(Ordering::Relaxed),
         failed: load.failed.load(Ordering::Relaxed),
         origin_fetches: origin.served() - origin_before,
-        objects: urls.len(),
-        puts: load.puts.load(Ordering::Relaxed),
+        objects: origin::FLASH_OBJECTS,
+        claims_granted: claims,
         latency_ms_p50: percentile(&lat, 50.0),
         latency_ms_p90: percentile(&lat, 90.0),
         latency_ms_p99: percentile(&lat, 99.0),
         latency_ms_max: lat.last().copied().unwrap_or(0.0),
         served_from,
-        nodes: handles.len(),
+        nodes: proxies.len(),
         clients: opts.clients.max(1),
         seconds,
         seed,
@@ -699,7 +718,7 @@ pub fn summary_table(s: &Summary) -> String {
         "\nFlash crowd: {} clients for {:.1} s against {} nodes, {} objects",
         s.clients, s.seconds, s.nodes, s.objects
     );
-    let _ = writeln!(o, "  {:<28} {:>10}", "requests (DSHT gets)", s.requests);
+    let _ = writeln!(o, "  {:<28} {:>10}", "requests (HTTP GETs)", s.requests);
     let _ = writeln!(
         o,
         "  {:<28} {:>10}  ({:.2}%)",
@@ -710,14 +729,10 @@ pub fn summary_table(s: &Summary) -> String {
     let _ = writeln!(o, "  {:<28} {:>10}", "failed", s.failed);
     let _ = writeln!(
         o,
-        "  {:<28} {:>10}  (no HTTP proxy yet: a miss stores a reference, it fetches nothing)",
-        "origin fetches", s.origin_fetches
+        "  {:<28} {:>10}  (counted by the origin; {} objects)",
+        "origin fetches", s.origin_fetches, s.objects
     );
-    let _ = writeln!(
-        o,
-        "  {:<28} {:>10}",
-        "references stored after a miss", s.puts
-    );
+    let _ = writeln!(o, "  {:<28} {:>10}", "claims granted", s.claims_granted);
     let _ = writeln!(
         o,
         "  {:<28} {:>10.2} / {:.2} / {:.2} / {:.2}",

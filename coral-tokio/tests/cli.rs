@@ -198,6 +198,9 @@ fn status_of_a_missing_node_fails_naming_the_address() {
 
 #[test]
 fn a_testnet_flash_crowd_reports_json_on_its_last_line() {
+    // The short flash crowd CI runs: 24 clients over 4 proxies all miss on
+    // the twelve files of a 384 kbit/s origin at once; every file must be
+    // fetched from the origin exactly once, and every answer be right.
     let o = run(&[
         "testnet",
         "--nodes",
@@ -207,11 +210,11 @@ fn a_testnet_flash_crowd_reports_json_on_its_last_line() {
         "--objects",
         "4",
         "--flash-crowd",
-        "2",
+        "3",
         "--clients",
-        "4",
+        "24",
         "--max-requests",
-        "2000",
+        "20000",
         "--json",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -233,17 +236,10 @@ fn a_testnet_flash_crowd_reports_json_on_its_last_line() {
     }
     let requests = j["requests"].as_u64().unwrap();
     let ok = j["ok"].as_u64().unwrap();
-    assert!(requests > 0 && requests <= 2000, "{last}");
-    assert!(ok * 100 >= requests * 99, "{last}");
-    assert_eq!(j["objects"], 8, "4 sample files + 4 objects: {last}");
-    assert_eq!(j["origin_fetches"], 0, "no proxy fetches yet: {last}");
-    let served: u64 = j["served_from"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    assert_eq!(served, requests, "{last}");
+    assert!((24..=20000).contains(&requests), "{last}");
+    assert_eq!(ok, requests, "{last}");
+    assert_eq!(j["objects"], 12, "the paper's twelve files: {last}");
+    assert_eq!(j["origin_fetches"], 12, "one origin fetch per file: {last}");
 }
 
 /// Polls `coral status --json` on `admin` until `ready` holds (bounded).
