@@ -1,0 +1,420 @@
+//! RPC round trips per second between two Coral nodes on loopback — the
+//! mio loop and the tokio actor — next to two UDP echo pairs measured in the
+//! same run: one system call per datagram (the plain ceiling) and
+//! `recvmmsg`/`sendmmsg` batches (the batched ceiling).
+//!
+//! Every pair is a server thread and a client thread, pinned to one core
+//! each where the machine has two (`sched_setaffinity` through nix's safe
+//! wrapper; the mio loops are pinned from inside with `Handle::call`, the
+//! tokio sides run a current-thread runtime on a pinned thread). Each pair
+//! keeps `WINDOW` requests in flight. The node pairs form a two-node,
+//! one-level network; node B keeps `WINDOW` DSHT gets in flight (from an
+//! application on its own loop for mio, from tasks on its own runtime for
+//! tokio), so every get is get-probe RPCs to node A. Round trips are read
+//! from B's own counters (requests sent, replies received).
+//!
+//! `cargo bench -p coral-mio --bench rpc`; `CORAL_BENCH_SECS` sets the
+//! measuring time per pair (default 5). With `CORAL_BENCH_TARGET=IP:PORT`
+//! it only runs a mio client node against that running node (for
+//! measuring a `coral-mio node` process under load).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark: a failure is a bug to see
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use coral_core::id::Id;
+use coral_core::time::Instant as CoreInstant;
+use coral_core::{Event, Levels, Node};
+use coral_mio::udp::{RecvBatch, SendQueue};
+use coral_tokio::config::FileConfig;
+use coral_tokio::status::{NodeStatus, RpcCounters};
+use nix::sched::{CpuSet, sched_setaffinity};
+use nix::unistd::Pid;
+
+/// Requests in flight at once, in every pair.
+const WINDOW: usize = 64;
+/// Size of an echo datagram: about a get-probe's.
+const PAYLOAD: usize = 64;
+/// Warm-up before counting.
+const WARM: Duration = Duration::from_millis(500);
+/// CPU of the server side and of the client side.
+const SERVER_CPU: usize = 0;
+const CLIENT_CPU: usize = 1;
+
+fn secs() -> Duration {
+    let s = std::env::var("CORAL_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    Duration::from_secs_f64(s)
+}
+
+/// Pins the calling thread to `cpu` (modulo the CPUs there are); false if
+/// the OS refused.
+fn pin(cpu: usize) -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut set = CpuSet::new();
+    set.set(cpu % cpus).is_ok() && sched_setaffinity(Pid::from_raw(0), &set).is_ok()
+}
+
+/// Counts round trips after the warm-up; says the rate once `measure` is over.
+struct Meter {
+    warm_until: Instant,
+    start: Instant,
+    count: u64,
+    measure: Duration,
+}
+
+impl Meter {
+    fn new(measure: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            warm_until: now + WARM,
+            start: now,
+            count: 0,
+            measure,
+        }
+    }
+
+    fn add(&mut self, n: usize) -> Option<f64> {
+        let now = Instant::now();
+        if now < self.warm_until {
+            self.start = now;
+            return None;
+        }
+        self.count += n as u64;
+        let el = now - self.start;
+        (el >= self.measure).then(|| self.count as f64 / el.as_secs_f64())
+    }
+}
+
+/// Runs `server` on one pinned thread and `client` (given the server's
+/// address) on another; returns the client's rate.
+fn echo_pair(
+    server: fn(UdpSocket, &AtomicBool),
+    client: fn(UdpSocket, SocketAddr, Duration) -> f64,
+    measure: Duration,
+) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = UdpSocket::bind("127.0.0.201:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let addr = s.local_addr().unwrap();
+    let server_stop = Arc::clone(&stop);
+    let server = std::thread::spawn(move || {
+        pin(SERVER_CPU);
+        server(s, &server_stop);
+    });
+    let rate = std::thread::spawn(move || {
+        pin(CLIENT_CPU);
+        let c = UdpSocket::bind("127.0.0.202:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        client(c, addr, measure)
+    })
+    .join()
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    rate
+}
+
+fn plain_server(s: UdpSocket, stop: &AtomicBool) {
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    }
+}
+
+fn plain_client(c: UdpSocket, server: SocketAddr, measure: Duration) -> f64 {
+    let payload = [7u8; PAYLOAD];
+    let mut buf = [0u8; 2048];
+    for _ in 0..WINDOW {
+        c.send_to(&payload, server).unwrap();
+    }
+    let mut m = Meter::new(measure);
+    loop {
+        // A datagram lost on loopback would shrink the window: refill on a lull.
+        if c.recv_from(&mut buf).is_ok() {
+            if let Some(rate) = m.add(1) {
+                return rate;
+            }
+        }
+        c.send_to(&payload, server).unwrap();
+    }
+}
+
+fn batched_server(s: UdpSocket, stop: &AtomicBool) {
+    let (mut r, mut q) = (RecvBatch::new(), SendQueue::new());
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(n) = r.recv(&s) else { continue };
+        for i in 0..n {
+            if let (Some((from, bytes)), Some(slot)) = (r.get(i), q.slot()) {
+                slot.clear();
+                slot.extend_from_slice(bytes);
+                q.commit(from, bytes.len());
+            }
+        }
+        q.flush(&s);
+    }
+}
+
+fn batched_client(c: UdpSocket, server: SocketAddr, measure: Duration) -> f64 {
+    let (mut r, mut q) = (RecvBatch::new(), SendQueue::new());
+    let send = |q: &mut SendQueue, n: usize| {
+        for _ in 0..n {
+            if let Some(slot) = q.slot() {
+                slot.clear();
+                slot.extend_from_slice(&[7u8; PAYLOAD]);
+                q.commit(server, PAYLOAD);
+            }
+            if q.is_full() {
+                q.flush(&c);
+            }
+        }
+        q.flush(&c);
+    };
+    send(&mut q, WINDOW);
+    let mut m = Meter::new(measure);
+    loop {
+        let Ok(n) = r.recv(&c) else {
+            send(&mut q, 1);
+            continue;
+        };
+        if let Some(rate) = m.add(n) {
+            return rate;
+        }
+        send(&mut q, n);
+    }
+}
+
+fn requests(r: &RpcCounters) -> u64 {
+    r.ping + r.find_near + r.get_probe + r.put_probe + r.store
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct NodeRun {
+    gets_per_sec: f64,
+    rpcs_per_sec: f64,
+    replies_per_sec: f64,
+    timeouts: u64,
+}
+
+/// Reads B's counters around `measure` while its gets run.
+fn measure_node(status: impl Fn() -> NodeStatus, done: &AtomicU64, measure: Duration) -> NodeRun {
+    std::thread::sleep(WARM);
+    let (s0, d0, t0) = (status(), done.load(Ordering::Relaxed), Instant::now());
+    std::thread::sleep(measure);
+    let (s1, d1) = (status(), done.load(Ordering::Relaxed));
+    let el = t0.elapsed().as_secs_f64();
+    NodeRun {
+        gets_per_sec: (d1 - d0) as f64 / el,
+        rpcs_per_sec: (requests(&s1.stats.rpcs_out) - requests(&s0.stats.rpcs_out)) as f64 / el,
+        replies_per_sec: (s1.stats.rpcs_in.replies - s0.stats.rpcs_in.replies) as f64 / el,
+        timeouts: s1.stats.timeouts - s0.stats.timeouts,
+    }
+}
+
+fn bench_config(ip: &str) -> FileConfig {
+    let mut cfg = FileConfig::default();
+    cfg.levels.diameters_ms = Vec::new();
+    cfg.node.rpc = format!("{ip}:0").parse().unwrap();
+    cfg
+}
+
+fn key(i: u64) -> Id {
+    Id::for_url(&format!("bench/{i}"))
+}
+
+/// Node B's load on its own loop: every finished get starts the next.
+struct Load {
+    done: Arc<AtomicU64>,
+    go: Arc<AtomicBool>,
+    next: u64,
+}
+
+impl coral_mio::App for Load {
+    fn on_event(&mut self, node: &mut Node, now: CoreInstant, event: Event) {
+        if let Event::GetDone { .. } = event {
+            self.done.fetch_add(1, Ordering::Relaxed);
+            if self.go.load(Ordering::Relaxed) {
+                self.next += 1;
+                let _ = node.get(now, key(self.next), Levels::ALL);
+            }
+        }
+    }
+}
+
+/// A mio node B loading the node at `target` for `measure`.
+fn mio_client(target: SocketAddr, measure: Duration) -> NodeRun {
+    let done = Arc::new(AtomicU64::new(0));
+    let go = Arc::new(AtomicBool::new(true));
+    let load = Load {
+        done: Arc::clone(&done),
+        go: Arc::clone(&go),
+        next: WINDOW as u64,
+    };
+    let b = coral_mio::spawn_with(
+        bench_config("127.0.0.206").node_options(2),
+        None,
+        Box::new(load),
+    )
+    .unwrap();
+    b.handle.call(|_, _| pin(CLIENT_CPU)).unwrap();
+    assert_eq!(b.handle.join(vec![target]).unwrap().contacts, 1);
+    b.handle
+        .call(|node, now| {
+            for w in 0..WINDOW as u64 {
+                node.get(now, key(w), Levels::ALL).unwrap();
+            }
+        })
+        .unwrap();
+    let run = measure_node(|| b.handle.status().unwrap(), &done, measure);
+    go.store(false, Ordering::Relaxed);
+    b.shutdown();
+    run
+}
+
+fn mio_nodes(measure: Duration) -> NodeRun {
+    let a = coral_mio::spawn(bench_config("127.0.0.205").node_options(1)).unwrap();
+    a.handle.call(|_, _| pin(SERVER_CPU)).unwrap();
+    a.handle.join(vec![]).unwrap();
+    let run = mio_client(a.handle.addr(), measure);
+    a.shutdown();
+    run
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn tokio_nodes(measure: Duration) -> NodeRun {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+    let a_stop = Arc::clone(&stop);
+    let a_thread = std::thread::spawn(move || {
+        pin(SERVER_CPU);
+        current_thread().block_on(async move {
+            let a = coral_tokio::spawn(bench_config("127.0.0.203").node_options(1)).unwrap();
+            a.handle.join(vec![]).await.unwrap();
+            tx.send(a.handle.addr()).unwrap();
+            while !a_stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            a.shutdown().await;
+        });
+    });
+    let a_addr = rx.recv().unwrap();
+    let run = std::thread::spawn(move || {
+        pin(CLIENT_CPU);
+        current_thread().block_on(async move {
+            let b = coral_tokio::spawn(bench_config("127.0.0.204").node_options(2)).unwrap();
+            assert_eq!(b.handle.join(vec![a_addr]).await.unwrap().contacts, 1);
+            let done = Arc::new(AtomicU64::new(0));
+            let go = Arc::new(AtomicBool::new(true));
+            let mut tasks = Vec::new();
+            for w in 0..WINDOW as u64 {
+                let (h, done, go) = (b.handle.clone(), Arc::clone(&done), Arc::clone(&go));
+                tasks.push(tokio::spawn(async move {
+                    let mut i = w;
+                    while go.load(Ordering::Relaxed) {
+                        i += WINDOW as u64;
+                        if h.get(key(i), Levels::ALL).await.is_ok() {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+            // The same measurement as the mio pair, read from this runtime.
+            tokio::time::sleep(WARM).await;
+            let s0 = b.handle.status().await.unwrap();
+            let d0 = done.load(Ordering::Relaxed);
+            let t0 = Instant::now();
+            tokio::time::sleep(measure).await;
+            let s1 = b.handle.status().await.unwrap();
+            let d1 = done.load(Ordering::Relaxed);
+            let el = t0.elapsed().as_secs_f64();
+            go.store(false, Ordering::Relaxed);
+            for t in tasks {
+                t.await.unwrap();
+            }
+            b.shutdown().await;
+            NodeRun {
+                gets_per_sec: (d1 - d0) as f64 / el,
+                rpcs_per_sec: (requests(&s1.stats.rpcs_out) - requests(&s0.stats.rpcs_out)) as f64
+                    / el,
+                replies_per_sec: (s1.stats.rpcs_in.replies - s0.stats.rpcs_in.replies) as f64 / el,
+                timeouts: s1.stats.timeouts - s0.stats.timeouts,
+            }
+        })
+    })
+    .join()
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    a_thread.join().unwrap();
+    run
+}
+
+fn print_node(name: &str, n: &NodeRun) {
+    println!(
+        "  {name:<28} {:>10.0} round trips/s ({:.0} replies/s, {:.0} gets/s, {} timeouts)",
+        n.rpcs_per_sec, n.replies_per_sec, n.gets_per_sec, n.timeouts
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` does not: both
+    // run the measurement, kept short under test.
+    let measure = if std::env::args().any(|a| a == "--bench") {
+        secs()
+    } else {
+        Duration::from_millis(200)
+    };
+    if let Ok(target) = std::env::var("CORAL_BENCH_TARGET") {
+        let n = mio_client(target.parse().expect("CORAL_BENCH_TARGET=IP:PORT"), measure);
+        print_node("mio client -> target", &n);
+        return;
+    }
+    let pinned = pin(CLIENT_CPU);
+    let plain = echo_pair(plain_server, plain_client, measure);
+    let batched = echo_pair(batched_server, batched_client, measure);
+    let mio = mio_nodes(measure);
+    let tokio = tokio_nodes(measure);
+    println!(
+        "loopback, {WINDOW} in flight, {:.1} s each, server and client threads {}",
+        measure.as_secs_f64(),
+        if pinned {
+            "pinned to one core each"
+        } else {
+            "not pinned (the OS refused)"
+        }
+    );
+    println!("  UDP echo, 1 syscall/datagram {plain:>10.0} round trips/s");
+    println!("  UDP echo, recvmmsg/sendmmsg  {batched:>10.0} round trips/s");
+    print_node("mio nodes: RPCs", &mio);
+    print_node("tokio nodes: RPCs", &tokio);
+    let r = |a: f64, b: f64| a / b.max(1e-9);
+    println!(
+        "  mio / batched echo {:.2}, mio / plain echo {:.2}, mio / tokio {:.2}, tokio / plain echo {:.2}",
+        r(mio.rpcs_per_sec, batched),
+        r(mio.rpcs_per_sec, plain),
+        r(mio.rpcs_per_sec, tokio.rpcs_per_sec),
+        r(tokio.rpcs_per_sec, plain)
+    );
+    println!(
+        "{{\"echo_plain\":{plain:.0},\"echo_batched\":{batched:.0},\"mio_rpcs\":{:.0},\"tokio_rpcs\":{:.0},\"mio_gets\":{:.0},\"tokio_gets\":{:.0},\"mio_timeouts\":{},\"tokio_timeouts\":{}}}",
+        mio.rpcs_per_sec,
+        tokio.rpcs_per_sec,
+        mio.gets_per_sec,
+        tokio.gets_per_sec,
+        mio.timeouts,
+        tokio.timeouts
+    );
+}
