@@ -1,0 +1,308 @@
+//! The HTTP proxy end to end over loopback: two Coral nodes with proxies on
+//! distinct 127.0.0.x addresses and a test origin that counts what it
+//! serves. A miss is fetched from the origin, a second proxy fetches from
+//! the first instead, a stale object is revalidated with a 304, Range and
+//! refusals behave. Every test is bounded by a tokio timeout and asserts
+//! counts and bytes, never speed.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure is a bug to see
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coral_core::contact::Services;
+use coral_core::http::HttpConfig;
+use coral_core::http::ssrf::IpNet;
+use coral_tokio::config::FileConfig;
+use coral_tokio::proxy::{self, ProxyOptions, RunningProxy, client_get};
+use coral_tokio::{RunningNode, runtime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Requests the test origin saw, by path, and whether each was conditional.
+type Log = Arc<Mutex<Vec<(String, bool)>>>;
+
+/// A tiny origin: `/a.txt` fresh for a minute, `/short.txt` fresh for one
+/// second with an ETag it confirms with 304.
+async fn origin(ip: Ipv4Addr) -> (SocketAddr, Log) {
+    let l = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let log: Log = Arc::default();
+    let log2 = Arc::clone(&log);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let log = Arc::clone(&log2);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let text = String::from_utf8_lossy(&buf).to_string();
+                let path = text.split(' ').nth(1).unwrap_or("").to_owned();
+                let inm = text.to_ascii_lowercase().contains("if-none-match: \"e1\"");
+                log.lock().unwrap().push((path.clone(), inm));
+                let resp = match (path.as_str(), inm) {
+                    ("/a.txt", _) => {
+                        let body = "alpha-".repeat(1000);
+                        format!(
+                            "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nSet-Cookie: s=1\r\n\
+                             Content-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    }
+                    ("/short.txt", true) => {
+                        "HTTP/1.1 304 Not Modified\r\nETag: \"e1\"\r\nCache-Control: max-age=1\r\n\r\n"
+                            .to_owned()
+                    }
+                    ("/short.txt", false) => "HTTP/1.1 200 OK\r\nETag: \"e1\"\r\nCache-Control: max-age=1\r\n\
+                         Transfer-Encoding: chunked\r\n\r\n5\r\nshort\r\n0\r\n\r\n"
+                        .to_owned(),
+                    _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                };
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, log)
+}
+
+fn count(log: &Log, path: &str) -> usize {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| p == path)
+        .count()
+}
+
+struct Net {
+    nodes: Vec<RunningNode>,
+    proxies: Vec<RunningProxy>,
+    origin: SocketAddr,
+    log: Log,
+    _stop: watch::Sender<bool>,
+}
+
+impl Net {
+    fn host(&self) -> String {
+        format!("{}.{}.nyud.net", self.origin.ip(), self.origin.port())
+    }
+}
+
+/// Nodes on 127.0.0.{base+1}.. with proxies on one shared port, an origin on
+/// 127.0.0.{base}; the origin is allow-listed when `allow`.
+async fn net(base: u8, n: u8, allow: bool) -> Net {
+    let origin_ip = Ipv4Addr::new(127, 0, 0, base);
+    let (origin, log) = origin(origin_ip).await;
+    let (stop, stop_rx) = watch::channel(false);
+    let mut nodes = Vec::new();
+    let mut proxies: Vec<RunningProxy> = Vec::new();
+    for i in 1..=n {
+        let ip = Ipv4Addr::new(127, 0, 0, base + i);
+        let mut cfg = FileConfig::default();
+        cfg.node.rpc = SocketAddr::from((ip, 0));
+        let mut o = cfg.node_options(u64::from(base) * 100 + u64::from(i));
+        o.core.services = o.core.services.with(Services::HTTP);
+        let node = runtime::spawn(o).unwrap();
+        let port = proxies.first().map_or(0, |p| p.addr.port());
+        let http = HttpConfig {
+            allow_origins: if allow {
+                vec![IpNet {
+                    addr: origin_ip.into(),
+                    prefix: 32,
+                }]
+            } else {
+                Vec::new()
+            },
+            ..HttpConfig::default()
+        };
+        let p = proxy::start(
+            ProxyOptions::new(SocketAddr::from((ip, port)), http),
+            node.handle.clone(),
+            stop_rx.clone(),
+        )
+        .await
+        .unwrap();
+        nodes.push(node);
+        proxies.push(p);
+    }
+    let first = nodes[0].handle.addr();
+    for (i, node) in nodes.iter().enumerate() {
+        let boot = if i == 0 { vec![] } else { vec![first] };
+        timeout(LIMIT, node.handle.join(boot))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    Net {
+        nodes,
+        proxies,
+        origin,
+        log,
+        _stop: stop,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_comes_from_the_origin_and_a_second_proxy_fetches_from_the_first() {
+    timeout(LIMIT, async {
+        let net = net(200, 2, true).await;
+        let (a, b) = (net.proxies[0].addr, net.proxies[1].addr);
+        let (status, headers, body) = client_get(a, &net.host(), "/a.txt", "").await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, "alpha-".repeat(1000).as_bytes());
+        let h: BTreeMap<_, _> = headers.into_iter().collect();
+        assert!(!h.contains_key("set-cookie"), "cookies are stripped: {h:?}");
+        assert!(h.get("via").is_some_and(|v| v.contains("coral-rs")));
+        assert_eq!(count(&net.log, "/a.txt"), 1);
+        // Let the reference reach the DSHT, then ask the other proxy.
+        let mut tries = 0;
+        loop {
+            let s = net.proxies[0].shared.stats();
+            if s.requests > 0 {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 100);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, _, body) = client_get(b, &net.host(), "/a.txt", "").await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body.len(), 6000);
+        assert_eq!(
+            count(&net.log, "/a.txt"),
+            1,
+            "the second proxy must not go to the origin"
+        );
+        let sb = net.proxies[1].shared.stats();
+        assert_eq!(sb.hits_peer.iter().sum::<u64>(), 1, "{sb:?}");
+        assert_eq!(sb.origin_fetches, 0, "{sb:?}");
+        // And now B has it locally.
+        let (status, _, _) = client_get(b, &net.host(), "/a.txt", "").await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(net.proxies[1].shared.stats().hits_local, 1);
+        assert!(
+            net.proxies[1]
+                .shared
+                .metrics()
+                .contains("coral_http_served_total{from=\"local\"} 1")
+        );
+        drop(net.nodes);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_object_is_revalidated_with_304_and_ranges_are_served() {
+    timeout(LIMIT, async {
+        let net = net(210, 1, true).await;
+        let a = net.proxies[0].addr;
+        let (status, _, body) = client_get(a, &net.host(), "/short.txt", "").await.unwrap();
+        assert_eq!((status, &body[..]), (200, &b"short"[..]));
+        let (status, h, body) = client_get(a, &net.host(), "/short.txt", "Range: bytes=1-3\r\n")
+            .await
+            .unwrap();
+        assert_eq!((status, &body[..]), (206, &b"hor"[..]));
+        assert!(
+            h.iter()
+                .any(|(k, v)| k == "content-range" && v == "bytes 1-3/5")
+        );
+        let (status, _, _) = client_get(a, &net.host(), "/short.txt", "Range: bytes=7-\r\n")
+            .await
+            .unwrap();
+        assert_eq!(status, 416);
+        assert_eq!(count(&net.log, "/short.txt"), 1);
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let (status, _, body) = client_get(a, &net.host(), "/short.txt", "").await.unwrap();
+        assert_eq!((status, &body[..]), (200, &b"short"[..]));
+        let log = net.log.lock().unwrap().clone();
+        assert_eq!(log.len(), 2, "{log:?}");
+        assert!(
+            log[1].1,
+            "the second origin request is conditional: {log:?}"
+        );
+        assert_eq!(net.proxies[0].shared.stats().revalidated, 1);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_non_get_private_origin_and_non_coralized_host() {
+    timeout(LIMIT, async {
+        let net = net(220, 1, false).await;
+        let a = net.proxies[0].addr;
+        // A private (loopback) origin that is not allow-listed.
+        let (status, _, _) = client_get(a, &net.host(), "/a.txt", "").await.unwrap();
+        assert_eq!(status, 403);
+        assert_eq!(
+            count(&net.log, "/a.txt"),
+            0,
+            "the origin was never contacted"
+        );
+        let (status, _, body) = client_get(a, "www.example.com", "/", "").await.unwrap();
+        assert_eq!(status, 400);
+        assert!(String::from_utf8_lossy(&body).contains("Coralized"));
+        // A non-GET method.
+        let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+        let req = format!(
+            "POST /a.txt HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+            net.host()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+        assert!(out.contains("Allow: GET, HEAD"), "{out}");
+        // curl, as a browser would, when it is installed.
+        if std::process::Command::new("curl")
+            .arg("--version")
+            .output()
+            .is_ok()
+        {
+            let host = format!("Host: {}", net.host());
+            let o = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("curl")
+                    .args([
+                        "-s",
+                        "-m",
+                        "10",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "-X",
+                        "DELETE",
+                    ])
+                    .arg(format!("http://{a}/x"))
+                    .args(["-H", &host])
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            assert_eq!(String::from_utf8_lossy(&o.stdout), "405");
+        }
+    })
+    .await
+    .unwrap();
+}
