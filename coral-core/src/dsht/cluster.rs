@@ -503,6 +503,26 @@ impl LevelClusters {
             return;
         }
         let claimed_us = micros(now) - i128::from(info.age_secs) * MICROS_PER_SEC;
+        let window = self.params.sample_ttl / 2;
+        // The common case on the RPC path: a member we track, still in the
+        // cluster we know it in. Nothing is added, so no cap can be crossed.
+        if self.member_of.get(&member.id) == Some(&info.cluster)
+            && let Some(t) = self.clusters.get_mut(&info.cluster)
+            && let Some(m) = t.members.get_mut(&member.id)
+        {
+            t.last_heard = t.last_heard.max(now);
+            t.founded_us = t.founded_us.min(claimed_us);
+            m.contact = member;
+            m.claimed_size = info.size;
+            m.last_seen = m.last_seen.max(now);
+            if let Some(sample) = rtt {
+                match &mut m.rtt {
+                    Some(r) => r.sample(sample, now, window),
+                    None => m.rtt = Some(RttMin::new(sample, now)),
+                }
+            }
+            return;
+        }
         let mut record = None;
         if let Some(&old) = self.member_of.get(&member.id) {
             if old != info.cluster {
@@ -519,7 +539,6 @@ impl LevelClusters {
                 return;
             }
         }
-        let window = self.params.sample_ttl / 2;
         let Some(t) = self.clusters.get_mut(&info.cluster) else {
             return;
         };
