@@ -2,6 +2,7 @@
 //! (Prometheus text) and `GET /status.json` (what `coral status` reads).
 //! Each request asks the node task for a fresh snapshot over its channel.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -16,6 +17,15 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Answers one admin request.
 pub async fn handle(node: &NodeHandle, req: &Request) -> Response {
+    handle_with_proxy(node, None, req).await
+}
+
+/// [`handle`], with the HTTP proxy's counters appended to `/metrics`.
+pub async fn handle_with_proxy(
+    node: &NodeHandle,
+    proxy: Option<&crate::proxy::Shared>,
+    req: &Request,
+) -> Response {
     let route = match req.path.as_str() {
         "/" | "/index.html" => Route::Html,
         "/metrics" => Route::Metrics,
@@ -29,7 +39,7 @@ pub async fn handle(node: &NodeHandle, req: &Request) -> Response {
         Route::Html => Response::ok("text/html; charset=utf-8", status::html(&s)),
         Route::Metrics => Response::ok(
             "text/plain; version=0.0.4; charset=utf-8",
-            status::prometheus(&s),
+            status::prometheus(&s) + &proxy.map(crate::proxy::Shared::metrics).unwrap_or_default(),
         ),
         Route::Json => match serde_json::to_string_pretty(&s) {
             Ok(j) => Response::ok("application/json", j + "\n"),
@@ -46,9 +56,20 @@ enum Route {
 
 /// Serves the admin endpoint of `node` on `listener` until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, node: NodeHandle, shutdown: watch::Receiver<bool>) {
+    serve_with_proxy(listener, node, shutdown, None).await;
+}
+
+/// [`serve`], with the HTTP proxy's counters in `/metrics`.
+pub async fn serve_with_proxy(
+    listener: TcpListener,
+    node: NodeHandle,
+    shutdown: watch::Receiver<bool>,
+    proxy: Option<Arc<crate::proxy::Shared>>,
+) {
     httpd::serve(listener, shutdown, move |req| {
         let node = node.clone();
-        async move { handle(&node, &req).await }
+        let proxy = proxy.clone();
+        async move { handle_with_proxy(&node, proxy.as_deref(), &req).await }
     })
     .await;
 }

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::FileConfig;
-use crate::{admin, httpd, identity, runtime};
+use crate::{admin, httpd, identity, proxy, runtime};
 
 /// Where the seed came from, for the log line that records it.
 fn resolve_seed(cfg: &FileConfig) -> anyhow::Result<(u64, &'static str)> {
@@ -38,7 +38,11 @@ fn resolve_seed(cfg: &FileConfig) -> anyhow::Result<(u64, &'static str)> {
 pub async fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<()> {
     cfg.node.join.extend(join);
     let (seed, seed_from) = resolve_seed(&cfg)?;
-    let options = cfg.node_options(seed);
+    let mut options = cfg.node_options(seed);
+    options.core.services = options
+        .core
+        .services
+        .with(coral_core::contact::Services::HTTP);
     // Bind everything before starting anything, so a busy port fails fast
     // and names the address (node.rpc / node.admin in the config).
     let socket = runtime::bind_udp(
@@ -54,11 +58,24 @@ pub async fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<(
     let node = runtime::spawn_on_socket(options.core, socket, options.command_queue)?;
     let handle = node.handle.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(admin::serve(listener, handle.clone(), stop_rx));
+    let proxy = proxy::start(
+        proxy::ProxyOptions::new(cfg.node.http, coral_core::http::HttpConfig::default()),
+        handle.clone(),
+        stop_rx.clone(),
+    )
+    .await
+    .context("check `node.http` in the config (is another coral node running?)")?;
+    info!(http = %proxy.addr, "HTTP proxy: Coralized URLs such as http://www.example.com.nyud.net/");
+    let admin_task = tokio::spawn(admin::serve_with_proxy(
+        listener,
+        handle.clone(),
+        stop_rx,
+        Some(std::sync::Arc::clone(&proxy.shared)),
+    ));
     info!(admin = %cfg.node.admin, "admin endpoint: /, /metrics, /status.json");
     info!(
-        http = %cfg.node.http, dns = %cfg.node.dns,
-        "HTTP proxy and DNS server addresses reserved (not served yet: later issues)"
+        dns = %cfg.node.dns,
+        "DNS server address reserved (not served yet: a later issue)"
     );
     if cfg.node.join.is_empty() {
         info!("no bootstrap peers: this node starts a new network of one");
@@ -81,6 +98,7 @@ pub async fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<(
     info!("shutting down");
     join_task.abort();
     let _ = stop_tx.send(true);
+    proxy.task.abort();
     node.shutdown().await;
     let _ = admin_task.await;
     Ok(())

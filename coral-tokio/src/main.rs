@@ -56,6 +56,9 @@ enum Command {
         /// Admin address to listen on (overrides node.admin).
         #[arg(long, value_name = "ADDR")]
         admin: Option<SocketAddr>,
+        /// HTTP proxy address to listen on (overrides node.http).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<SocketAddr>,
     },
     /// Run a whole Coral network on loopback addresses, in this process.
     ///
@@ -154,8 +157,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             rpc,
             admin,
+            http,
         } => {
             let mut cfg = load_config(config.as_ref())?;
+            if let Some(h) = http {
+                cfg.node.http = h;
+            }
             if let Some(d) = data_dir {
                 cfg.node.data_dir = Some(d);
             }

@@ -219,10 +219,13 @@ pub async fn run(opts: TestnetOptions) -> anyhow::Result<()> {
             )
             .await?,
         );
-        admin_tasks.push(tokio::spawn(admin::serve(
+        admin_tasks.push(tokio::spawn(admin::serve_with_proxy(
             listener,
             node.handle.clone(),
             stop_rx.clone(),
+            proxies
+                .last()
+                .map(|p: &proxy::RunningProxy| Arc::clone(&p.shared)),
         )));
         nodes.push(TestNode {
             node,

@@ -141,6 +141,8 @@ fn a_node_serves_its_admin_endpoint_and_stops_on_sigterm() {
         "127.0.0.151:8091",
         "--admin",
         "127.0.0.151:8092",
+        "--http",
+        "127.0.0.151:8090",
         "--data-dir",
         dir.to_str().unwrap(),
     ])
@@ -266,6 +268,8 @@ fn two_node_processes_join_through_join_flag() {
         "127.0.0.153:8091",
         "--admin",
         "127.0.0.153:8092",
+        "--http",
+        "127.0.0.153:8090",
     ])
     .spawn()
     .unwrap();
@@ -275,6 +279,8 @@ fn two_node_processes_join_through_join_flag() {
         "127.0.0.154:8091",
         "--admin",
         "127.0.0.154:8092",
+        "--http",
+        "127.0.0.154:8090",
         "--join",
         "127.0.0.153:8091",
     ])
