@@ -346,6 +346,9 @@ pub struct Driver {
     udp_more: bool,
     /// Commands may be queued (the waker fired, or the budget ran out).
     commands_more: bool,
+    /// The UDP socket is registered for writability too (only while sends
+    /// wait: on loopback every freed send buffer would otherwise wake us).
+    want_writable: bool,
     stop: bool,
 }
 
@@ -373,7 +376,7 @@ impl Driver {
         let poll = Poll::new()?;
         let mut socket = UdpSocket::from_std(socket);
         poll.registry()
-            .register(&mut socket, UDP, Interest::READABLE | Interest::WRITABLE)?;
+            .register(&mut socket, UDP, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let admin = match admin {
             Some(l) => {
@@ -407,6 +410,7 @@ impl Driver {
             seed,
             udp_more: true,
             commands_more: true,
+            want_writable: false,
             stop: false,
         };
         let handle = Handle {
@@ -572,6 +576,13 @@ impl Driver {
             }
             // Replies to a batch leave as a batch.
             self.flush();
+            // recvmmsg took everything queued when it ran short of a full
+            // batch, and any later arrival raises a new edge-triggered event:
+            // the read that would only say WouldBlock is skipped.
+            if n < crate::udp::BATCH {
+                self.udp_more = false;
+                return;
+            }
         }
     }
 
@@ -593,10 +604,30 @@ impl Driver {
     }
 
     /// Sends what the queue holds; counts what was sent and what failed.
+    /// Asks for writability only while datagrams wait for it.
     fn flush(&mut self) {
+        if self.send.is_empty() && !self.want_writable {
+            return;
+        }
         let f = self.send.flush(&self.socket);
         self.counters.datagrams_out += f.sent as u64;
         self.counters.send_errors += f.failed as u64;
+        let want = !self.send.is_empty();
+        if want != self.want_writable {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            match self
+                .poll
+                .registry()
+                .reregister(&mut self.socket, UDP, interest)
+            {
+                Ok(()) => self.want_writable = want,
+                Err(e) => warn!(error = %e, "cannot change the RPC socket's interest"),
+            }
+        }
     }
 
     /// Every transmit, then every event, until both are empty (an
