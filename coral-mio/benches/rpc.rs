@@ -164,13 +164,22 @@ fn batched_server(s: UdpSocket, stop: &AtomicBool) {
 }
 
 fn batched_client(c: UdpSocket, server: SocketAddr, measure: Duration) -> f64 {
+    replay_client(c, server, &[vec![7u8; PAYLOAD]], measure)
+}
+
+/// Keeps `WINDOW` datagrams in flight to `server`, cycling through
+/// `payloads`, with recvmmsg/sendmmsg; counts every datagram that comes back.
+fn replay_client(c: UdpSocket, server: SocketAddr, payloads: &[Vec<u8>], measure: Duration) -> f64 {
     let (mut r, mut q) = (RecvBatch::new(), SendQueue::new());
-    let send = |q: &mut SendQueue, n: usize| {
+    let mut next = 0usize;
+    let mut send = |q: &mut SendQueue, n: usize| {
         for _ in 0..n {
+            let p = &payloads[next % payloads.len()];
+            next += 1;
             if let Some(slot) = q.slot() {
                 slot.clear();
-                slot.extend_from_slice(&[7u8; PAYLOAD]);
-                q.commit(server, PAYLOAD);
+                slot.extend_from_slice(p);
+                q.commit(server, p.len());
             }
             if q.is_full() {
                 q.flush(&c);
@@ -189,6 +198,111 @@ fn batched_client(c: UdpSocket, server: SocketAddr, measure: Duration) -> f64 {
             return rate;
         }
         send(&mut q, n);
+    }
+}
+
+/// Runs [`replay_client`] on the client core against `server`.
+fn replay(server: SocketAddr, payloads: Arc<Vec<Vec<u8>>>, measure: Duration) -> f64 {
+    std::thread::spawn(move || {
+        pin(CLIENT_CPU);
+        let c = UdpSocket::bind("127.0.0.209:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        replay_client(c, server, &payloads, measure)
+    })
+    .join()
+    .unwrap()
+}
+
+/// `n` get-probe requests exactly as a node sends them: node B joins a
+/// node at X, that node stops, a plain socket takes over X and records
+/// the get-probes B then sends it. (The bench never builds a datagram
+/// itself: the wire format stays the core's.)
+fn capture_get_probes(n: usize) -> Vec<Vec<u8>> {
+    let a = coral_mio::spawn(bench_config("127.0.0.207").node_options(7)).unwrap();
+    a.handle.join(vec![]).unwrap();
+    let x = a.handle.addr();
+    let b = coral_mio::spawn(bench_config("127.0.0.208").node_options(8)).unwrap();
+    assert_eq!(b.handle.join(vec![x]).unwrap().contacts, 1);
+    a.shutdown();
+    let tap = UdpSocket::bind(x).unwrap();
+    tap.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    b.handle
+        .call(move |node, now| {
+            for i in 0..n as u64 {
+                node.get(now, key(1_000_000 + i), Levels::ALL).unwrap();
+            }
+        })
+        .unwrap();
+    let mut out = Vec::with_capacity(n);
+    let mut buf = [0u8; 2048];
+    while out.len() < n {
+        let (len, _) = tap
+            .recv_from(&mut buf)
+            .expect("B sends its get-probes to X");
+        out.push(buf[..len].to_vec());
+    }
+    b.shutdown();
+    out
+}
+
+/// Server capacity: the replay client against each server in turn.
+struct Capacity {
+    plain_echo: f64,
+    batched_echo: f64,
+    mio: f64,
+    tokio: f64,
+}
+
+fn capacity(measure: Duration) -> Capacity {
+    let probes = Arc::new(capture_get_probes(WINDOW));
+    let echo = |server: fn(UdpSocket, &AtomicBool)| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = UdpSocket::bind("127.0.0.210:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let addr = s.local_addr().unwrap();
+        let server_stop = Arc::clone(&stop);
+        let t = std::thread::spawn(move || {
+            pin(SERVER_CPU);
+            server(s, &server_stop);
+        });
+        let rate = replay(addr, Arc::clone(&probes), measure);
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
+        rate
+    };
+    let plain_echo = echo(plain_server);
+    let batched_echo = echo(batched_server);
+    let a = coral_mio::spawn(bench_config("127.0.0.211").node_options(11)).unwrap();
+    a.handle.call(|_, _| pin(SERVER_CPU)).unwrap();
+    a.handle.join(vec![]).unwrap();
+    let mio = replay(a.handle.addr(), Arc::clone(&probes), measure);
+    assert_eq!(a.handle.status().unwrap().stats.malformed, 0);
+    a.shutdown();
+    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let a_stop = Arc::clone(&stop);
+    let t = std::thread::spawn(move || {
+        pin(SERVER_CPU);
+        current_thread().block_on(async move {
+            let a = coral_tokio::spawn(bench_config("127.0.0.212").node_options(12)).unwrap();
+            a.handle.join(vec![]).await.unwrap();
+            tx.send(a.handle.addr()).unwrap();
+            while !a_stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            a.shutdown().await;
+        });
+    });
+    let tokio = replay(rx.recv().unwrap(), probes, measure);
+    stop.store(true, Ordering::Relaxed);
+    t.join().unwrap();
+    Capacity {
+        plain_echo,
+        batched_echo,
+        mio,
+        tokio,
     }
 }
 
@@ -387,6 +501,8 @@ fn main() {
     let batched = echo_pair(batched_server, batched_client, measure);
     let mio = mio_nodes(measure);
     let tokio = tokio_nodes(measure);
+    let cap = capacity(measure);
+    let r = |a: f64, b: f64| a / b.max(1e-9);
     println!(
         "loopback, {WINDOW} in flight, {:.1} s each, server and client threads {}",
         measure.as_secs_f64(),
@@ -396,11 +512,11 @@ fn main() {
             "not pinned (the OS refused)"
         }
     );
+    println!("node pairs (B runs DSHT gets against A; echo clients do nothing per reply):");
     println!("  UDP echo, 1 syscall/datagram {plain:>10.0} round trips/s");
     println!("  UDP echo, recvmmsg/sendmmsg  {batched:>10.0} round trips/s");
     print_node("mio nodes: RPCs", &mio);
     print_node("tokio nodes: RPCs", &tokio);
-    let r = |a: f64, b: f64| a / b.max(1e-9);
     println!(
         "  mio / batched echo {:.2}, mio / plain echo {:.2}, mio / tokio {:.2}, tokio / plain echo {:.2}",
         r(mio.rpcs_per_sec, batched),
@@ -409,12 +525,42 @@ fn main() {
         r(tokio.rpcs_per_sec, plain)
     );
     println!(
-        "{{\"echo_plain\":{plain:.0},\"echo_batched\":{batched:.0},\"mio_rpcs\":{:.0},\"tokio_rpcs\":{:.0},\"mio_gets\":{:.0},\"tokio_gets\":{:.0},\"mio_timeouts\":{},\"tokio_timeouts\":{}}}",
+        "server capacity (one batched client replays {WINDOW} captured get-probes to each server):"
+    );
+    println!(
+        "  plain echo server            {:>10.0} round trips/s",
+        cap.plain_echo
+    );
+    println!(
+        "  batched echo server          {:>10.0} round trips/s",
+        cap.batched_echo
+    );
+    println!(
+        "  mio node                     {:>10.0} get-probe RPCs/s",
+        cap.mio
+    );
+    println!(
+        "  tokio node                   {:>10.0} get-probe RPCs/s",
+        cap.tokio
+    );
+    println!(
+        "  mio / batched echo {:.2}, mio / plain echo {:.2}, mio / tokio {:.2}, tokio / plain echo {:.2}",
+        r(cap.mio, cap.batched_echo),
+        r(cap.mio, cap.plain_echo),
+        r(cap.mio, cap.tokio),
+        r(cap.tokio, cap.plain_echo)
+    );
+    println!(
+        "{{\"echo_plain\":{plain:.0},\"echo_batched\":{batched:.0},\"mio_rpcs\":{:.0},\"tokio_rpcs\":{:.0},\"mio_gets\":{:.0},\"tokio_gets\":{:.0},\"mio_timeouts\":{},\"tokio_timeouts\":{},\"capacity_echo_plain\":{:.0},\"capacity_echo_batched\":{:.0},\"capacity_mio\":{:.0},\"capacity_tokio\":{:.0}}}",
         mio.rpcs_per_sec,
         tokio.rpcs_per_sec,
         mio.gets_per_sec,
         tokio.gets_per_sec,
         mio.timeouts,
-        tokio.timeouts
+        tokio.timeouts,
+        cap.plain_echo,
+        cap.batched_echo,
+        cap.mio,
+        cap.tokio
     );
 }
