@@ -426,51 +426,43 @@ fn tokio_nodes(measure: Duration) -> NodeRun {
         });
     });
     let a_addr = rx.recv().unwrap();
-    let run = std::thread::spawn(move || {
+    let done = Arc::new(AtomicU64::new(0));
+    let go = Arc::new(AtomicBool::new(true));
+    let (b_tx, b_rx) = std::sync::mpsc::channel();
+    let (b_done, b_go) = (Arc::clone(&done), Arc::clone(&go));
+    let b_thread = std::thread::spawn(move || {
         pin(CLIENT_CPU);
         current_thread().block_on(async move {
             let b = coral_tokio::spawn(bench_config("127.0.0.204").node_options(2)).unwrap();
             assert_eq!(b.handle.join(vec![a_addr]).await.unwrap().contacts, 1);
-            let done = Arc::new(AtomicU64::new(0));
-            let go = Arc::new(AtomicBool::new(true));
-            let mut tasks = Vec::new();
-            for w in 0..WINDOW as u64 {
-                let (h, done, go) = (b.handle.clone(), Arc::clone(&done), Arc::clone(&go));
-                tasks.push(tokio::spawn(async move {
-                    let mut i = w;
-                    while go.load(Ordering::Relaxed) {
-                        i += WINDOW as u64;
-                        if h.get(key(i), Levels::ALL).await.is_ok() {
-                            done.fetch_add(1, Ordering::Relaxed);
+            let tasks: Vec<_> = (0..WINDOW as u64)
+                .map(|w| {
+                    let (h, done, go) = (b.handle.clone(), Arc::clone(&b_done), Arc::clone(&b_go));
+                    tokio::spawn(async move {
+                        let mut i = w;
+                        while go.load(Ordering::Relaxed) {
+                            i += WINDOW as u64;
+                            if h.get(key(i), Levels::ALL).await.is_ok() {
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
-                    }
-                }));
-            }
-            // The same measurement as the mio pair, read from this runtime.
-            tokio::time::sleep(WARM).await;
-            let s0 = b.handle.status().await.unwrap();
-            let d0 = done.load(Ordering::Relaxed);
-            let t0 = Instant::now();
-            tokio::time::sleep(measure).await;
-            let s1 = b.handle.status().await.unwrap();
-            let d1 = done.load(Ordering::Relaxed);
-            let el = t0.elapsed().as_secs_f64();
-            go.store(false, Ordering::Relaxed);
+                    })
+                })
+                .collect();
+            b_tx.send((b.handle.clone(), tokio::runtime::Handle::current()))
+                .unwrap();
             for t in tasks {
                 t.await.unwrap();
             }
             b.shutdown().await;
-            NodeRun {
-                gets_per_sec: (d1 - d0) as f64 / el,
-                rpcs_per_sec: (requests(&s1.stats.rpcs_out) - requests(&s0.stats.rpcs_out)) as f64
-                    / el,
-                replies_per_sec: (s1.stats.rpcs_in.replies - s0.stats.rpcs_in.replies) as f64 / el,
-                timeouts: s1.stats.timeouts - s0.stats.timeouts,
-            }
-        })
-    })
-    .join()
-    .unwrap();
+        });
+    });
+    // Measured from this thread, as the mio pair is: B's runtime answers
+    // the status requests between its gets.
+    let (b, rt) = b_rx.recv().unwrap();
+    let run = measure_node(|| rt.block_on(b.status()).unwrap(), &done, measure);
+    go.store(false, Ordering::Relaxed);
+    b_thread.join().unwrap();
     stop.store(true, Ordering::Relaxed);
     a_thread.join().unwrap();
     run
