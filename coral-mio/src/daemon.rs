@@ -99,7 +99,7 @@ pub fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<()> {
     info!(admin = %admin, "admin endpoint: /, /metrics, /status.json");
     info!(
         http = %cfg.node.http, dns = %cfg.node.dns,
-        "HTTP proxy and DNS server addresses reserved (not served yet: later issues)"
+        "HTTP proxy and DNS server not served by coral-mio yet (run `coral node` for the proxy)"
     );
     if bootstrap.is_empty() {
         info!("no bootstrap peers: this node starts a new network of one");
