@@ -361,9 +361,12 @@ pub struct Node {
     neighbours: Neighbourhood,
     store: Store,
     rtt: RttEstimator,
-    inflight: BTreeMap<u64, Inflight>,
+    /// Requests awaiting a reply. Boxed: the map moves its values when it
+    /// rebalances, and a request with its body is a few hundred bytes.
+    inflight: BTreeMap<u64, Box<Inflight>>,
     deadlines: BTreeSet<(Instant, Timer)>,
-    ops: BTreeMap<OpId, Op>,
+    /// Running operations, boxed for the same reason as `inflight`.
+    ops: BTreeMap<OpId, Box<Op>>,
     next_op: u64,
     /// Operations taken out of `ops` while they take a step; they still
     /// count against `max_ops`.
@@ -640,7 +643,7 @@ impl Node {
                     if let Some(Inflight {
                         purpose: Purpose::Op(op),
                         ..
-                    }) = self.inflight.get(&req)
+                    }) = self.inflight.get(&req).map(|f| &**f)
                     {
                         let op = *op;
                         self.advance(now, op, Outcome::Hedge);
@@ -721,7 +724,7 @@ impl Node {
                 join.pending_pings += 1;
             }
         }
-        self.ops.insert(op, Op::Join(join));
+        self.ops.insert(op, Box::new(Op::Join(join)));
         if self.op_pending_pings(op) == 0 {
             self.advance(now, op, Outcome::Start);
         }
@@ -741,14 +744,14 @@ impl Node {
             .with_sweep(self.config.dsht.get_sweep);
         self.ops.insert(
             op,
-            Op::Get(GetOp {
+            Box::new(Op::Get(GetOp {
                 key,
                 levels: todo,
                 level,
                 lookup,
                 hops: 0,
                 nodes: None,
-            }),
+            })),
         );
         self.start_get_level(now, op);
         Ok(op)
@@ -793,7 +796,7 @@ impl Node {
         let fingerprint = store::fingerprint(&value);
         self.ops.insert(
             op,
-            Op::Put(PutOp {
+            Box::new(Op::Put(PutOp {
                 key,
                 value,
                 fingerprint,
@@ -807,7 +810,7 @@ impl Node {
                 stored: Vec::new(),
                 hops: 0,
                 notify,
-            }),
+            })),
         );
         self.start_put_level(now, op);
         Ok(op)
@@ -1008,14 +1011,14 @@ impl Node {
         };
         self.ops.insert(
             op,
-            Op::Get(GetOp {
+            Box::new(Op::Get(GetOp {
                 key,
                 levels: SmallVec::new(),
                 level,
                 lookup,
                 hops: 0,
                 nodes: Some(query),
-            }),
+            })),
         );
         self.start_get_level(now, op);
         Ok(op)
@@ -1089,14 +1092,14 @@ impl Node {
                 .with_sweep(self.config.dsht.get_sweep);
             self.ops.insert(
                 op,
-                Op::Get(GetOp {
+                Box::new(Op::Get(GetOp {
                     key,
                     levels: SmallVec::new(),
                     level: q.level,
                     lookup,
                     hops: g.hops,
                     nodes: Some(q),
-                }),
+                })),
             );
             self.start_get_level(now, op);
             return;
@@ -1154,7 +1157,7 @@ impl Node {
     }
 
     fn op_pending_pings(&self, op: OpId) -> u32 {
-        match self.ops.get(&op) {
+        match self.ops.get(&op).map(|b| &**b) {
             Some(Op::Join(j)) => j.pending_pings,
             _ => 0,
         }
@@ -1295,7 +1298,7 @@ impl Node {
         let msg = self.message(now, req, body.clone());
         self.inflight.insert(
             req,
-            Inflight {
+            Box::new(Inflight {
                 to,
                 id,
                 level,
@@ -1306,7 +1309,7 @@ impl Node {
                 body,
                 retries_left: self.config.dsht.rpc_retries,
                 retransmitted: false,
-            },
+            }),
         );
         self.outbox.push_back((to, msg));
         Some(req)
@@ -1468,7 +1471,7 @@ impl Node {
     // ----- internals: replies and timeouts --------------------------------
 
     /// Removes and returns the request `req` if `from` may answer it.
-    fn take_inflight(&mut self, from: &Contact, req: u64) -> Option<Inflight> {
+    fn take_inflight(&mut self, from: &Contact, req: u64) -> Option<Box<Inflight>> {
         match self.inflight.get(&req) {
             Some(f) if f.to == from.addr && f.id.is_none_or(|id| id == from.id) => {}
             _ => return None,
@@ -1483,7 +1486,7 @@ impl Node {
         now: Instant,
         from: Contact,
         req: u64,
-        f: Inflight,
+        f: Box<Inflight>,
         rtt: Option<Duration>,
         body: Body,
     ) {
@@ -1569,7 +1572,7 @@ impl Node {
 
     /// Feeds an RPC outcome to operation `op` and lets it take its next steps.
     fn advance(&mut self, now: Instant, op: OpId, outcome: Outcome) {
-        let Some(state) = self.ops.remove(&op) else {
+        let Some(state) = self.ops.remove(&op).map(|b| *b) else {
             return;
         };
         self.stepping += 1;
@@ -1599,7 +1602,7 @@ impl Node {
     /// Puts a running operation back after a step; `None` means it ended.
     fn resume(&mut self, op: OpId, state: Option<Op>) {
         if let Some(state) = state {
-            self.ops.insert(op, state);
+            self.ops.insert(op, Box::new(state));
         }
     }
 
@@ -1807,12 +1810,12 @@ impl Node {
         if self.step_walk(now, op, level, &mut lookup, WalkKind::Find, Outcome::Start) {
             self.finish_walk(now, level, &lookup);
         } else {
-            self.ops.insert(op, Op::Refresh(level, lookup));
+            self.ops.insert(op, Box::new(Op::Refresh(level, lookup)));
         }
     }
 
     fn start_get_level(&mut self, now: Instant, op: OpId) {
-        let Some(Op::Get(g)) = self.ops.remove(&op) else {
+        let Some(Op::Get(g)) = self.ops.remove(&op).map(|b| *b) else {
             return;
         };
         // This node is the first on its own path: serve from the local store.
@@ -1866,13 +1869,13 @@ impl Node {
             .continue_lookup(level, g.key, reached)
             .with_sweep(self.config.dsht.get_sweep);
         g.level = level;
-        self.ops.insert(op, Op::Get(g));
+        self.ops.insert(op, Box::new(Op::Get(g)));
         self.start_get_level(now, op);
         None
     }
 
     fn start_put_level(&mut self, now: Instant, op: OpId) {
-        let Some(Op::Put(mut p)) = self.ops.remove(&op) else {
+        let Some(Op::Put(mut p)) = self.ops.remove(&op).map(|b| *b) else {
             return;
         };
         // This node is the first on its own path, and the puts it sends on
@@ -2091,7 +2094,7 @@ impl Node {
             lookup: self.continue_lookup(level, p.key, reached),
             stack: Vec::new(),
         };
-        self.ops.insert(op, Op::Put(p));
+        self.ops.insert(op, Box::new(Op::Put(p)));
         self.start_put_level(now, op);
         None
     }
