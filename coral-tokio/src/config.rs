@@ -87,6 +87,9 @@ pub struct NodeSection {
     pub seed: Option<u64>,
     /// The Coral domain appended to origin host names.
     pub coral_domain: String,
+    /// Private networks the HTTP proxy may fetch origins from (CIDR, e.g.
+    /// `"127.0.0.1/32"`); everything private is refused otherwise (SSRF).
+    pub allow_origins: Vec<String>,
 }
 
 impl Default for NodeSection {
@@ -100,6 +103,7 @@ impl Default for NodeSection {
             data_dir: None,
             seed: None,
             coral_domain: crate::coralize::DEFAULT_DOMAIN.to_owned(),
+            allow_origins: Vec::new(),
         }
     }
 }
@@ -295,6 +299,7 @@ impl FileConfig {
                 ),
             });
         }
+        self.http_config()?;
         if self.node.coral_domain.trim_matches('.').is_empty() {
             return Err(ConfigError::Invalid {
                 key: "node.coral_domain",
@@ -302,6 +307,32 @@ impl FileConfig {
             });
         }
         Ok(())
+    }
+
+    /// The HTTP proxy's configuration: the core's defaults, this node's
+    /// Coral domain and origin allow-list.
+    pub fn http_config(&self) -> Result<coral_core::http::HttpConfig, ConfigError> {
+        let mut allow = Vec::new();
+        for a in &self.node.allow_origins {
+            allow.push(a.parse().map_err(|reason| ConfigError::Invalid {
+                key: "node.allow_origins",
+                reason,
+            })?);
+        }
+        let mut suffixes = coral_core::http::HttpConfig::default().suffixes;
+        let mine = self
+            .node
+            .coral_domain
+            .trim_matches('.')
+            .to_ascii_lowercase();
+        if !suffixes.contains(&mine) {
+            suffixes.insert(0, mine);
+        }
+        Ok(coral_core::http::HttpConfig {
+            allow_origins: allow,
+            suffixes,
+            ..coral_core::http::HttpConfig::default()
+        })
     }
 
     /// The core's configuration with the given RNG seed.

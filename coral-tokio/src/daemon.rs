@@ -59,7 +59,7 @@ pub async fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<(
     let handle = node.handle.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy = proxy::start(
-        proxy::ProxyOptions::new(cfg.node.http, coral_core::http::HttpConfig::default()),
+        proxy::ProxyOptions::new(cfg.node.http, cfg.http_config()?),
         handle.clone(),
         stop_rx.clone(),
     )

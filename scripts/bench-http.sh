@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Requests/s and p99 latency of cache hits through one Coral proxy, next to
+# nginx proxy_cache in front of the same origin, in the same run (issue 5).
+# Installs nginx and wrk with apt-get when missing. Everything binds to
+# 127.0.0.x; every run is bounded (DURATION seconds per wrk run).
+#
+#   scripts/bench-http.sh            # 10 s per size, 50 connections
+#   DURATION=5 CONNS=50 scripts/bench-http.sh
+set -euo pipefail
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-50}
+THREADS=${THREADS:-4}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d /tmp/coral-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+if ! need nginx || ! need wrk; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq nginx-light wrk >/dev/null \
+    || $SUDO apt-get install -y -qq nginx wrk >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+# The origin: nginx serving static files on 127.0.0.70:18080.
+mkdir -p "$WORK/www" "$WORK/cache" "$WORK/logs"
+head -c 1024 /dev/urandom >"$WORK/www/1k.bin"
+head -c $((41 * 1024)) /dev/urandom >"$WORK/www/41k.bin"
+head -c $((1024 * 1024)) /dev/urandom >"$WORK/www/1m.bin"
+cat >"$WORK/nginx.conf" <<CONF
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/logs/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/tmp-body; proxy_temp_path $WORK/tmp-proxy;
+  fastcgi_temp_path $WORK/tmp-fcgi; uwsgi_temp_path $WORK/tmp-uwsgi; scgi_temp_path $WORK/tmp-scgi;
+  proxy_cache_path $WORK/cache keys_zone=c:10m max_size=256m;
+  server { listen 127.0.0.70:18080; root $WORK/www; expires 1h; }
+  server {
+    listen 127.0.0.71:18081;
+    location / { proxy_pass http://127.0.0.70:18080; proxy_cache c; proxy_cache_valid 200 1h;
+                 proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+"$NGINX" -c "$WORK/nginx.conf" -g 'daemon on;'
+PIDS+=("$(cat "$WORK/nginx.pid" 2>/dev/null || echo 0)")
+
+# One Coral node whose proxy may fetch from the loopback origin.
+cargo build --release -q -p coral-tokio --manifest-path "$ROOT/Cargo.toml"
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/coral
+cat >"$WORK/coral.toml" <<CONF
+[node]
+rpc = "127.0.0.72:18091"
+admin = "127.0.0.72:18092"
+http = "127.0.0.72:18090"
+allow_origins = ["127.0.0.70/32"]
+CONF
+"$BIN" node --config "$WORK/coral.toml" 2>"$WORK/logs/coral.log" &
+PIDS+=("$!")
+CORAL_PID=$!
+for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.72:18092/metrics" && break; sleep 0.1; done
+
+HOST="127.0.0.70.18080.nyud.net"
+printf '%-8s %-22s %12s %10s %10s\n' size server req/s p99_ms cpu_us/req
+for f in 1k.bin 41k.bin 1m.bin; do
+  # Warm both caches and check the bytes.
+  curl -sf -H "Host: $HOST" "http://127.0.0.72:18090/$f" | cmp - "$WORK/www/$f"
+  curl -sf "http://127.0.0.71:18081/$f" | cmp - "$WORK/www/$f"
+  for target in "coral|http://127.0.0.72:18090/$f|$HOST" "nginx-proxy_cache|http://127.0.0.71:18081/$f|" "nginx-static|http://127.0.0.70:18080/$f|"; do
+    IFS='|' read -r name url host <<<"$target"
+    hdr=(); [ -n "$host" ] && hdr=(-H "Host: $host")
+    before=$(awk '{print $14+$15}' /proc/$CORAL_PID/stat)
+    out=$(timeout $((DURATION + 20)) wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "$url")
+    after=$(awk '{print $14+$15}' /proc/$CORAL_PID/stat)
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    cpu="-"
+    if [ "$name" = coral ] && [ "${reqs:-0}" -gt 0 ]; then
+      tck=$(getconf CLK_TCK)
+      cpu=$(awk -v d=$((after - before)) -v t="$tck" -v n="$reqs" 'BEGIN {printf "%.1f", d / t * 1e6 / n}')
+    fi
+    printf '%-8s %-22s %12s %10s %10s\n' "$f" "$name" "$rps" "$p99" "$cpu"
+  done
+done
