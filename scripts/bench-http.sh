@@ -12,8 +12,11 @@ CONNS=${CONNS:-50}
 THREADS=${THREADS:-4}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/coral-bench.XXXXXX)
+chmod 755 "$WORK"   # nginx workers run as another user
 PIDS=()
+NGINX=nginx
 cleanup() {
+  [ -f "$WORK/nginx.pid" ] && "$NGINX" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
@@ -51,7 +54,6 @@ http {
 }
 CONF
 "$NGINX" -c "$WORK/nginx.conf" -g 'daemon on;'
-PIDS+=("$(cat "$WORK/nginx.pid" 2>/dev/null || echo 0)")
 
 # One Coral node whose proxy may fetch from the loopback origin.
 cargo build --release -q -p coral-tokio --manifest-path "$ROOT/Cargo.toml"
