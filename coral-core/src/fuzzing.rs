@@ -346,11 +346,13 @@ mod op {
     pub(super) const PUT: u8 = 10;
     /// `level, count, services`: `nodes`.
     pub(super) const NODES: u8 = 11;
+    /// `key`: `find_closest`.
+    pub(super) const CLOSEST: u8 = 12;
 
     /// The opcode of an input byte; the spare values repeat the busiest ones.
     pub(super) fn decode(b: u8) -> u8 {
-        match b % 16 {
-            12 => REPLY_ALL,
+        match b % 17 {
+            16 => REPLY_ALL,
             13 => STEP,
             14 => REPLY,
             15 => REQUEST,
@@ -505,6 +507,7 @@ enum AppKind {
     Get,
     Put,
     Nodes,
+    Closest,
 }
 
 /// An application operation the harness started.
@@ -1002,6 +1005,21 @@ impl Harness {
                     Err(e) => panic!("get refused: {e}"),
                 }
             }
+            op::CLOSEST => {
+                let key = self.key(input.byte());
+                let busy = self.busy();
+                match self.node.find_closest(self.now, key) {
+                    Ok(op) => {
+                        assert!(!busy, "find_closest accepted at the cap");
+                        self.started(op, AppKind::Closest, Some(key));
+                    }
+                    Err(OpError::Busy) => {
+                        assert!(busy, "find_closest refused below the cap");
+                        self.settle(None);
+                    }
+                    Err(e) => panic!("find_closest refused: {e}"),
+                }
+            }
             op::PUT => {
                 let key = self.key(input.byte());
                 let len = usize::from(input.byte() % 121);
@@ -1343,6 +1361,14 @@ impl Harness {
                     );
                 }
                 (*op, AppKind::Nodes, None)
+            }
+            Event::ClosestFound {
+                op, key, closest, ..
+            } => {
+                // Never a node farther than this node itself.
+                let me = self.node.id();
+                assert!(closest.id.distance(key) <= me.distance(key), "{event:?}");
+                (*op, AppKind::Closest, Some(*key))
             }
             Event::ClusterChanged {
                 level, from, to, ..

@@ -118,6 +118,18 @@ pub enum Event {
         /// Nodes that answered along the forward paths, over all levels.
         hops: u32,
     },
+    /// A `find_closest` finished.
+    ClosestFound {
+        /// The operation.
+        op: OpId,
+        /// The key.
+        key: Id,
+        /// The live level-0 node closest to the key that this node found:
+        /// one that answered the walk, or this node itself when it is closer.
+        closest: Contact,
+        /// Nodes that answered along the walk.
+        hops: u32,
+    },
     /// This node moved to another cluster at `level` (spec §4.3–4.4).
     ClusterChanged {
         /// The level.
@@ -345,6 +357,7 @@ enum Op {
     Get(GetOp),
     Put(PutOp),
     Refresh(Level, Lookup),
+    Closest(Lookup),
 }
 
 /// One Coral node.
@@ -932,6 +945,43 @@ impl Node {
     /// Publications this node keeps alive.
     pub fn publications(&self) -> usize {
         self.published.len()
+    }
+
+    /// Finds the live node closest to `key` in the global (level-0) DSHT:
+    /// a halving walk toward `key` that, like a get, keeps asking until
+    /// the `get_sweep` closest nodes it knows have answered. The answer
+    /// arrives as [`Event::ClosestFound`]. Every node that asks about one
+    /// key converges on the same node, which makes it a meeting point: the
+    /// HTTP proxy asks it for the one claim on a URL.
+    pub fn find_closest(&mut self, now: Instant, key: Id) -> Result<OpId, OpError> {
+        self.check_capacity()?;
+        let op = self.alloc_op();
+        let mut lookup = self
+            .new_lookup(0, key)
+            .with_sweep(self.config.dsht.get_sweep);
+        if self.step_walk(now, op, 0, &mut lookup, WalkKind::Find, Outcome::Start) {
+            self.finish_closest(now, op, &lookup);
+        } else {
+            self.ops.insert(op, Box::new(Op::Closest(lookup)));
+        }
+        Ok(op)
+    }
+
+    fn finish_closest(&mut self, now: Instant, op: OpId, lookup: &Lookup) {
+        self.finish_walk(now, 0, lookup);
+        let key = lookup.key();
+        let closest = lookup
+            .closest_answered(1)
+            .into_iter()
+            .chain([self.contact])
+            .min_by_key(|c| c.id.distance(&key))
+            .unwrap_or(self.contact);
+        self.events.push_back(Event::ClosestFound {
+            op,
+            key,
+            closest,
+            hops: lookup.answers(),
+        });
     }
 
     /// Up to `count` live nodes of this node's cluster at `level` (spec §2
@@ -1592,6 +1642,14 @@ impl Node {
                     None
                 } else {
                     Some(Op::Refresh(level, lookup))
+                }
+            }
+            Op::Closest(mut lookup) => {
+                if self.step_walk(now, op, 0, &mut lookup, WalkKind::Find, outcome) {
+                    self.finish_closest(now, op, &lookup);
+                    None
+                } else {
+                    Some(Op::Closest(lookup))
                 }
             }
         };
@@ -2397,7 +2455,8 @@ mod tests {
                         Event::Joined { op: o, .. }
                         | Event::GetDone { op: o, .. }
                         | Event::NodesFound { op: o, .. }
-                        | Event::PutDone { op: o, .. } => *o == op,
+                        | Event::PutDone { op: o, .. }
+                        | Event::ClosestFound { op: o, .. } => *o == op,
                         Event::ClusterChanged { .. } => false,
                     }
             })?;
@@ -2779,6 +2838,34 @@ mod tests {
             panic!("no answer");
         };
         assert_eq!(hinted, 0);
+    }
+
+    #[test]
+    fn find_closest_names_the_node_closest_to_the_key() {
+        let mut net = Net::new(20, &flat());
+        net.join_all();
+        net.after(Duration::from_secs(5));
+        for k in 0..8u8 {
+            let key = Id::hash("closest-test", &[k]);
+            let want = net
+                .nodes
+                .iter()
+                .map(Node::id)
+                .min_by_key(|id| id.distance(&key))
+                .unwrap();
+            for asker in [0, 7, 13] {
+                let op = net.nodes[asker].find_closest(net.now, key).unwrap();
+                net.after(Duration::from_secs(2));
+                let Some(Event::ClosestFound {
+                    closest, key: k2, ..
+                }) = net.take_event(asker, op)
+                else {
+                    panic!("no answer");
+                };
+                assert_eq!(k2, key);
+                assert_eq!(closest.id, want, "key {k}, asker {asker}");
+            }
+        }
     }
 
     #[test]

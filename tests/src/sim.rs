@@ -965,7 +965,8 @@ impl Sim {
             }
             Event::GetDone { op, .. }
             | Event::PutDone { op, .. }
-            | Event::NodesFound { op, .. } => Some(*op),
+            | Event::NodesFound { op, .. }
+            | Event::ClosestFound { op, .. } => Some(*op),
             _ => None,
         };
         let (issued, tag) = match op.and_then(|op| self.pending.remove(&(i as u32, op.0))) {
