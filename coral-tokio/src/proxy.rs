@@ -302,15 +302,21 @@ fn drain(shared: &Arc<Shared>) {
             Output::Lookup { fetch, key } => {
                 tokio::spawn(async move {
                     let t = s.opts.lookup_timeout;
-                    let (got, contacts) = tokio::join!(
+                    // The claim's arbiter is the node closest to the key:
+                    // the walk finds the one every proxy converges on, and
+                    // the level-0 contacts stand in if it does not serve
+                    // HTTP or the walk fails.
+                    let (got, contacts, closest) = tokio::join!(
                         tokio::time::timeout(t, s.node.get(key, Levels::ALL)),
                         tokio::time::timeout(t, s.node.contacts(0)),
+                        tokio::time::timeout(t, s.node.find_closest(key)),
                     );
                     let (values, level) = match got {
                         Ok(Ok(g)) => (g.values, g.level),
                         _ => (Vec::new(), None),
                     };
-                    let contacts = contacts.ok().and_then(Result::ok).unwrap_or_default();
+                    let mut contacts = contacts.ok().and_then(Result::ok).unwrap_or_default();
+                    contacts.extend(closest.ok().and_then(Result::ok));
                     s.core().handle_lookup(fetch, &values, level, &contacts);
                     drain(&s);
                 });

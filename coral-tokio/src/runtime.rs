@@ -152,6 +152,7 @@ enum Command {
         services: Services,
         reply: Reply<NodesResult>,
     },
+    FindClosest(Id, Reply<Contact>),
     Status(oneshot::Sender<NodeStatus>),
     Contacts(Level, oneshot::Sender<Vec<Contact>>),
     Shutdown,
@@ -162,6 +163,7 @@ enum Pending {
     Get(Reply<GetResult>),
     Put(Reply<PutResult>),
     Nodes(Reply<NodesResult>),
+    Closest(Reply<Contact>),
 }
 
 /// A cheap, cloneable handle to a running node task.
@@ -265,6 +267,12 @@ impl NodeHandle {
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// The live level-0 node closest to `key` (possibly this node), found
+    /// by a walk toward it: every node that asks converges on the same one.
+    pub async fn find_closest(&self, key: Id) -> Result<Contact, NodeError> {
+        self.ask(|reply| Command::FindClosest(key, reply)).await
     }
 
     /// Finds up to `count` nodes of this node's cluster at `level` near `target`.
@@ -583,6 +591,10 @@ impl Driver {
                 Ok(op) => self.wait(op, Pending::Nodes(reply)),
                 Err(e) => drop(reply.send(Err(e.into()))),
             },
+            Command::FindClosest(key, reply) => match self.node.find_closest(now, key) {
+                Ok(op) => self.wait(op, Pending::Closest(reply)),
+                Err(e) => drop(reply.send(Err(e.into()))),
+            },
             Command::Status(reply) => {
                 let _ = reply.send(self.status(now));
             }
@@ -634,6 +646,11 @@ impl Driver {
             Event::NodesFound { op, nodes, hinted } => {
                 if let Some(Pending::Nodes(r)) = self.pending.remove(&op) {
                     let _ = r.send(Ok(NodesResult { nodes, hinted }));
+                }
+            }
+            Event::ClosestFound { op, closest, .. } => {
+                if let Some(Pending::Closest(r)) = self.pending.remove(&op) {
+                    let _ = r.send(Ok(closest));
                 }
             }
             Event::ClusterChanged {

@@ -16,7 +16,9 @@
 //! fetch starts, so proxies that miss *later* fetch from it. Proxies that
 //! miss before that reference is stored (a flash crowd's first second) all
 //! go to the origin. We close that window with a **claim at the key's
-//! arbiter**: the node whose id is XOR-closest to `Id::for_url(url)` among
+//! arbiter**: the node whose id is XOR-closest to `Id::for_url(url)`, as
+//! the adapter finds it with `Node::find_closest` (a level-0 walk toward
+//! the key that every proxy asking about it converges on), together with
 //! the level-0 nodes the proxy knows (itself included). Every total miss —
 //! a DSHT get at all levels that found no holder — asks the arbiter, over
 //! HTTP with an `X-Coral-Claim: <claimer>` header, before touching the
@@ -31,13 +33,10 @@
 //! peer), waiting never forms a cycle; and a holder that fails sends its
 //! waiters to the origin, as Coral would.
 //!
-//! Level-0 routing tables agree on the closest node once the network is
-//! small or the key's neighbourhood is well known; when two proxies pick
-//! different arbiters, the object is fetched once per arbiter, never
-//! wrongly — the claim degrades to Coral's behaviour, not below it. An
-//! exact rendezvous needs a level-0 lookup of the key's closest node (a
-//! `find_closest` on `Node`), which the DSHT's iterative lookup already
-//! computes and could report.
+//! When the walk fails or times out and two proxies pick different
+//! arbiters from their own routing tables, the object is fetched once per
+//! arbiter, never wrongly: the claim degrades to Coral's behaviour, not
+//! below it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
