@@ -10,9 +10,10 @@
 //! writability, and no timer of its own: the core's
 //! [`coral_core::Node::poll_timeout`] is the `epoll_wait` timeout, so an
 //! idle node sleeps. The admin endpoint ([`admin`]) is served on the same
-//! loop. Configuration, identity, logging and the status types and
+//! loop. Configuration, identity, logging, the status snapshot and its
 //! renderings are coral-tokio's ([`coral_tokio::config`],
-//! [`coral_tokio::identity`], [`coral_tokio::status`]).
+//! [`coral_tokio::identity`], [`coral_tokio::status::snapshot`]), so the
+//! two runtimes cannot drift apart in what they report.
 //!
 //! The HTTP proxy and DNS server handlers will join the loop as
 //! [`runtime::App`]s once their issues land.
@@ -20,7 +21,6 @@
 mod admin;
 pub mod daemon;
 pub mod runtime;
-mod snapshot;
 pub mod udp;
 
 pub use runtime::{App, Driver, Handle, RunningNode, spawn, spawn_with};

@@ -36,13 +36,12 @@ use coral_core::time::Instant as CoreInstant;
 use coral_core::{Event, Levels, Node, OpId};
 use coral_tokio::NodeError;
 use coral_tokio::runtime::{BindError, GetResult, Joined, NodeOptions, PutResult};
-use coral_tokio::status::{AdapterCounters, NodeStatus};
+use coral_tokio::status::{AdapterCounters, NodeStatus, snapshot};
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, info, trace, warn};
 
 use crate::admin::Admin;
-use crate::snapshot::snapshot;
 use crate::udp::{RecvBatch, SendQueue};
 
 const UDP: Token = Token(0);

@@ -201,8 +201,15 @@ fn rpc(c: &coral_core::node::RpcCounts) -> RpcCounters {
     }
 }
 
-/// Copies the node's state; `waiting` is the number of callers waiting.
-pub(crate) fn snapshot(
+/// Copies the node's state into a [`NodeStatus`].
+///
+/// Every runtime adapter calls this on the thread that owns the `Node`, so
+/// `/status.json`, `/metrics`, `/` and `coral status` read alike whichever
+/// runtime serves them. `now` is the adapter's current core instant (the
+/// uptime is its time since the node's epoch), `seed` the RNG seed the node
+/// was started with, `adapter` the adapter's own socket counters, and
+/// `waiting` the number of callers waiting for an answer from the node.
+pub fn snapshot(
     node: &Node,
     now: CoreInstant,
     seed: u64,
