@@ -8,36 +8,11 @@ use anyhow::Context as _;
 use coral_core::time::Instant as CoreInstant;
 use coral_core::{Event, Node};
 use coral_tokio::config::FileConfig;
-use coral_tokio::identity;
+use coral_tokio::daemon::resolve_seed;
 use coral_tokio::runtime::{BindError, bind_udp};
 use tracing::{info, warn};
 
 use crate::runtime::{App, Driver, LogEvents};
-
-/// Where the seed came from, for the log line that records it. (The same
-/// order as `coral node`: config, identity in the data directory, the OS.)
-fn resolve_seed(cfg: &FileConfig) -> anyhow::Result<(u64, &'static str)> {
-    if let Some(seed) = cfg.node.seed {
-        return Ok((seed, "config node.seed"));
-    }
-    let Some(dir) = &cfg.node.data_dir else {
-        return Ok((identity::os_seed(), "operating system"));
-    };
-    let (id, created) = identity::load_or_create(dir, cfg.node.rpc)?;
-    if id.rpc != cfg.node.rpc {
-        warn!(
-            was = %id.rpc, now = %cfg.node.rpc,
-            "the RPC address changed since {} was written: the node id changes with it",
-            dir.join(identity::FILE_NAME).display()
-        );
-    }
-    let from = if created {
-        "new identity in data_dir"
-    } else {
-        "identity in data_dir"
-    };
-    Ok((id.seed, from))
-}
 
 /// The daemon's application: reports the join, then publishes the node's
 /// network hints, as `coral node` does.

@@ -9,8 +9,15 @@ use tracing::{info, warn};
 use crate::config::FileConfig;
 use crate::{admin, httpd, identity, proxy, runtime};
 
-/// Where the seed came from, for the log line that records it.
-fn resolve_seed(cfg: &FileConfig) -> anyhow::Result<(u64, &'static str)> {
+/// The node's RNG seed and where it came from, for the log line that
+/// records it (so an incident can be replayed in the simulator).
+///
+/// The order is the same for every runtime: `node.seed` from the config,
+/// else the identity kept in `node.data_dir` (created there on first run;
+/// a warning says when `node.rpc` changed since, because the node id
+/// changes with it), else a fresh seed from the operating system. Errors
+/// are the identity file's (unreadable, malformed, not writable).
+pub fn resolve_seed(cfg: &FileConfig) -> anyhow::Result<(u64, &'static str)> {
     if let Some(seed) = cfg.node.seed {
         return Ok((seed, "config node.seed"));
     }
