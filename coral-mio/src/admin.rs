@@ -1,17 +1,18 @@
 //! The admin endpoint on the node's own loop: `GET /` (HTML status page),
-//! `GET /metrics` (Prometheus text) and `GET /status.json`, rendered by
-//! coral-tokio's [`status`] functions so both runtimes answer byte for byte
-//! alike. It keeps coral-tokio's limits: one request per connection,
-//! `GET`/`HEAD` only, a head of at most 8 KiB that must arrive within 5 s
-//! (else 431 / 408), at most 64 connections at once (more wait in the
-//! kernel's backlog). Request heads are parsed by `httparse`.
+//! `GET /metrics` (Prometheus text) and `GET /status.json`, routed and
+//! rendered by coral-tokio's [`route`] and [`render`] so both runtimes
+//! answer byte for byte alike. It keeps coral-tokio's limits: one request
+//! per connection, `GET`/`HEAD` only, a head of at most 8 KiB that must
+//! arrive within 5 s (else 431 / 408), at most 64 connections at once (more
+//! wait in the kernel's backlog). Request heads are parsed by `httparse`.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use coral_tokio::httpd::Response;
-use coral_tokio::status::{self, NodeStatus};
+use coral_tokio::admin::{Route, render, route};
+use coral_tokio::httpd::{Response, reason};
+use coral_tokio::status::NodeStatus;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
@@ -27,48 +28,6 @@ const MAX_HEADERS: usize = 32;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most connections served at once.
 const MAX_CONNECTIONS: usize = 64;
-
-/// The reason phrase coral-tokio's server sends with `code` (its
-/// `Response::error` body is "`code` `phrase`\n").
-fn reason(code: u16) -> String {
-    let body = Response::error(code).body;
-    let text = String::from_utf8_lossy(&body);
-    text.trim_end()
-        .split_once(' ')
-        .map_or_else(|| "Error".to_owned(), |(_, r)| r.to_owned())
-}
-
-/// What a path asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Route {
-    Html,
-    Metrics,
-    Json,
-}
-
-fn route(path: &str) -> Option<Route> {
-    match path {
-        "/" | "/index.html" => Some(Route::Html),
-        "/metrics" => Some(Route::Metrics),
-        "/status.json" => Some(Route::Json),
-        _ => None,
-    }
-}
-
-/// The response to `path` given a fresh snapshot.
-fn render(route: Route, s: &NodeStatus) -> Response {
-    match route {
-        Route::Html => Response::ok("text/html; charset=utf-8", status::html(s)),
-        Route::Metrics => Response::ok(
-            "text/plain; version=0.0.4; charset=utf-8",
-            status::prometheus(s),
-        ),
-        Route::Json => match serde_json::to_string_pretty(s) {
-            Ok(j) => Response::ok("application/json", j + "\n"),
-            Err(_) => Response::error(503),
-        },
-    }
-}
 
 /// The bytes of a whole response (the body left out for `HEAD`).
 fn encode(r: &Response, head_only: bool) -> Vec<u8> {

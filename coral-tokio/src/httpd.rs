@@ -75,7 +75,9 @@ impl Response {
     }
 }
 
-fn reason(status: u16) -> &'static str {
+/// The reason phrase sent with `status` in the status line and in
+/// [`Response::error`] bodies ("Error" for codes this server never sends).
+pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
