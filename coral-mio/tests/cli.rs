@@ -1,8 +1,9 @@
 //! The `coral-mio` binary as a user runs it: errors that name the key or
-//! address at fault, two nodes that join through `--join` and serve their
-//! admin endpoints, the identity kept in `--data-dir`, and a clean exit on
-//! SIGTERM. Every child process is bounded in time and killed if it
-//! overstays; nothing asserts speed.
+//! address at fault, `--http` refused until coral-mio serves the proxy, two
+//! nodes that join through `--join` and serve their admin endpoints, the
+//! identity kept in `--data-dir`, and a clean exit on SIGTERM. Every child
+//! process is bounded in time and killed if it overstays; nothing asserts
+//! speed.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure is a bug to see
 
@@ -115,6 +116,26 @@ fn a_busy_address_is_named() {
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(e.contains(&addr) && e.contains("node.rpc"), "{e}");
+}
+
+#[test]
+fn http_is_refused_before_anything_is_bound() {
+    // coral-mio parses `coral node`'s flags but does not serve the proxy:
+    // asked for one, it says so and exits, rather than run without it. The
+    // busy RPC address shows the refusal comes before any bind.
+    let busy = std::net::UdpSocket::bind("127.0.0.233:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let o = wait(
+        coral_mio(&["node", "--rpc", &addr, "--http", "127.0.0.233:8090"])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("--http 127.0.0.233:8090") && e.contains("`coral node`") && !e.contains(&addr),
+        "{e}"
+    );
 }
 
 #[test]

@@ -3,13 +3,15 @@
 //! One tokio task owns each core [`coral_core::Node`] and feeds it datagrams,
 //! timer ticks and application commands ([`runtime`]); everything the
 //! protocol decides happens in the core. Around it sit the pieces of a
-//! process: the TOML configuration ([`config`]), the node's persistent
+//! process: the TOML configuration ([`config`]) and the `node` flags that
+//! override it ([`cli`], shared with `coral-mio`), the node's persistent
 //! identity ([`identity`]), logs ([`logging`]), the admin endpoint with
 //! Prometheus metrics and a status page ([`admin`], [`status`]), the URL
 //! rewrite publishers use ([`coralize`]), and a whole network on loopback
 //! for trying it out ([`testnet`]).
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod coralize;
 pub mod daemon;

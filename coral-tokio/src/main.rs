@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use coral_tokio::cli::NodeArgs;
 use coral_tokio::config::FileConfig;
 use coral_tokio::{coralize, daemon, httpd, logging, status, testnet};
 
@@ -36,29 +37,13 @@ enum Command {
     ///
     /// With no options it listens for DSHT RPCs on UDP 127.0.0.1:8091 and
     /// serves its admin endpoint on http://127.0.0.1:8092/ (`/metrics`,
-    /// `/status.json`), and starts a new network of one. The HTTP proxy
-    /// (127.0.0.1:8090) and DNS server (127.0.0.1:5353) addresses are
-    /// reserved for later releases. See coral-tokio/coral.example.toml for
+    /// `/status.json`), serves the HTTP proxy on 127.0.0.1:8090, and starts
+    /// a new network of one. The DNS server address (127.0.0.1:5353) is
+    /// reserved for a later release. See coral-tokio/coral.example.toml for
     /// every setting.
     Node {
-        /// TOML configuration file (every key is optional; unknown keys are errors).
-        #[arg(long, short, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// RPC address (IP:port) of a running node to join through; repeatable.
-        #[arg(long, value_name = "ADDR")]
-        join: Vec<SocketAddr>,
-        /// Directory for the node's persistent identity (overrides node.data_dir).
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        /// RPC address to listen on (overrides node.rpc).
-        #[arg(long, value_name = "ADDR")]
-        rpc: Option<SocketAddr>,
-        /// Admin address to listen on (overrides node.admin).
-        #[arg(long, value_name = "ADDR")]
-        admin: Option<SocketAddr>,
-        /// HTTP proxy address to listen on (overrides node.http).
-        #[arg(long, value_name = "ADDR")]
-        http: Option<SocketAddr>,
+        #[command(flatten)]
+        args: NodeArgs,
     },
     /// Run a whole Coral network on loopback addresses, in this process.
     ///
@@ -151,30 +136,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Node {
-            config,
-            join,
-            data_dir,
-            rpc,
-            admin,
-            http,
-        } => {
-            let mut cfg = load_config(config.as_ref())?;
-            if let Some(h) = http {
-                cfg.node.http = h;
-            }
-            if let Some(d) = data_dir {
-                cfg.node.data_dir = Some(d);
-            }
-            if let Some(a) = rpc {
-                cfg.node.rpc = a;
-            }
-            if let Some(a) = admin {
-                cfg.node.admin = a;
-            }
+        Command::Node { args } => {
+            let cfg = args.load()?;
             let filter = cli.log.unwrap_or_else(|| cfg.log.filter.clone());
             logging::init(&filter, cli.log_json || cfg.log.json);
-            runtime()?.block_on(daemon::run(cfg, join))
+            runtime()?.block_on(daemon::run(cfg, args.join))
         }
         Command::Testnet {
             nodes,
