@@ -796,7 +796,7 @@ impl NodesReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "nodes: {} nodes, seed {}, latency {}, settled {} min; nodes({}, 1, target, http) for {} targets, {} answered",
+            "nodes: {} nodes, seed {}, latency {}, settled {} min; find_nodes_via({}, 3, target, routers, http) for {} targets, {} answered",
             self.nodes,
             self.seed,
             self.latency,

@@ -93,30 +93,11 @@ enum Cmd {
     /// every 10 virtual s. Reports per level the clusters, their purity and
     /// coverage, when the network converged and how often nodes switch after.
     Clusters {
-        /// N nodes on the synthetic sphere (the default, 500).
-        #[arg(long, conflicts_with_all = ["matrix", "latency"])]
-        synthetic: Option<usize>,
-        /// An RTT matrix file (one row per line, ms, whitespace-separated,
-        /// e.g. tests/data/planetlab-245-rtt.tsv); one node per host unless
-        /// --nodes says otherwise.
-        #[arg(long, conflicts_with = "latency")]
-        matrix: Option<PathBuf>,
-        /// `planetlab` is --matrix with the shipped PlanetLab file; `sphere`
-        /// is --synthetic.
-        #[arg(long, value_enum)]
-        latency: Option<LatencyKind>,
-        /// Node count for --matrix/--latency (default: one per host, or 500 on the sphere).
-        #[arg(long)]
-        nodes: Option<usize>,
-        /// Simulation seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        #[command(flatten)]
+        net: NetArgs,
         /// Virtual minutes from the cold start (joins included).
         #[arg(long, default_value_t = 30)]
         minutes: u32,
-        /// Print one JSON object instead of a summary.
-        #[arg(long)]
-        json: bool,
     },
     /// Get latency for nearby-held objects (issue 3): the network settles
     /// with 1 level or 3 (∞ / 60 ms / 20 ms), every node puts a few objects,
@@ -125,6 +106,10 @@ enum Cmd {
     Latency {
         #[command(flatten)]
         net: NetArgs,
+        /// Virtual minutes from the cold start (joins included) before the
+        /// workload, so that clusters have formed.
+        #[arg(long, default_value_t = 15)]
+        minutes: u32,
         /// Levels every node runs: 1 (global only), 2 (∞ / 60 ms) or 3 (∞ / 60 ms / 20 ms).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
         levels: u8,
@@ -138,20 +123,25 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         near_ms: u64,
     },
-    /// nodes() proxy choice (issue 3): for random targets (resolvers at a
-    /// node's host), a random other member of the target's level-2 cluster
-    /// is asked for nodes(2, 1, target, http); reports RTT(target, answer)
-    /// over RTT(target, nearest other node).
+    /// nodes() proxy choice (issue 3): every node publishes its prefix and
+    /// router hints; for random targets (resolvers at a node's host), a
+    /// random other member of the target's level-2 cluster runs
+    /// find_nodes_via(2, 3, target, routers toward it, http); reports
+    /// RTT(target, answer) over RTT(target, nearest other node).
     Nodes {
         #[command(flatten)]
         net: NetArgs,
+        /// Virtual minutes from the cold start (joins included) before the
+        /// queries, so that clusters have formed.
+        #[arg(long, default_value_t = 15)]
+        minutes: u32,
         /// Targets queried.
         #[arg(long, default_value_t = 200)]
         targets: usize,
     },
 }
 
-/// The network of the locality experiments, as `clusters` describes it.
+/// The network of the cluster and locality experiments.
 #[derive(clap::Args, Debug)]
 struct NetArgs {
     /// N nodes on the synthetic sphere (the default, 500).
@@ -170,18 +160,18 @@ struct NetArgs {
     /// Simulation seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Virtual minutes from the cold start (joins included) before the
-    /// workload, so that clusters have formed.
-    #[arg(long, default_value_t = 15)]
-    minutes: u32,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
 }
 
 impl NetArgs {
-    /// The network as the cluster experiment builds it, three levels.
-    fn params(&self) -> Result<ClusterParams> {
+    /// The network as the cluster experiment builds it, three levels,
+    /// run for `minutes` virtual minutes from the cold start.
+    fn params(&self, minutes: u32) -> Result<ClusterParams> {
+        if minutes == 0 {
+            bail!("--minutes must be at least 1");
+        }
         let matrix = match (&self.matrix, self.latency) {
             (Some(path), _) => Some(path.clone()),
             (None, Some(LatencyKind::Planetlab)) => Some(PathBuf::from(PLANETLAB_RTT_PATH)),
@@ -193,12 +183,12 @@ impl NetArgs {
                     .with_context(|| format!("loading {}", path.display()))?;
                 let n = self.nodes.unwrap_or(m.len());
                 let name = path.display().to_string();
-                ClusterParams::matrix(Arc::new(m), name, n, self.seed, self.minutes)
+                ClusterParams::matrix(Arc::new(m), name, n, self.seed, minutes)
             }
             None => ClusterParams::synthetic(
                 self.synthetic.or(self.nodes).unwrap_or(500),
                 self.seed,
-                self.minutes,
+                minutes,
             ),
         };
         check(p.nodes, 0.0)?;
@@ -299,49 +289,24 @@ fn main() -> Result<()> {
             let r = experiments::hotspot(&p).context("building the network")?;
             report(seed, wall, json, &r, r.human())?;
         }
-        Cmd::Clusters {
-            synthetic,
-            matrix,
-            latency,
-            nodes,
-            seed,
-            minutes,
-            json,
-        } => {
-            let matrix = match (matrix, latency) {
-                (Some(path), _) => Some(path),
-                (None, Some(LatencyKind::Planetlab)) => Some(PathBuf::from(PLANETLAB_RTT_PATH)),
-                (None, _) => None,
-            };
-            let p = match matrix {
-                Some(path) => {
-                    let m = RttMatrix::load(&path)
-                        .with_context(|| format!("loading {}", path.display()))?;
-                    let n = nodes.unwrap_or(m.len());
-                    let name = path.display().to_string();
-                    ClusterParams::matrix(Arc::new(m), name, n, seed, minutes)
-                }
-                None => ClusterParams::synthetic(synthetic.or(nodes).unwrap_or(500), seed, minutes),
-            };
-            check(p.nodes, 0.0)?;
-            if minutes == 0 {
-                bail!("--minutes must be at least 1");
-            }
+        Cmd::Clusters { net, minutes } => {
+            let p = net.params(minutes)?;
             eprintln!(
-                "coral-sim clusters: {} nodes, {minutes} minutes, latency {}, seed {seed}",
-                p.nodes, p.latency_name
+                "coral-sim clusters: {} nodes, {minutes} minutes, latency {}, seed {}",
+                p.nodes, p.latency_name, net.seed
             );
             let r = experiments::clusters(&p);
-            report(seed, wall, json, &r, r.human())?;
+            report(net.seed, wall, net.json, &r, r.human())?;
         }
         Cmd::Latency {
             net,
+            minutes,
             levels,
             objects,
             gets,
             near_ms,
         } => {
-            let mut p = net.params()?;
+            let mut p = net.params(minutes)?;
             if levels == 1 {
                 p.levels = locality::one_level();
             } else {
@@ -358,8 +323,12 @@ fn main() -> Result<()> {
             let r = locality::latency(&lp);
             report(net.seed, wall, net.json, &r, r.human())?;
         }
-        Cmd::Nodes { net, targets } => {
-            let p = net.params()?;
+        Cmd::Nodes {
+            net,
+            minutes,
+            targets,
+        } => {
+            let p = net.params(minutes)?;
             eprintln!(
                 "coral-sim nodes: {} nodes, {targets} targets, latency {}, seed {}",
                 p.nodes, p.latency_name, net.seed
