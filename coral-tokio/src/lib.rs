@@ -1,7 +1,9 @@
 //! The tokio runtime for Coral: the `coral` binary a volunteer runs.
 //!
 //! One tokio task owns each core [`coral_core::Node`] and feeds it datagrams,
-//! timer ticks and application commands ([`runtime`]); everything the
+//! timer ticks and application commands ([`runtime`], with the mapping of
+//! commands and events to callers in [`dispatch`], which coral-mio's loop
+//! shares); everything the
 //! protocol decides happens in the core. Around it sit the pieces of a
 //! process: the TOML configuration ([`config`]) and the `node` flags that
 //! override it ([`cli`], shared with `coral-mio`), the node's persistent
@@ -15,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod coralize;
 pub mod daemon;
+pub mod dispatch;
 pub mod httpd;
 pub mod identity;
 pub mod logging;

@@ -7,13 +7,13 @@
 //! changes), and an application command from a [`NodeHandle`] over an mpsc
 //! channel. After every input it drains the core as the crate documentation
 //! of `coral_core` prescribes: every transmit, then every event, then the
-//! next deadline. Events that finish an application operation are matched to
-//! the caller by [`OpId`] and answered over a oneshot channel.
+//! next deadline. Commands become core calls, and events that finish an
+//! operation are matched to its caller, in [`crate::dispatch`] (shared with
+//! coral-mio); answers go back over oneshot channels.
 //!
 //! The task makes no protocol decision: retries, timeouts, peer choice and
 //! clustering all happen inside the core, which this file only feeds.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -23,14 +23,16 @@ use coral_core::config::Config;
 use coral_core::contact::{Contact, Level, Services};
 use coral_core::id::Id;
 use coral_core::time::Instant as CoreInstant;
-use coral_core::{Event, Levels, Node, OpError, OpId};
+use coral_core::{Event, Levels, Node};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, info, warn};
 
+use crate::dispatch::{self, Dispatch, Replies};
+pub use crate::dispatch::{GetResult, Joined, NodeError, NodesResult, PutResult};
 use crate::status::{self, NodeStatus};
 
 /// Largest datagram the receive buffer holds. Coral's own datagrams are far
@@ -83,87 +85,25 @@ pub struct BindError {
     pub source: io::Error,
 }
 
-/// Why an application command did not produce a result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum NodeError {
-    /// The node task has stopped (shut down, or its socket failed).
-    #[error("the node has stopped")]
-    Stopped,
-    /// The core refused to start the operation.
-    #[error("the node refused the operation: {0}")]
-    Refused(#[from] OpError),
+/// Replies go back over tokio's oneshot channels.
+struct Oneshot;
+
+impl Replies for Oneshot {
+    type To<T> = oneshot::Sender<T>;
+
+    fn send<T>(to: Self::To<T>, value: T) {
+        let _ = to.send(value);
+    }
 }
 
-/// The outcome of a join.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Joined {
-    /// Contacts in the level-0 routing table afterwards.
-    pub contacts: usize,
-}
+type Reply<T> = dispatch::Reply<Oneshot, T>;
 
-/// The outcome of a get.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GetResult {
-    /// Values found (empty when none was found at any level).
-    pub values: Vec<Bytes>,
-    /// The level at which they were found.
-    pub level: Option<Level>,
-    /// Nodes that answered along the path, over all levels walked.
-    pub hops: u32,
-}
-
-/// The outcome of a put or of the first put of a publication.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PutResult {
-    /// Where the value was stored, per level.
-    pub stored: Vec<(Level, Id)>,
-    /// Nodes that answered along the forward paths.
-    pub hops: u32,
-}
-
-/// The outcome of a `find_nodes`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodesResult {
-    /// The nodes, best first.
-    pub nodes: Vec<Contact>,
-    /// How many of them the DSHT's network hints named.
-    pub hinted: usize,
-}
-
-type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
-
+/// What a [`NodeHandle`] sends the node task.
 enum Command {
-    Join(Vec<SocketAddr>, Reply<Joined>),
-    Get(Id, Levels, Reply<GetResult>),
-    Put {
-        key: Id,
-        value: Bytes,
-        ttl: Duration,
-        levels: Levels,
-        publish: bool,
-        reply: Reply<PutResult>,
-    },
-    Withdraw(Id, Bytes, oneshot::Sender<bool>),
-    PublishHints(Vec<IpAddr>, oneshot::Sender<()>),
-    FindNodes {
-        level: Level,
-        count: usize,
-        target: IpAddr,
-        services: Services,
-        reply: Reply<NodesResult>,
-    },
-    FindClosest(Id, Reply<Contact>),
+    /// An operation on the node.
+    Node(dispatch::Command<Oneshot>),
     Status(oneshot::Sender<NodeStatus>),
-    Contacts(Level, oneshot::Sender<Vec<Contact>>),
     Shutdown,
-}
-
-enum Pending {
-    Join(Reply<Joined>),
-    Get(Reply<GetResult>),
-    Put(Reply<PutResult>),
-    Nodes(Reply<NodesResult>),
-    Closest(Reply<Contact>),
 }
 
 /// A cheap, cloneable handle to a running node task.
@@ -191,23 +131,35 @@ impl NodeHandle {
         self.seed
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NodeError> {
+    /// Sends `make`'s command with a fresh reply channel and waits for the answer.
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(make(tx))
             .await
             .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)?
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// [`Self::request`] for a node operation that can fail.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> dispatch::Command<Oneshot>,
+    ) -> Result<T, NodeError> {
+        self.request(|r| Command::Node(make(r))).await?
     }
 
     /// Joins the network through `bootstrap` (none: a network of one).
     pub async fn join(&self, bootstrap: Vec<SocketAddr>) -> Result<Joined, NodeError> {
-        self.ask(|r| Command::Join(bootstrap, r)).await
+        self.ask(|r| dispatch::Command::Join(bootstrap, r)).await
     }
 
     /// Gets the values of `key` at `levels`, fastest level first.
     pub async fn get(&self, key: Id, levels: Levels) -> Result<GetResult, NodeError> {
-        self.ask(|r| Command::Get(key, levels, r)).await
+        self.ask(|r| dispatch::Command::Get(key, levels, r)).await
     }
 
     /// Puts `value` under `key` for `ttl` at `levels`.
@@ -218,7 +170,7 @@ impl NodeHandle {
         ttl: Duration,
         levels: Levels,
     ) -> Result<PutResult, NodeError> {
-        self.ask(|reply| Command::Put {
+        self.ask(|reply| dispatch::Command::Put {
             key,
             value,
             ttl,
@@ -238,7 +190,7 @@ impl NodeHandle {
         ttl: Duration,
         levels: Levels,
     ) -> Result<PutResult, NodeError> {
-        self.ask(|reply| Command::Put {
+        self.ask(|reply| dispatch::Command::Put {
             key,
             value,
             ttl,
@@ -251,28 +203,21 @@ impl NodeHandle {
 
     /// Stops keeping a published value alive; returns whether it was published.
     pub async fn withdraw(&self, key: Id, value: Bytes) -> Result<bool, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Withdraw(key, value, tx))
+        self.request(|r| Command::Node(dispatch::Command::Withdraw(key, value, r)))
             .await
-            .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)
     }
 
     /// Publishes this node's network hints (its prefix and `routers`).
     pub async fn publish_hints(&self, routers: Vec<IpAddr>) -> Result<(), NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::PublishHints(routers, tx))
+        self.request(|r| Command::Node(dispatch::Command::PublishHints(routers, r)))
             .await
-            .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)
     }
 
     /// The live level-0 node closest to `key` (possibly this node), found
     /// by a walk toward it: every node that asks converges on the same one.
     pub async fn find_closest(&self, key: Id) -> Result<Contact, NodeError> {
-        self.ask(|reply| Command::FindClosest(key, reply)).await
+        self.ask(|reply| dispatch::Command::FindClosest(key, reply))
+            .await
     }
 
     /// Finds up to `count` nodes of this node's cluster at `level` near `target`.
@@ -283,7 +228,7 @@ impl NodeHandle {
         target: IpAddr,
         services: Services,
     ) -> Result<NodesResult, NodeError> {
-        self.ask(|reply| Command::FindNodes {
+        self.ask(|reply| dispatch::Command::FindNodes {
             level,
             count,
             target,
@@ -295,22 +240,13 @@ impl NodeHandle {
 
     /// A snapshot of the node's state and counters.
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Status(tx))
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)
+        self.request(Command::Status).await
     }
 
     /// The contacts of the node's routing table at `level`.
     pub async fn contacts(&self, level: Level) -> Result<Vec<Contact>, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Contacts(level, tx))
+        self.request(|r| Command::Node(dispatch::Command::Contacts(level, r)))
             .await
-            .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)
     }
 
     /// Asks the node task to stop; operations still running are answered
@@ -422,7 +358,7 @@ pub fn spawn_on_socket(
         socket,
         epoch,
         out: Vec::with_capacity(2048),
-        pending: BTreeMap::new(),
+        dispatch: Dispatch::default(),
         counters: status::AdapterCounters::default(),
         seed,
     };
@@ -443,7 +379,7 @@ struct Driver {
     socket: UdpSocket,
     epoch: TokioInstant,
     out: Vec<u8>,
-    pending: BTreeMap<OpId, Pending>,
+    dispatch: Dispatch<Oneshot>,
     counters: status::AdapterCounters,
     seed: u64,
 }
@@ -518,8 +454,7 @@ impl Driver {
                 }
             }
         }
-        let stopped = self.pending.len();
-        self.pending.clear();
+        let stopped = self.dispatch.cancel_all();
         info!(addr = %self.node.contact().addr, operations_cancelled = stopped, "node stopped");
     }
 
@@ -546,132 +481,27 @@ impl Driver {
     fn command(&mut self, cmd: Command) {
         let now = self.now();
         match cmd {
-            Command::Join(bootstrap, reply) => {
-                match self.node.join(now, &bootstrap) {
-                    Ok(op) => self.wait(op, Pending::Join(reply)),
-                    Err(e) => drop(reply.send(Err(e.into()))),
-                };
-            }
-            Command::Get(key, levels, reply) => match self.node.get(now, key, levels) {
-                Ok(op) => self.wait(op, Pending::Get(reply)),
-                Err(e) => drop(reply.send(Err(e.into()))),
-            },
-            Command::Put {
-                key,
-                value,
-                ttl,
-                levels,
-                publish,
-                reply,
-            } => {
-                let r = if publish {
-                    self.node.publish(now, key, value, ttl, levels)
-                } else {
-                    self.node.put(now, key, value, ttl, levels)
-                };
-                match r {
-                    Ok(op) => self.wait(op, Pending::Put(reply)),
-                    Err(e) => drop(reply.send(Err(e.into()))),
-                }
-            }
-            Command::Withdraw(key, value, reply) => {
-                let _ = reply.send(self.node.withdraw(&key, &value));
-            }
-            Command::PublishHints(routers, reply) => {
-                self.node.publish_hints(now, &routers);
-                let _ = reply.send(());
-            }
-            Command::FindNodes {
-                level,
-                count,
-                target,
-                services,
-                reply,
-            } => match self.node.find_nodes(now, level, count, target, services) {
-                Ok(op) => self.wait(op, Pending::Nodes(reply)),
-                Err(e) => drop(reply.send(Err(e.into()))),
-            },
-            Command::FindClosest(key, reply) => match self.node.find_closest(now, key) {
-                Ok(op) => self.wait(op, Pending::Closest(reply)),
-                Err(e) => drop(reply.send(Err(e.into()))),
-            },
+            Command::Node(cmd) => self.dispatch.command(&mut self.node, now, cmd),
             Command::Status(reply) => {
                 let _ = reply.send(self.status(now));
-            }
-            Command::Contacts(level, reply) => {
-                let _ = reply.send(self.node.contacts(level));
             }
             // Handled by the loop.
             Command::Shutdown => {}
         }
     }
 
-    fn wait(&mut self, op: OpId, pending: Pending) {
-        // The core may already have finished the operation (a join with no
-        // bootstrap does): its event is still queued and found by drain.
-        self.pending.insert(op, pending);
-    }
-
     fn event(&mut self, event: Event) {
-        // A receiver that went away (a caller that timed out) is not an error.
+        let Some(event) = self.dispatch.event(event) else {
+            return;
+        };
         match event {
-            Event::Joined { op, contacts } => {
-                info!(contacts, "joined");
-                if let Some(Pending::Join(r)) = self.pending.remove(&op) {
-                    let _ = r.send(Ok(Joined { contacts }));
-                }
-            }
-            Event::GetDone {
-                op,
-                values,
-                level,
-                hops,
-                ..
-            } => {
-                if let Some(Pending::Get(r)) = self.pending.remove(&op) {
-                    let _ = r.send(Ok(GetResult {
-                        values,
-                        level,
-                        hops,
-                    }));
-                }
-            }
-            Event::PutDone {
-                op, stored, hops, ..
-            } => {
-                if let Some(Pending::Put(r)) = self.pending.remove(&op) {
-                    let _ = r.send(Ok(PutResult { stored, hops }));
-                }
-            }
-            Event::NodesFound { op, nodes, hinted } => {
-                if let Some(Pending::Nodes(r)) = self.pending.remove(&op) {
-                    let _ = r.send(Ok(NodesResult { nodes, hinted }));
-                }
-            }
-            Event::ClosestFound { op, closest, .. } => {
-                if let Some(Pending::Closest(r)) = self.pending.remove(&op) {
-                    let _ = r.send(Ok(closest));
-                }
-            }
-            Event::ClusterChanged {
-                level,
-                from,
-                to,
-                founded,
-            } => {
-                info!(
-                    level,
-                    from = %from.cluster,
-                    from_size = from.size,
-                    to = %to.cluster,
-                    to_size = to.size,
-                    founded,
-                    "cluster changed"
-                );
-            }
+            Event::ClusterChanged { .. } => dispatch::log_event(&event),
+            // Only commands start operations here, and each has a waiter
+            // until its event comes.
+            _ if dispatch::op_of(&event).is_some() => {}
             other => {
                 self.counters.other_events += 1;
-                trace!(event = ?other, "event with no waiting caller");
+                dispatch::log_event(&other);
             }
         }
     }
@@ -682,7 +512,7 @@ impl Driver {
             now,
             self.seed,
             self.counters,
-            self.pending.len(),
+            self.dispatch.waiting(),
         )
     }
 }
