@@ -18,10 +18,13 @@
 //! has something to do. The only other deadline is the admin endpoint's
 //! per-connection I/O limit, which is about sockets, not the protocol.
 //!
+//! Commands from a [`Handle`] become core calls, and the events that finish
+//! them go back to their callers, through [`coral_tokio::dispatch`], the same
+//! code the tokio runtime uses; other events go to the loop's [`App`].
+//!
 //! The loop makes no protocol decision: retries, timeouts, peer choice and
 //! clustering happen inside the core.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -33,13 +36,13 @@ use bytes::Bytes;
 use coral_core::config::Config;
 use coral_core::id::Id;
 use coral_core::time::Instant as CoreInstant;
-use coral_core::{Event, Levels, Node, OpId};
-use coral_tokio::NodeError;
-use coral_tokio::runtime::{BindError, GetResult, Joined, NodeOptions, PutResult};
+use coral_core::{Event, Levels, Node};
+use coral_tokio::dispatch::{self, Dispatch, GetResult, Joined, NodeError, PutResult, Replies};
+use coral_tokio::runtime::{BindError, NodeOptions};
 use coral_tokio::status::{AdapterCounters, NodeStatus, snapshot};
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, info, warn};
 
 use crate::admin::Admin;
 use crate::udp::{RecvBatch, SendQueue};
@@ -61,30 +64,27 @@ const EVENTS: usize = 256;
 /// Most commands handled per turn, for the same reason as [`RECV_TURNS`].
 const COMMAND_TURN: usize = 256;
 
-type Reply<T> = mpsc::Sender<Result<T, NodeError>>;
+/// Replies go back over std's channels, on which a [`Handle`] blocks.
+struct StdChannel;
+
+impl Replies for StdChannel {
+    type To<T> = mpsc::Sender<T>;
+
+    fn send<T>(to: Self::To<T>, value: T) {
+        let _ = to.send(value);
+    }
+}
+
+type Reply<T> = dispatch::Reply<StdChannel, T>;
 type Call = Box<dyn FnOnce(&mut Node, CoreInstant) + Send>;
 
+/// What a [`Handle`] sends the loop.
 enum Command {
-    Join(Vec<SocketAddr>, Reply<Joined>),
-    Get(Id, Levels, Reply<GetResult>),
-    Put {
-        key: Id,
-        value: Bytes,
-        ttl: Duration,
-        levels: Levels,
-        publish: bool,
-        reply: Reply<PutResult>,
-    },
-    PublishHints(Vec<IpAddr>, mpsc::Sender<()>),
+    /// An operation on the node.
+    Node(dispatch::Command<StdChannel>),
     Status(mpsc::Sender<NodeStatus>),
     Call(Call),
     Shutdown,
-}
-
-enum Pending {
-    Join(Reply<Joined>),
-    Get(Reply<GetResult>),
-    Put(Reply<PutResult>),
 }
 
 /// Code that runs on the loop's thread and receives the core events no
@@ -102,23 +102,7 @@ pub struct LogEvents;
 
 impl App for LogEvents {
     fn on_event(&mut self, _node: &mut Node, _now: CoreInstant, event: Event) {
-        match event {
-            Event::ClusterChanged {
-                level,
-                from,
-                to,
-                founded,
-            } => info!(
-                level,
-                from = %from.cluster,
-                from_size = from.size,
-                to = %to.cluster,
-                to_size = to.size,
-                founded,
-                "cluster changed"
-            ),
-            other => trace!(event = ?other, "event with no waiting caller"),
-        }
+        dispatch::log_event(&event);
     }
 }
 
@@ -163,20 +147,29 @@ impl Handle {
         Ok(())
     }
 
-    fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NodeError> {
+    /// Sends `make`'s command with a fresh reply channel and waits for the answer.
+    fn request<T>(&self, make: impl FnOnce(mpsc::Sender<T>) -> Command) -> Result<T, NodeError> {
         let (tx, rx) = mpsc::channel();
         self.send(make(tx))?;
-        rx.recv().map_err(|_| NodeError::Stopped)?
+        rx.recv().map_err(|_| NodeError::Stopped)
+    }
+
+    /// [`Self::request`] for a node operation that can fail.
+    fn ask<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> dispatch::Command<StdChannel>,
+    ) -> Result<T, NodeError> {
+        self.request(|r| Command::Node(make(r)))?
     }
 
     /// Joins the network through `bootstrap` (none: a network of one).
     pub fn join(&self, bootstrap: Vec<SocketAddr>) -> Result<Joined, NodeError> {
-        self.ask(|r| Command::Join(bootstrap, r))
+        self.ask(|r| dispatch::Command::Join(bootstrap, r))
     }
 
     /// Gets the values of `key` at `levels`, fastest level first.
     pub fn get(&self, key: Id, levels: Levels) -> Result<GetResult, NodeError> {
-        self.ask(|r| Command::Get(key, levels, r))
+        self.ask(|r| dispatch::Command::Get(key, levels, r))
     }
 
     /// Puts `value` under `key` for `ttl` at `levels`.
@@ -209,7 +202,7 @@ impl Handle {
         levels: Levels,
         publish: bool,
     ) -> Result<PutResult, NodeError> {
-        self.ask(|reply| Command::Put {
+        self.ask(|reply| dispatch::Command::Put {
             key,
             value,
             ttl,
@@ -221,16 +214,12 @@ impl Handle {
 
     /// Publishes this node's network hints (its prefix and `routers`).
     pub fn publish_hints(&self, routers: Vec<IpAddr>) -> Result<(), NodeError> {
-        let (tx, rx) = mpsc::channel();
-        self.send(Command::PublishHints(routers, tx))?;
-        rx.recv().map_err(|_| NodeError::Stopped)
+        self.request(|r| Command::Node(dispatch::Command::PublishHints(routers, r)))
     }
 
     /// A snapshot of the node's state and counters, as coral-tokio reports it.
     pub fn status(&self) -> Result<NodeStatus, NodeError> {
-        let (tx, rx) = mpsc::channel();
-        self.send(Command::Status(tx))?;
-        rx.recv().map_err(|_| NodeError::Stopped)
+        self.request(Command::Status)
     }
 
     /// Runs `f` on the loop's thread with the node; events of operations it
@@ -338,7 +327,7 @@ pub struct Driver {
     recv: RecvBatch,
     send: SendQueue,
     scratch: Vec<u8>,
-    pending: BTreeMap<OpId, Pending>,
+    dispatch: Dispatch<StdChannel>,
     counters: AdapterCounters,
     seed: u64,
     /// The UDP socket may hold more datagrams (the budget ran out first).
@@ -355,7 +344,7 @@ impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Driver")
             .field("addr", &self.node.contact().addr)
-            .field("pending", &self.pending.len())
+            .field("pending", &self.dispatch.waiting())
             .finish_non_exhaustive()
     }
 }
@@ -404,7 +393,7 @@ impl Driver {
             recv: RecvBatch::new(),
             send: SendQueue::new(),
             scratch: Vec::with_capacity(crate::udp::SLOT),
-            pending: BTreeMap::new(),
+            dispatch: Dispatch::default(),
             counters: AdapterCounters::default(),
             seed,
             udp_more: true,
@@ -509,7 +498,7 @@ impl Driver {
                         let now = self.now();
                         if let Some(a) = &mut self.admin {
                             let counters = self.counters;
-                            let waiting = self.pending.len();
+                            let waiting = self.dispatch.waiting();
                             let (node, seed) = (&self.node, self.seed);
                             a.connection_ready(
                                 self.poll.registry(),
@@ -539,8 +528,7 @@ impl Driver {
             }
             self.flush();
         }
-        let stopped = self.pending.len();
-        self.pending.clear();
+        let stopped = self.dispatch.cancel_all();
         self.flush();
         info!(addr = %self.node.contact().addr, operations_cancelled = stopped, "node stopped");
         Ok(())
@@ -667,43 +655,14 @@ impl Driver {
     fn command(&mut self, cmd: Command) {
         let now = self.now();
         match cmd {
-            Command::Join(bootstrap, reply) => match self.node.join(now, &bootstrap) {
-                Ok(op) => drop(self.pending.insert(op, Pending::Join(reply))),
-                Err(e) => drop(reply.send(Err(e.into()))),
-            },
-            Command::Get(key, levels, reply) => match self.node.get(now, key, levels) {
-                Ok(op) => drop(self.pending.insert(op, Pending::Get(reply))),
-                Err(e) => drop(reply.send(Err(e.into()))),
-            },
-            Command::Put {
-                key,
-                value,
-                ttl,
-                levels,
-                publish,
-                reply,
-            } => {
-                let r = if publish {
-                    self.node.publish(now, key, value, ttl, levels)
-                } else {
-                    self.node.put(now, key, value, ttl, levels)
-                };
-                match r {
-                    Ok(op) => drop(self.pending.insert(op, Pending::Put(reply))),
-                    Err(e) => drop(reply.send(Err(e.into()))),
-                }
-            }
-            Command::PublishHints(routers, reply) => {
-                self.node.publish_hints(now, &routers);
-                let _ = reply.send(());
-            }
+            Command::Node(cmd) => self.dispatch.command(&mut self.node, now, cmd),
             Command::Status(reply) => {
                 let _ = reply.send(snapshot(
                     &self.node,
                     now,
                     self.seed,
                     self.counters,
-                    self.pending.len(),
+                    self.dispatch.waiting(),
                 ));
             }
             Command::Call(f) => f(&mut self.node, now),
@@ -713,43 +672,11 @@ impl Driver {
         self.drain(now);
     }
 
+    /// Answers a waiting [`Handle`] caller, or gives the event to the app.
     fn event(&mut self, now: CoreInstant, event: Event) {
-        // A receiver that went away (a caller that gave up) is not an error.
-        let op = match &event {
-            Event::Joined { op, .. }
-            | Event::GetDone { op, .. }
-            | Event::PutDone { op, .. }
-            | Event::NodesFound { op, .. } => Some(*op),
-            _ => None,
-        };
-        let waiting = op.and_then(|op| self.pending.remove(&op));
-        match (waiting, event) {
-            (Some(Pending::Join(r)), Event::Joined { contacts, .. }) => {
-                info!(contacts, "joined");
-                let _ = r.send(Ok(Joined { contacts }));
-            }
-            (
-                Some(Pending::Get(r)),
-                Event::GetDone {
-                    values,
-                    level,
-                    hops,
-                    ..
-                },
-            ) => {
-                let _ = r.send(Ok(GetResult {
-                    values,
-                    level,
-                    hops,
-                }));
-            }
-            (Some(Pending::Put(r)), Event::PutDone { stored, hops, .. }) => {
-                let _ = r.send(Ok(PutResult { stored, hops }));
-            }
-            (_, event) => {
-                self.counters.other_events += 1;
-                self.app.on_event(&mut self.node, now, event);
-            }
+        if let Some(event) = self.dispatch.event(event) {
+            self.counters.other_events += 1;
+            self.app.on_event(&mut self.node, now, event);
         }
     }
 }
