@@ -29,28 +29,18 @@ use coral_core::id::Id;
 use coral_core::time::Instant as CoreInstant;
 use coral_core::{Event, Levels, Node};
 use coral_mio::udp::{RecvBatch, SendQueue};
-use coral_tokio::config::FileConfig;
-use coral_tokio::status::{NodeStatus, RpcCounters};
+use coral_tokio::bench_support::{
+    NodeRun, PAYLOAD, ServerNode, WINDOW, bench_config, current_thread, measure,
+};
+use coral_tokio::status::NodeStatus;
 use nix::sched::{CpuSet, sched_setaffinity};
 use nix::unistd::Pid;
 
-/// Requests in flight at once, in every pair.
-const WINDOW: usize = 64;
-/// Size of an echo datagram: about a get-probe's.
-const PAYLOAD: usize = 64;
 /// Warm-up before counting.
 const WARM: Duration = Duration::from_millis(500);
 /// CPU of the server side and of the client side.
 const SERVER_CPU: usize = 0;
 const CLIENT_CPU: usize = 1;
-
-fn secs() -> Duration {
-    let s = std::env::var("CORAL_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
-    Duration::from_secs_f64(s)
-}
 
 /// Pins the calling thread to `cpu` (modulo the CPUs there are); false if
 /// the OS refused.
@@ -218,10 +208,10 @@ fn replay(server: SocketAddr, payloads: Arc<Vec<Vec<u8>>>, measure: Duration) ->
 /// the get-probes B then sends it. (The bench never builds a datagram
 /// itself: the wire format stays the core's.)
 fn capture_get_probes(n: usize) -> Vec<Vec<u8>> {
-    let a = coral_mio::spawn(bench_config("127.0.0.207").node_options(7)).unwrap();
+    let a = coral_mio::spawn(bench_config([127, 0, 0, 207]).node_options(7)).unwrap();
     a.handle.join(vec![]).unwrap();
     let x = a.handle.addr();
-    let b = coral_mio::spawn(bench_config("127.0.0.208").node_options(8)).unwrap();
+    let b = coral_mio::spawn(bench_config([127, 0, 0, 208]).node_options(8)).unwrap();
     assert_eq!(b.handle.join(vec![x]).unwrap().contacts, 1);
     a.shutdown();
     let tap = UdpSocket::bind(x).unwrap();
@@ -274,30 +264,18 @@ fn capacity(measure: Duration) -> Capacity {
     };
     let plain_echo = echo(plain_server);
     let batched_echo = echo(batched_server);
-    let a = coral_mio::spawn(bench_config("127.0.0.211").node_options(11)).unwrap();
+    let a = coral_mio::spawn(bench_config([127, 0, 0, 211]).node_options(11)).unwrap();
     a.handle.call(|_, _| pin(SERVER_CPU)).unwrap();
     a.handle.join(vec![]).unwrap();
     let mio = replay(a.handle.addr(), Arc::clone(&probes), measure);
     assert_eq!(a.handle.status().unwrap().stats.malformed, 0);
     a.shutdown();
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    let stop = Arc::new(AtomicBool::new(false));
-    let a_stop = Arc::clone(&stop);
-    let t = std::thread::spawn(move || {
+    let a = ServerNode::spawn(bench_config([127, 0, 0, 212]).node_options(12), || {
         pin(SERVER_CPU);
-        current_thread().block_on(async move {
-            let a = coral_tokio::spawn(bench_config("127.0.0.212").node_options(12)).unwrap();
-            a.handle.join(vec![]).await.unwrap();
-            tx.send(a.handle.addr()).unwrap();
-            while !a_stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            a.shutdown().await;
-        });
-    });
-    let tokio = replay(rx.recv().unwrap(), probes, measure);
-    stop.store(true, Ordering::Relaxed);
-    t.join().unwrap();
+    })
+    .unwrap();
+    let tokio = replay(a.addr, probes, measure);
+    a.stop();
     Capacity {
         plain_echo,
         batched_echo,
@@ -306,38 +284,13 @@ fn capacity(measure: Duration) -> Capacity {
     }
 }
 
-fn requests(r: &RpcCounters) -> u64 {
-    r.ping + r.find_near + r.get_probe + r.put_probe + r.store
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct NodeRun {
-    gets_per_sec: f64,
-    rpcs_per_sec: f64,
-    replies_per_sec: f64,
-    timeouts: u64,
-}
-
 /// Reads B's counters around `measure` while its gets run.
 fn measure_node(status: impl Fn() -> NodeStatus, done: &AtomicU64, measure: Duration) -> NodeRun {
     std::thread::sleep(WARM);
     let (s0, d0, t0) = (status(), done.load(Ordering::Relaxed), Instant::now());
     std::thread::sleep(measure);
     let (s1, d1) = (status(), done.load(Ordering::Relaxed));
-    let el = t0.elapsed().as_secs_f64();
-    NodeRun {
-        gets_per_sec: (d1 - d0) as f64 / el,
-        rpcs_per_sec: (requests(&s1.stats.rpcs_out) - requests(&s0.stats.rpcs_out)) as f64 / el,
-        replies_per_sec: (s1.stats.rpcs_in.replies - s0.stats.rpcs_in.replies) as f64 / el,
-        timeouts: s1.stats.timeouts - s0.stats.timeouts,
-    }
-}
-
-fn bench_config(ip: &str) -> FileConfig {
-    let mut cfg = FileConfig::default();
-    cfg.levels.diameters_ms = Vec::new();
-    cfg.node.rpc = format!("{ip}:0").parse().unwrap();
-    cfg
+    NodeRun::between(&s0, &s1, d1 - d0, t0.elapsed().as_secs_f64())
 }
 
 fn key(i: u64) -> Id {
@@ -373,7 +326,7 @@ fn mio_client(target: SocketAddr, measure: Duration) -> NodeRun {
         next: WINDOW as u64,
     };
     let b = coral_mio::spawn_with(
-        bench_config("127.0.0.206").node_options(2),
+        bench_config([127, 0, 0, 206]).node_options(2),
         None,
         Box::new(load),
     )
@@ -394,7 +347,7 @@ fn mio_client(target: SocketAddr, measure: Duration) -> NodeRun {
 }
 
 fn mio_nodes(measure: Duration) -> NodeRun {
-    let a = coral_mio::spawn(bench_config("127.0.0.205").node_options(1)).unwrap();
+    let a = coral_mio::spawn(bench_config([127, 0, 0, 205]).node_options(1)).unwrap();
     a.handle.call(|_, _| pin(SERVER_CPU)).unwrap();
     a.handle.join(vec![]).unwrap();
     let run = mio_client(a.handle.addr(), measure);
@@ -402,38 +355,20 @@ fn mio_nodes(measure: Duration) -> NodeRun {
     run
 }
 
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn tokio_nodes(measure: Duration) -> NodeRun {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    let a_stop = Arc::clone(&stop);
-    let a_thread = std::thread::spawn(move || {
+    let a = ServerNode::spawn(bench_config([127, 0, 0, 203]).node_options(1), || {
         pin(SERVER_CPU);
-        current_thread().block_on(async move {
-            let a = coral_tokio::spawn(bench_config("127.0.0.203").node_options(1)).unwrap();
-            a.handle.join(vec![]).await.unwrap();
-            tx.send(a.handle.addr()).unwrap();
-            while !a_stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            a.shutdown().await;
-        });
-    });
-    let a_addr = rx.recv().unwrap();
+    })
+    .unwrap();
+    let a_addr = a.addr;
     let done = Arc::new(AtomicU64::new(0));
     let go = Arc::new(AtomicBool::new(true));
     let (b_tx, b_rx) = std::sync::mpsc::channel();
     let (b_done, b_go) = (Arc::clone(&done), Arc::clone(&go));
     let b_thread = std::thread::spawn(move || {
         pin(CLIENT_CPU);
-        current_thread().block_on(async move {
-            let b = coral_tokio::spawn(bench_config("127.0.0.204").node_options(2)).unwrap();
+        current_thread().unwrap().block_on(async move {
+            let b = coral_tokio::spawn(bench_config([127, 0, 0, 204]).node_options(2)).unwrap();
             assert_eq!(b.handle.join(vec![a_addr]).await.unwrap().contacts, 1);
             let tasks: Vec<_> = (0..WINDOW as u64)
                 .map(|w| {
@@ -463,8 +398,7 @@ fn tokio_nodes(measure: Duration) -> NodeRun {
     let run = measure_node(|| rt.block_on(b.status()).unwrap(), &done, measure);
     go.store(false, Ordering::Relaxed);
     b_thread.join().unwrap();
-    stop.store(true, Ordering::Relaxed);
-    a_thread.join().unwrap();
+    a.stop();
     run
 }
 
@@ -476,13 +410,7 @@ fn print_node(name: &str, n: &NodeRun) {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` does not: both
-    // run the measurement, kept short under test.
-    let measure = if std::env::args().any(|a| a == "--bench") {
-        secs()
-    } else {
-        Duration::from_millis(200)
-    };
+    let measure = measure();
     if let Ok(target) = std::env::var("CORAL_BENCH_TARGET") {
         let n = mio_client(target.parse().expect("CORAL_BENCH_TARGET=IP:PORT"), measure);
         print_node("mio client -> target", &n);

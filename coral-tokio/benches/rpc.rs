@@ -19,30 +19,12 @@ use std::time::{Duration, Instant};
 
 use coral_core::Levels;
 use coral_core::id::Id;
-use coral_tokio::config::FileConfig;
+use coral_tokio::bench_support::{
+    NodeRun, PAYLOAD, ServerNode, WINDOW, bench_config, current_thread, measure,
+};
 use coral_tokio::runtime;
-use coral_tokio::status::{NodeStatus, RpcCounters};
+use coral_tokio::status::NodeStatus;
 use tokio::net::UdpSocket;
-
-/// Requests in flight at once, in both pairs.
-const WINDOW: usize = 64;
-/// Size of an echo datagram: about a get-probe's.
-const PAYLOAD: usize = 64;
-
-fn secs() -> Duration {
-    let s = std::env::var("CORAL_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
-    Duration::from_secs_f64(s)
-}
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Round trips per second of a UDP echo pair.
 fn echo(measure: Duration) -> f64 {
@@ -50,7 +32,7 @@ fn echo(measure: Duration) -> f64 {
     let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
     let server_stop = Arc::clone(&stop);
     let server = std::thread::spawn(move || {
-        current_thread().block_on(async move {
+        current_thread().unwrap().block_on(async move {
             let s = UdpSocket::bind("127.0.0.201:0").await.unwrap();
             tx.send(s.local_addr().unwrap()).unwrap();
             let mut buf = vec![0u8; 2048];
@@ -66,7 +48,7 @@ fn echo(measure: Duration) -> f64 {
     });
     let server_addr = rx.recv().unwrap();
     let rate = std::thread::spawn(move || {
-        current_thread().block_on(async move {
+        current_thread().unwrap().block_on(async move {
             let c = UdpSocket::bind("127.0.0.202:0").await.unwrap();
             let payload = [7u8; PAYLOAD];
             let mut buf = vec![0u8; 2048];
@@ -109,44 +91,13 @@ fn echo(measure: Duration) -> f64 {
     rate
 }
 
-fn requests(r: &RpcCounters) -> u64 {
-    r.ping + r.find_near + r.get_probe + r.put_probe + r.store
-}
-
-struct NodeRun {
-    gets_per_sec: f64,
-    rpcs_per_sec: f64,
-    replies_per_sec: f64,
-    timeouts: u64,
-}
-
 /// Gets per second and RPC round trips per second between two nodes.
 fn nodes(measure: Duration) -> NodeRun {
-    let mut cfg = FileConfig::default();
-    cfg.levels.diameters_ms = Vec::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    let a_cfg = cfg.clone();
-    let a_stop = Arc::clone(&stop);
-    let a_thread = std::thread::spawn(move || {
-        current_thread().block_on(async move {
-            let mut c = a_cfg;
-            c.node.rpc = "127.0.0.203:0".parse().unwrap();
-            let a = runtime::spawn(c.node_options(1)).unwrap();
-            a.handle.join(vec![]).await.unwrap();
-            tx.send(a.handle.addr()).unwrap();
-            while !a_stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            a.shutdown().await;
-        });
-    });
-    let a_addr = rx.recv().unwrap();
+    let a = ServerNode::spawn(bench_config([127, 0, 0, 203]).node_options(1), || {}).unwrap();
+    let a_addr = a.addr;
     let run = std::thread::spawn(move || {
-        current_thread().block_on(async move {
-            let mut c = cfg;
-            c.node.rpc = "127.0.0.204:0".parse().unwrap();
-            let b = runtime::spawn(c.node_options(2)).unwrap();
+        current_thread().unwrap().block_on(async move {
+            let b = runtime::spawn(bench_config([127, 0, 0, 204]).node_options(2)).unwrap();
             let j = b.handle.join(vec![a_addr]).await.unwrap();
             assert_eq!(j.contacts, 1);
             let done = Arc::new(AtomicU64::new(0));
@@ -180,30 +131,17 @@ fn nodes(measure: Duration) -> NodeRun {
                 t.await.unwrap();
             }
             b.shutdown().await;
-            NodeRun {
-                gets_per_sec: (d1 - d0) as f64 / el,
-                rpcs_per_sec: (requests(&s1.stats.rpcs_out) - requests(&s0.stats.rpcs_out)) as f64
-                    / el,
-                replies_per_sec: (s1.stats.rpcs_in.replies - s0.stats.rpcs_in.replies) as f64 / el,
-                timeouts: s1.stats.timeouts - s0.stats.timeouts,
-            }
+            NodeRun::between(&s0, &s1, d1 - d0, el)
         })
     })
     .join()
     .unwrap();
-    stop.store(true, Ordering::Relaxed);
-    a_thread.join().unwrap();
+    a.stop();
     run
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` passes nothing
-    // useful either: both run the measurement, kept short under test.
-    let measure = if std::env::args().any(|a| a == "--bench") {
-        secs()
-    } else {
-        Duration::from_millis(200)
-    };
+    let measure = measure();
     let echo_rate = echo(measure);
     let n = nodes(measure);
     println!(

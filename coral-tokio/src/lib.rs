@@ -13,6 +13,8 @@
 //! for trying it out ([`testnet`]).
 
 pub mod admin;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod cli;
 pub mod config;
 pub mod coralize;
