@@ -12,6 +12,8 @@
 //! - [`node_inputs`]: a script of datagrams, replies, time steps and
 //!   commands into one [`Node`], checking the drive contract's promises
 //!   after every input (the script format is documented at its opcodes).
+//! - [`http_head`]: untrusted bytes into the HTTP proxy's parser: request
+//!   and response heads, their body framing, and the chunked decoder.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -30,6 +32,84 @@ use crate::wire::{
     Message, Scope, StoreResult, StoredInfo,
 };
 use crate::{Event, Levels, Node, OpError, OpId};
+
+/// Untrusted bytes into the HTTP parse module. The first byte picks what
+/// the rest is: a request head (with its framing), a response head (to a
+/// HEAD request when bit 2 is set), a chunked body fed whole and fed in two
+/// pieces split at the second byte (both must agree), or a body that is
+/// chunk-encoded and must decode back to itself.
+pub fn http_head(data: &[u8]) {
+    use crate::http::parse::{
+        ChunkedDecoder, HeadLimits, encode_chunk, parse_request, parse_response, request_framing,
+        response_framing,
+    };
+    use bytes::BytesMut;
+
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let limits = HeadLimits {
+        max_bytes: 8192,
+        max_headers: 64,
+    };
+    let chunked = |parts: &[&[u8]]| -> (Result<bool, crate::http::parse::ParseError>, Vec<u8>) {
+        let (mut dec, mut input, mut out) =
+            (ChunkedDecoder::default(), BytesMut::new(), Vec::new());
+        let mut last = Ok(false);
+        for part in parts {
+            input.extend_from_slice(part);
+            last = dec.decode(&mut input, &mut out);
+            if !matches!(last, Ok(false)) {
+                break;
+            }
+        }
+        (last, out.concat())
+    };
+    match mode % 4 {
+        0 => {
+            if let Ok(Some((head, n))) = parse_request(rest, limits) {
+                assert!(
+                    n <= rest.len() && n <= limits.max_bytes,
+                    "head of {n} bytes"
+                );
+                assert!(head.headers.0.len() <= limits.max_headers);
+                let _ = request_framing(&head);
+            }
+        }
+        1 => {
+            if let Ok(Some((head, n))) = parse_response(rest, limits) {
+                assert!(
+                    n <= rest.len() && n <= limits.max_bytes,
+                    "head of {n} bytes"
+                );
+                assert!(head.headers.0.len() <= limits.max_headers);
+                let _ = response_framing(mode & 4 != 0, &head);
+            }
+        }
+        2 => {
+            let Some((&at, body)) = rest.split_first() else {
+                return;
+            };
+            let at = usize::from(at).min(body.len());
+            let (whole, whole_out) = chunked(&[body]);
+            let (split, split_out) = chunked(&[&body[..at], &body[at..]]);
+            // A complete body decodes the same however it arrives.
+            if whole == Ok(true) && split == Ok(true) {
+                assert_eq!(whole_out, split_out);
+            }
+        }
+        _ => {
+            let mut wire = Vec::new();
+            if !rest.is_empty() {
+                encode_chunk(rest, &mut wire);
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let (done, out) = chunked(&[&wire]);
+            assert_eq!(done, Ok(true), "{wire:?}");
+            assert_eq!(out, rest);
+        }
+    }
+}
 
 /// Decodes `data` as a datagram; whatever decodes must re-encode to exactly
 /// `data` and decode again to the same message (the codec's strictness).

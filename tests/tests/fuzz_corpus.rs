@@ -19,6 +19,7 @@ type Target = fn(&[u8]);
 const TARGETS: &[(&str, Target)] = &[
     ("wire_decode", fuzzing::wire_decode),
     ("node_inputs", fuzzing::node_inputs),
+    ("http_head", fuzzing::http_head),
 ];
 
 fn fuzz_dir() -> PathBuf {
