@@ -572,8 +572,9 @@ async fn client(mut stream: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
                 Ok(None) => {}
                 Err(e) => {
                     let msg = format!(
-                        "HTTP/1.1 {} Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                        e.status()
+                        "HTTP/1.1 {} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        e.status(),
+                        crate::httpd::reason(e.status())
                     );
                     let _ = write(&mut stream, io, msg.as_bytes()).await;
                     return Ok(());

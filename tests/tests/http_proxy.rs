@@ -306,3 +306,66 @@ async fn refusals_non_get_private_origin_and_non_coralized_host() {
     .await
     .unwrap();
 }
+
+/// One node with a proxy on `ip` whose connection limits are `opts`'s.
+async fn lone_proxy(
+    ip: Ipv4Addr,
+    tune: impl FnOnce(&mut ProxyOptions),
+) -> (RunningNode, RunningProxy, watch::Sender<bool>) {
+    let (stop, stop_rx) = watch::channel(false);
+    let mut cfg = FileConfig::default();
+    cfg.node.rpc = SocketAddr::from((ip, 0));
+    let node = runtime::spawn(cfg.node_options(7)).unwrap();
+    let mut opts = ProxyOptions::new(SocketAddr::from((ip, 0)), HttpConfig::default());
+    tune(&mut opts);
+    let p = proxy::start(opts, node.handle.clone(), stop_rx)
+        .await
+        .unwrap();
+    (node, p, stop)
+}
+
+/// Reads until the peer closes (or 5 s pass) and returns the status line.
+async fn status_line(s: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let _ = timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_answer_slow_heads_408_big_heads_431_and_excess_connections_503() {
+    timeout(LIMIT, async {
+        let (_node, p, _stop) = lone_proxy(Ipv4Addr::new(127, 0, 0, 230), |o| {
+            o.max_connections = 1;
+            o.header_timeout = Duration::from_secs(1);
+        })
+        .await;
+        // A head that never ends (slowloris) is cut off with 408.
+        let mut slow = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        slow.write_all(b"GET /a HTTP/1.1\r\nHost: x.nyud.net\r\n")
+            .await
+            .unwrap();
+        // While it holds the only connection slot, another client is
+        // turned away with 503 (once the slot is free it would be served).
+        let mut extra = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        let line = status_line(&mut extra).await;
+        assert!(line.starts_with("HTTP/1.1 503"), "{line:?}");
+        let line = status_line(&mut slow).await;
+        assert!(line.starts_with("HTTP/1.1 408"), "{line:?}");
+        // The slot is released once the slow connection is gone.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A head over the byte limit is refused with 431.
+        let mut big = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        let filler = "x".repeat(HttpConfig::default().max_head_bytes + 10);
+        let head = format!("GET /a HTTP/1.1\r\nHost: x.nyud.net\r\nX-Fill: {filler}\r\n\r\n");
+        let _ = big.write_all(head.as_bytes()).await;
+        let line = status_line(&mut big).await;
+        assert!(line.starts_with("HTTP/1.1 431"), "{line:?}");
+        assert!(line.contains("Header"), "reason phrase of 431: {line:?}");
+    })
+    .await
+    .unwrap();
+}
