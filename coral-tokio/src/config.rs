@@ -63,6 +63,8 @@ pub struct FileConfig {
     pub dsht: DshtSection,
     /// Kernel socket buffers.
     pub socket: SocketSection,
+    /// The HTTP proxy's cache and connection limits.
+    pub proxy: ProxySection,
     /// Logging.
     pub log: LogSection,
 }
@@ -140,6 +142,40 @@ impl Default for SocketSection {
         Self {
             recv_buffer_bytes: 4 << 20,
             send_buffer_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `[proxy]`: the HTTP proxy's cache and connection limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxySection {
+    /// Memory for cached objects, in MiB.
+    pub cache_mib: u64,
+    /// Largest object cached, in MB; larger responses are streamed uncached.
+    pub max_object_mb: u64,
+    /// Most client connections at once; more are answered 503.
+    pub max_connections: usize,
+    /// Most connections at once from one client address; more get 503.
+    pub max_connections_per_client: usize,
+    /// Seconds a client has to send a whole request head (slowloris).
+    pub header_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection is kept.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        let http = coral_core::http::HttpConfig::default();
+        let opts =
+            crate::proxy::ProxyOptions::new(SocketAddr::from(([127, 0, 0, 1], 8090)), http.clone());
+        Self {
+            cache_mib: (http.cache_bytes >> 20) as u64,
+            max_object_mb: http.max_object_bytes / 1_000_000,
+            max_connections: opts.max_connections,
+            max_connections_per_client: opts.max_connections_per_client,
+            header_timeout_secs: opts.header_timeout.as_secs(),
+            idle_timeout_secs: opts.idle_timeout.as_secs(),
         }
     }
 }
@@ -328,11 +364,54 @@ impl FileConfig {
         if !suffixes.contains(&mine) {
             suffixes.insert(0, mine);
         }
+        let cache_bytes = usize::try_from(self.proxy.cache_mib)
+            .ok()
+            .and_then(|m| m.checked_mul(1 << 20))
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "proxy.cache_mib",
+                reason: format!("{} MiB does not fit this machine", self.proxy.cache_mib),
+            })?;
+        let max_object_bytes =
+            self.proxy
+                .max_object_mb
+                .checked_mul(1_000_000)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "proxy.max_object_mb",
+                    reason: format!("{} MB is too large", self.proxy.max_object_mb),
+                })?;
         Ok(coral_core::http::HttpConfig {
             allow_origins: allow,
             suffixes,
+            cache_bytes,
+            max_object_bytes,
             ..coral_core::http::HttpConfig::default()
         })
+    }
+
+    /// The proxy's options: listening on `node.http`, the core's HTTP
+    /// configuration, and the `[proxy]` connection limits.
+    pub fn proxy_options(&self) -> Result<crate::proxy::ProxyOptions, ConfigError> {
+        let p = &self.proxy;
+        for (key, v) in [
+            ("proxy.max_connections", p.max_connections),
+            (
+                "proxy.max_connections_per_client",
+                p.max_connections_per_client,
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".to_owned(),
+                });
+            }
+        }
+        let mut o = crate::proxy::ProxyOptions::new(self.node.http, self.http_config()?);
+        o.max_connections = p.max_connections;
+        o.max_connections_per_client = p.max_connections_per_client;
+        o.header_timeout = Duration::from_secs(p.header_timeout_secs.max(1));
+        o.idle_timeout = Duration::from_secs(p.idle_timeout_secs.max(1));
+        Ok(o)
     }
 
     /// The core's configuration with the given RNG seed.
@@ -422,6 +501,26 @@ impl FileConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_section_sets_the_proxy_limits_and_refuses_zero() {
+        let text = "[proxy]\ncache_mib = 8\nmax_object_mb = 2\nmax_connections = 10\n\
+                    max_connections_per_client = 3\nheader_timeout_secs = 4\nidle_timeout_secs = 5\n";
+        let cfg = FileConfig::parse(text, Path::new("t.toml")).unwrap();
+        let o = cfg.proxy_options().unwrap();
+        assert_eq!(o.http.cache_bytes, 8 << 20);
+        assert_eq!(o.http.max_object_bytes, 2_000_000);
+        assert_eq!((o.max_connections, o.max_connections_per_client), (10, 3));
+        assert_eq!(o.header_timeout, Duration::from_secs(4));
+        assert_eq!(o.idle_timeout, Duration::from_secs(5));
+        let bad = FileConfig::parse(
+            "[proxy]\nmax_connections_per_client = 0\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let e = bad.proxy_options().unwrap_err().to_string();
+        assert!(e.contains("proxy.max_connections_per_client"), "{e}");
+    }
 
     #[test]
     fn example_parses_and_documents_the_defaults() {

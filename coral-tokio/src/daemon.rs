@@ -65,13 +65,9 @@ pub async fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<(
     let node = runtime::spawn_on_socket(options.core, socket, options.command_queue)?;
     let handle = node.handle.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let proxy = proxy::start(
-        proxy::ProxyOptions::new(cfg.node.http, cfg.http_config()?),
-        handle.clone(),
-        stop_rx.clone(),
-    )
-    .await
-    .context("check `node.http` in the config (is another coral node running?)")?;
+    let proxy = proxy::start(cfg.proxy_options()?, handle.clone(), stop_rx.clone())
+        .await
+        .context("check `node.http` in the config (is another coral node running?)")?;
     info!(http = %proxy.addr, "HTTP proxy: Coralized URLs such as http://www.example.com.nyud.net/");
     let admin_task = tokio::spawn(admin::serve_with_proxy(
         listener,

@@ -11,7 +11,7 @@
 //! every waiting client and into the cache at once (cut-through).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ pub struct ProxyOptions {
     /// Most client connections at once; more get a quick 503 (a volunteer
     /// box must shed load, not queue it).
     pub max_connections: usize,
+    /// Most connections at once from one client IP address; more get 503.
+    pub max_connections_per_client: usize,
     /// Time for a client to send a whole request head (slowloris defence).
     pub header_timeout: Duration,
     /// Time an idle keep-alive connection is kept.
@@ -63,6 +65,9 @@ impl ProxyOptions {
             http,
             listen,
             max_connections: 4096,
+            // Enough for a browser's parallel connections behind a NAT of
+            // a few hosts; one client cannot take the whole budget.
+            max_connections_per_client: 64,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
@@ -81,6 +86,48 @@ pub struct Shared {
     opts: ProxyOptions,
     epoch: std::time::Instant,
     connections: Arc<Semaphore>,
+    /// Open connections per client address; an entry lives only while its
+    /// count is above zero, so the map holds at most `max_connections`.
+    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One client connection counted against its address's limit, released on drop.
+struct ClientSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl ClientSlot {
+    /// Counts a connection from `ip`, unless it already has `limit` open.
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, limit: usize) -> Option<Self> {
+        let mut m = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -235,6 +282,7 @@ pub async fn start(
         notify: Mutex::new(HashMap::new()),
         node,
         connections: Arc::new(Semaphore::new(opts.max_connections)),
+        per_client: Arc::default(),
         opts,
         epoch: std::time::Instant::now(),
     });
@@ -269,7 +317,15 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
+        let slot = ClientSlot::take(
+            &shared.per_client,
+            peer.ip(),
+            shared.opts.max_connections_per_client,
+        );
+        let permit = slot
+            .as_ref()
+            .and_then(|_| Arc::clone(&shared.connections).try_acquire_owned().ok());
+        let (Some(slot), Some(permit)) = (slot, permit) else {
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(
                     Duration::from_secs(1),
@@ -287,6 +343,7 @@ async fn accept_loop(
                 debug!(%peer, error = %e, "proxy connection ended with an error");
             }
             drop(permit);
+            drop(slot);
         });
     }
 }

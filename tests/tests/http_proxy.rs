@@ -369,3 +369,38 @@ async fn limits_answer_slow_heads_408_big_heads_431_and_excess_connections_503()
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_cannot_take_every_connection() {
+    timeout(LIMIT, async {
+        let (_node, p, _stop) = lone_proxy(Ipv4Addr::new(127, 0, 0, 232), |o| {
+            o.max_connections_per_client = 1;
+            o.header_timeout = Duration::from_secs(2);
+        })
+        .await;
+        let from = |last: u8| async move {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(SocketAddr::from((Ipv4Addr::new(127, 0, 0, last), 0)))
+                .unwrap();
+            s.connect(p.addr).await.unwrap()
+        };
+        // Client .233 holds its one connection with an unfinished head.
+        let mut held = from(233).await;
+        held.write_all(b"GET /a HTTP/1.1\r\n").await.unwrap();
+        // Its second connection is refused ...
+        let mut second = from(233).await;
+        let line = status_line(&mut second).await;
+        assert!(line.starts_with("HTTP/1.1 503"), "{line:?}");
+        // ... while another address is served (here: 400, not Coralized).
+        let mut other = from(234).await;
+        other
+            .write_all(b"GET /a HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let line = status_line(&mut other).await;
+        assert!(line.starts_with("HTTP/1.1 400"), "{line:?}");
+        drop(held);
+    })
+    .await
+    .unwrap();
+}
