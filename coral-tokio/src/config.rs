@@ -162,6 +162,13 @@ pub struct ProxySection {
     pub header_timeout_secs: u64,
     /// Seconds an idle keep-alive connection is kept.
     pub idle_timeout_secs: u64,
+    /// Forward methods other than GET and HEAD to the origin, uncached,
+    /// invalidating the stored object (RFC 9111 §4.4). Only for an
+    /// operator running Coral in front of their own site; CONNECT is
+    /// always refused.
+    pub pass_through_methods: bool,
+    /// Largest request body forwarded by pass-through, in MB (413 beyond).
+    pub max_upload_mb: u64,
 }
 
 impl Default for ProxySection {
@@ -176,6 +183,8 @@ impl Default for ProxySection {
             max_connections_per_client: opts.max_connections_per_client,
             header_timeout_secs: opts.header_timeout.as_secs(),
             idle_timeout_secs: opts.idle_timeout.as_secs(),
+            pass_through_methods: http.pass_through_methods,
+            max_upload_mb: http.max_upload_bytes / 1_000_000,
         }
     }
 }
@@ -379,11 +388,21 @@ impl FileConfig {
                     key: "proxy.max_object_mb",
                     reason: format!("{} MB is too large", self.proxy.max_object_mb),
                 })?;
+        let max_upload_bytes =
+            self.proxy
+                .max_upload_mb
+                .checked_mul(1_000_000)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "proxy.max_upload_mb",
+                    reason: format!("{} MB is too large", self.proxy.max_upload_mb),
+                })?;
         Ok(coral_core::http::HttpConfig {
             allow_origins: allow,
             suffixes,
             cache_bytes,
             max_object_bytes,
+            pass_through_methods: self.proxy.pass_through_methods,
+            max_upload_bytes,
             ..coral_core::http::HttpConfig::default()
         })
     }
@@ -513,6 +532,15 @@ mod tests {
         assert_eq!((o.max_connections, o.max_connections_per_client), (10, 3));
         assert_eq!(o.header_timeout, Duration::from_secs(4));
         assert_eq!(o.idle_timeout, Duration::from_secs(5));
+        assert!(!o.http.pass_through_methods, "off unless asked for");
+        let cfg = FileConfig::parse(
+            "[proxy]\npass_through_methods = true\nmax_upload_mb = 3\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let o = cfg.proxy_options().unwrap();
+        assert!(o.http.pass_through_methods);
+        assert_eq!(o.http.max_upload_bytes, 3_000_000);
         let bad = FileConfig::parse(
             "[proxy]\nmax_connections_per_client = 0\n",
             Path::new("t.toml"),

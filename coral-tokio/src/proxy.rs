@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use coral_core::Levels;
 use coral_core::http::parse::{self, ChunkedDecoder, Framing, ResponseHead};
-use coral_core::http::proxy::ClaimReply;
+use coral_core::http::proxy::{CONTINUE, ClaimReply};
 use coral_core::http::{
     Answer, FetchId, HttpConfig, Output, Proxy, Read, ReaderId, Upstream, UpstreamError,
 };
@@ -680,10 +680,86 @@ async fn client(mut stream: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
                 }
                 r?
             }
+            Answer::Upload {
+                fetch,
+                reader,
+                framing,
+                expect_continue,
+            } => {
+                let mut r = Ok(());
+                if expect_continue {
+                    r = write(&mut stream, io, CONTINUE).await;
+                }
+                if r.is_ok() {
+                    r = upload(&mut stream, &mut buf, shared, fetch, framing).await;
+                }
+                drain(shared);
+                let r = match r {
+                    Ok(()) => stream_fetch(&mut stream, shared, fetch, reader).await,
+                    Err(e) => Err(e),
+                };
+                if r.is_err() {
+                    shared.core().close_reader(fetch, reader);
+                }
+                r?
+            }
         };
         if !keep {
             let _ = stream.shutdown().await;
             return Ok(());
+        }
+    }
+}
+
+/// Reads a pass-through request's body from the client (`buf` holds what
+/// was read past the head) and hands it to the core. Stops early, leaving
+/// the connection unusable, when the core wants no more (too large).
+async fn upload(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Arc<Shared>,
+    f: FetchId,
+    framing: Framing,
+) -> std::io::Result<()> {
+    let io = shared.opts.io_timeout;
+    let mut left = match framing {
+        Framing::Length(n) => Some(n),
+        _ => None,
+    };
+    let mut chunked = (framing == Framing::Chunked).then(ChunkedDecoder::default);
+    let mut pieces = Vec::new();
+    loop {
+        let mut done = false;
+        if let Some(d) = chunked.as_mut() {
+            done = d
+                .decode(buf, &mut pieces)
+                .map_err(|_| io_err("bad chunked request body"))?;
+        } else if let Some(l) = left.as_mut() {
+            let take = buf.len().min(usize::try_from(*l).unwrap_or(usize::MAX));
+            *l -= take as u64;
+            done = *l == 0;
+            pieces.push(buf.split_to(take).freeze());
+        }
+        let wanted = {
+            let mut core = shared.core();
+            let mut wanted = true;
+            for p in pieces.drain(..) {
+                wanted = wanted && core.handle_upload_data(f, &p);
+            }
+            if wanted && done {
+                core.handle_upload_end(f);
+            }
+            wanted
+        };
+        if done || !wanted {
+            return Ok(());
+        }
+        buf.reserve(64 * 1024);
+        match tokio::time::timeout(io, stream.read_buf(buf)).await {
+            Ok(Ok(0)) => return Err(io_err("closed during the request body")),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io_err("request body timed out")),
         }
     }
 }

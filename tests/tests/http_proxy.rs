@@ -25,11 +25,22 @@ use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Requests the test origin saw, by path, and whether each was conditional.
-type Log = Arc<Mutex<Vec<(String, bool)>>>;
+/// One request the test origin saw.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    /// Whether it carried our stored ETag (a revalidation).
+    conditional: bool,
+    body: Vec<u8>,
+}
+
+/// Requests the test origin saw, in order.
+type Log = Arc<Mutex<Vec<Seen>>>;
 
 /// A tiny origin: `/a.txt` fresh for a minute, `/short.txt` fresh for one
-/// second with an ETag it confirms with 304.
+/// second with an ETag it confirms with 304; other methods are answered
+/// `posted <n> bytes` after reading their body (Content-Length framed).
 async fn origin(ip: Ipv4Addr) -> (SocketAddr, Log) {
     let l = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -53,10 +64,42 @@ async fn origin(ip: Ipv4Addr) -> (SocketAddr, Log) {
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                let text = String::from_utf8_lossy(&buf).to_string();
+                let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let text = String::from_utf8_lossy(&buf[..end]).to_string();
+                let method = text.split(' ').next().unwrap_or("").to_owned();
                 let path = text.split(' ').nth(1).unwrap_or("").to_owned();
-                let inm = text.to_ascii_lowercase().contains("if-none-match: \"e1\"");
-                log.lock().unwrap().push((path.clone(), inm));
+                let lower = text.to_ascii_lowercase();
+                let inm = lower.contains("if-none-match: \"e1\"");
+                let length: usize = lower
+                    .split("\r\n")
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |n| n.trim().parse().unwrap());
+                let mut body = buf[end..].to_vec();
+                while body.len() < length {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+                log.lock().unwrap().push(Seen {
+                    method: method.clone(),
+                    path: path.clone(),
+                    conditional: inm,
+                    body: body.clone(),
+                });
+                if method != "GET" && method != "HEAD" {
+                    let reply = format!("posted {} bytes", body.len());
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{reply}",
+                        reply.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                    return;
+                }
                 let resp = match (path.as_str(), inm) {
                     ("/a.txt", _) => {
                         let body = "alpha-".repeat(1000);
@@ -83,11 +126,12 @@ async fn origin(ip: Ipv4Addr) -> (SocketAddr, Log) {
     (addr, log)
 }
 
+/// GETs of `path` the origin saw.
 fn count(log: &Log, path: &str) -> usize {
     log.lock()
         .unwrap()
         .iter()
-        .filter(|(p, _)| p == path)
+        .filter(|s| s.path == path && s.method == "GET")
         .count()
 }
 
@@ -108,6 +152,11 @@ impl Net {
 /// Nodes on 127.0.0.{base+1}.. with proxies on one shared port, an origin on
 /// 127.0.0.{base}; the origin is allow-listed when `allow`.
 async fn net(base: u8, n: u8, allow: bool) -> Net {
+    net_with(base, n, allow, |_| {}).await
+}
+
+/// [`net`] with each proxy's options changed by `tune`.
+async fn net_with(base: u8, n: u8, allow: bool, tune: impl Fn(&mut ProxyOptions)) -> Net {
     let origin_ip = Ipv4Addr::new(127, 0, 0, base);
     let (origin, log) = origin(origin_ip).await;
     let (stop, stop_rx) = watch::channel(false);
@@ -132,13 +181,11 @@ async fn net(base: u8, n: u8, allow: bool) -> Net {
             },
             ..HttpConfig::default()
         };
-        let p = proxy::start(
-            ProxyOptions::new(SocketAddr::from((ip, port)), http),
-            node.handle.clone(),
-            stop_rx.clone(),
-        )
-        .await
-        .unwrap();
+        let mut opts = ProxyOptions::new(SocketAddr::from((ip, port)), http);
+        tune(&mut opts);
+        let p = proxy::start(opts, node.handle.clone(), stop_rx.clone())
+            .await
+            .unwrap();
         nodes.push(node);
         proxies.push(p);
     }
@@ -236,7 +283,7 @@ async fn a_stale_object_is_revalidated_with_304_and_ranges_are_served() {
         let log = net.log.lock().unwrap().clone();
         assert_eq!(log.len(), 2, "{log:?}");
         assert!(
-            log[1].1,
+            log[1].conditional,
             "the second origin request is conditional: {log:?}"
         );
         assert_eq!(net.proxies[0].shared.stats().revalidated, 1);
@@ -400,6 +447,83 @@ async fn one_client_address_cannot_take_every_connection() {
         let line = status_line(&mut other).await;
         assert!(line.starts_with("HTTP/1.1 400"), "{line:?}");
         drop(held);
+    })
+    .await
+    .unwrap();
+}
+
+/// Sends `head` then `body` on a fresh connection and reads the whole answer.
+async fn raw(addr: SocketAddr, head: &str, body: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_forwards_a_post_with_its_body_and_invalidates_the_url() {
+    timeout(LIMIT, async {
+        let net = net_with(240, 1, true, |o| o.http.pass_through_methods = true).await;
+        let a = net.proxies[0].addr;
+        let host = net.host();
+        // Cached: the second GET is a local hit.
+        for _ in 0..2 {
+            let (status, _, _) = client_get(a, &host, "/a.txt", "").await.unwrap();
+            assert_eq!(status, 200);
+        }
+        assert_eq!(count(&net.log, "/a.txt"), 1);
+        // A form post reaches the origin with its body, uncached.
+        let form = b"name=coral&paper=nsdi04";
+        let out = raw(
+            a,
+            &format!(
+                "POST /a.txt HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+                 Cookie: session=1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                form.len()
+            ),
+            form,
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        assert!(out.ends_with("posted 23 bytes"), "{out}");
+        let seen = net.log.lock().unwrap().clone();
+        let post = seen.iter().find(|s| s.method == "POST").unwrap();
+        assert_eq!((post.path.as_str(), &post.body[..]), ("/a.txt", &form[..]));
+        // The stored object was invalidated: the next GET goes to the origin.
+        let (status, _, body) = client_get(a, &host, "/a.txt", "").await.unwrap();
+        assert_eq!((status, body.len()), (200, 6000));
+        assert_eq!(count(&net.log, "/a.txt"), 2, "{seen:?}");
+        // A chunked PUT from a client that waits for 100 Continue.
+        let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+        s.write_all(
+            format!(
+                "PUT /up HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\
+                 Expect: 100-continue\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut interim = [0u8; 25];
+        s.read_exact(&mut interim).await.unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        s.write_all(b"4\r\nwiki\r\n6\r\npedia!\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.ends_with("posted 10 bytes"), "{out}");
+        let seen = net.log.lock().unwrap().clone();
+        let put = seen.iter().find(|s| s.method == "PUT").unwrap();
+        assert_eq!(put.body, b"wikipedia!");
+        let st = net.proxies[0].shared.stats();
+        assert_eq!((st.passed_through, st.invalidated), (2, 1), "{st:?}");
+        // CONNECT is refused even here.
+        let out = raw(a, &format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}\r\n\r\n"), b"").await;
+        assert!(out.starts_with("HTTP/1.1 405"), "{out}");
     })
     .await
     .unwrap();

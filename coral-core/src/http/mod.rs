@@ -105,8 +105,14 @@ pub struct HttpConfig {
     /// Origin networks allowed although private (the SSRF allow-list).
     pub allow_origins: Vec<ssrf::IpNet>,
     /// Other methods forwarded uncached, invalidating the stored object
-    /// (RFC 9111 §4.4); off for an open proxy.
+    /// (RFC 9111 §4.4); off for an open proxy. For an operator running
+    /// Coral in front of their own site (form posts, uploads). CONNECT is
+    /// refused regardless.
     pub pass_through_methods: bool,
+    /// Largest request body forwarded by pass-through, bytes: 10 MB. The
+    /// body is held until complete (so a failed upload never reaches the
+    /// origin half-sent), hence a bound; larger ones get 413.
+    pub max_upload_bytes: u64,
     /// This proxy's `Via` pseudonym and `User-Agent` product.
     pub product: String,
 }
@@ -135,6 +141,7 @@ impl Default for HttpConfig {
             max_headers: 64,
             allow_origins: Vec::new(),
             pass_through_methods: false,
+            max_upload_bytes: 10 * 1000 * 1000,
             product: "coral-rs".to_owned(),
         }
     }

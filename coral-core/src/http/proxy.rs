@@ -136,7 +136,26 @@ pub enum Answer {
         /// This client's reader.
         reader: ReaderId,
     },
+    /// A pass-through request with a body (operators only, see
+    /// [`HttpConfig::pass_through_methods`]): read the body with `framing`
+    /// from the client, hand it over with [`Proxy::handle_upload_data`]
+    /// and [`Proxy::handle_upload_end`], then read the response as for
+    /// [`Answer::Stream`].
+    Upload {
+        /// The fetch.
+        fetch: FetchId,
+        /// This client's reader.
+        reader: ReaderId,
+        /// How the body is delimited: [`Framing::Length`] or [`Framing::Chunked`].
+        framing: Framing,
+        /// Write [`CONTINUE`] first: the client waits for it before sending
+        /// the body (`Expect: 100-continue`, RFC 9110 §10.1.1).
+        expect_continue: bool,
+    },
 }
+
+/// The interim response a client that sent `Expect: 100-continue` waits for.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// What [`Proxy::read`] has for a reader.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -226,10 +245,16 @@ pub struct ProxyStats {
     pub bytes_served: u64,
     /// Body bytes received from upstream.
     pub bytes_fetched: u64,
+    /// Requests with other methods forwarded to the origin (pass-through).
+    pub passed_through: u64,
+    /// Stored objects dropped because an unsafe request changed them (RFC 9111 §4.4).
+    pub invalidated: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum State {
+    /// Receiving a pass-through request's body from the client.
+    Upload,
     Lookup,
     Claim,
     Peer(Option<Level>),
@@ -254,6 +279,10 @@ struct Reader {
 
 struct Fetch {
     url: String,
+    /// The method sent upstream: GET, or the client's for pass-through.
+    method: String,
+    /// A pass-through request's body, sent after the head.
+    upload: Vec<u8>,
     origin: OriginUrl,
     key: Id,
     state: State,
@@ -311,21 +340,31 @@ impl std::fmt::Debug for Proxy {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
         203 => "Non-Authoritative Information",
         204 => "No Content",
         206 => "Partial Content",
         300 => "Multiple Choices",
         301 => "Moved Permanently",
         302 => "Found",
+        303 => "See Other",
         304 => "Not Modified",
+        307 => "Temporary Redirect",
         308 => "Permanent Redirect",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        409 => "Conflict",
         410 => "Gone",
+        412 => "Precondition Failed",
         416 => "Range Not Satisfiable",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
@@ -354,6 +393,53 @@ const HOP: &[&str] = &[
 /// Request fields passed to upstream (everything else is dropped: cookies,
 /// client identity, conditionals the proxy makes itself).
 const FORWARD: &[&str] = &["accept", "accept-encoding", "accept-language"];
+
+/// Request fields a pass-through request also carries: the body's
+/// description and the preconditions an origin checks before changing a
+/// resource (RFC 9110 §13.1).
+const FORWARD_UPLOAD: &[&str] = &[
+    "content-type",
+    "content-encoding",
+    "content-language",
+    "if-match",
+    "if-unmodified-since",
+    "if-none-match",
+    "if-modified-since",
+];
+
+/// Whether `method` is one a shared cache may serve and store (GET, HEAD).
+fn is_safe(method: &str) -> bool {
+    method == "GET" || method == "HEAD"
+}
+
+/// The URL `location` (a Location or Content-Location value) names when it
+/// is on `origin`'s host and port: an absolute path, or an absolute URL.
+fn same_origin(origin: &OriginUrl, location: &str) -> Option<String> {
+    let path = if location.starts_with('/') && !location.starts_with("//") {
+        location
+    } else {
+        let base = format!("http://{}", origin.host_header());
+        let head = location.get(..base.len())?;
+        if !head.eq_ignore_ascii_case(&base) {
+            return None;
+        }
+        let rest = &location[base.len()..];
+        if !rest.starts_with('/') {
+            return None;
+        }
+        rest
+    };
+    if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return None;
+    }
+    Some(
+        OriginUrl {
+            path: path.to_owned(),
+            ..origin.clone()
+        }
+        .url(),
+    )
+}
 
 fn head_bytes(status: u16, headers: &Headers, extra: &str) -> Vec<u8> {
     let mut s = format!("HTTP/1.1 {status} {}\r\n", reason(status));
@@ -466,23 +552,22 @@ impl Proxy {
     pub fn handle_request(&mut self, now: Instant, req: &RequestHead) -> Answer {
         self.stats.requests += 1;
         let keep = req.keep_alive();
-        let is_head = req.method == "HEAD";
-        if req.method != "GET" && !is_head {
-            // CONNECT is never tunnelled; other methods only for an operator's own site.
-            if req.method == "CONNECT" || !self.cfg.pass_through_methods {
-                return self.error(
-                    405,
-                    "This Coral proxy serves GET and HEAD only.",
-                    false,
-                    "Allow: GET, HEAD\r\n",
-                );
-            }
+        let pass = !is_safe(&req.method);
+        // CONNECT is never tunnelled; other methods only for an operator's own site.
+        if pass && (req.method == "CONNECT" || !self.cfg.pass_through_methods) {
+            return self.error(
+                405,
+                "This Coral proxy serves GET and HEAD only.",
+                false,
+                "Allow: GET, HEAD\r\n",
+            );
         }
-        match parse::request_framing(req) {
-            Ok(Framing::Empty) => {}
+        let framing = match parse::request_framing(req) {
+            Ok(Framing::Empty) => Framing::Empty,
+            Ok(f) if pass => f,
             Ok(_) => return self.error(400, "GET and HEAD requests carry no body.", false, ""),
             Err(e) => return self.error(e.status(), "Malformed request framing.", false, ""),
-        }
+        };
         let (authority, path) = if req.target.starts_with('/') {
             (req.headers.get("host").unwrap_or(""), req.target.as_str())
         } else if let Some(ap) = host::split_absolute(&req.target) {
@@ -517,16 +602,8 @@ impl Proxy {
             return self.error(508, "Request loop between Coral proxies.", false, "");
         }
         let url = origin.url();
-        if req.method != "GET" && !is_head {
-            // Pass-through (operator's own site): invalidate; the adapter
-            // would forward it. Not supported over this exchange yet.
-            if self.cache.remove(&url) {
-                self.out.push_back(Output::Withdraw {
-                    key: Id::for_url(&url),
-                    value: holder_value(self.me),
-                });
-            }
-            return self.error(405, "Method not forwarded.", false, "Allow: GET, HEAD\r\n");
+        if pass {
+            return self.pass_through(now, origin, url, req, framing);
         }
         if let Some(claimer) = req.headers.get("x-coral-claim") {
             let Ok(claimer) = claimer.parse::<SocketAddr>() else {
@@ -605,6 +682,107 @@ impl Proxy {
         self.join(f, req)
     }
 
+    /// Forwards an unsafe request to the origin, uncached. Its body (if
+    /// any) comes first through [`Self::handle_upload_data`]; the stored
+    /// object is invalidated once the origin accepts it.
+    fn pass_through(
+        &mut self,
+        now: Instant,
+        origin: OriginUrl,
+        url: String,
+        req: &RequestHead,
+        framing: Framing,
+    ) -> Answer {
+        if let Framing::Length(n) = framing {
+            if n > self.cfg.max_upload_bytes {
+                return self.error(413, "The request body is too large.", false, "");
+            }
+        }
+        if self.fetches.len() >= self.cfg.max_fetches {
+            return self.error(
+                503,
+                "Too many fetches in progress.",
+                false,
+                "Retry-After: 1\r\n",
+            );
+        }
+        self.stats.passed_through += 1;
+        let f = self.new_fetch(now, origin, url, req, false);
+        if let Some(x) = self.fetches.get_mut(&f) {
+            x.method.clone_from(&req.method);
+            for (n, v) in &req.headers.0 {
+                if FORWARD_UPLOAD.contains(&n.as_str()) {
+                    x.forward.0.push((n.clone(), v.clone()));
+                }
+            }
+            x.state = State::Upload;
+        }
+        let reader = self.join_reader(f, req);
+        if framing == Framing::Empty {
+            self.go_origin(f);
+            return Answer::Stream { fetch: f, reader };
+        }
+        Answer::Upload {
+            fetch: f,
+            reader,
+            framing,
+            expect_continue: req
+                .headers
+                .items("expect")
+                .any(|t| t.eq_ignore_ascii_case("100-continue")),
+        }
+    }
+
+    /// Body bytes of a pass-through request arrived from the client.
+    /// Returns whether more are wanted: `false` once the body is too large
+    /// (the reader then gets 413) or the fetch is gone; stop reading then.
+    pub fn handle_upload_data(&mut self, f: FetchId, data: &[u8]) -> bool {
+        let max = self.cfg.max_upload_bytes;
+        let Some(x) = self.fetches.get_mut(&f) else {
+            return false;
+        };
+        if x.state != State::Upload {
+            return false;
+        }
+        if (x.upload.len() + data.len()) as u64 > max {
+            x.upload = Vec::new();
+            x.state = State::Failed(413);
+            return false;
+        }
+        x.upload.extend_from_slice(data);
+        true
+    }
+
+    /// The pass-through request's body is complete: forward it.
+    pub fn handle_upload_end(&mut self, f: FetchId) {
+        if self
+            .fetches
+            .get(&f)
+            .is_some_and(|x| x.state == State::Upload)
+        {
+            self.go_origin(f);
+        }
+    }
+
+    /// Drops the stored object for `url` (RFC 9111 §4.4) and detaches an
+    /// in-flight fetch of it, which still serves its readers but is not
+    /// stored: it may carry the representation the unsafe request replaced.
+    fn invalidate(&mut self, url: &str) {
+        if self.cache.remove(url) {
+            self.stats.invalidated += 1;
+            self.out.push_back(Output::Withdraw {
+                key: Id::for_url(url),
+                value: holder_value(self.me),
+            });
+        }
+        if let Some(f) = self.by_url.remove(url) {
+            if let Some(x) = self.fetches.get_mut(&f) {
+                x.shared = false;
+                x.storable = Storable::No;
+            }
+        }
+    }
+
     fn arbitrate(&mut self, now: Instant, url: &str, claimer: SocketAddr, keep: bool) -> Answer {
         let verdict = self.decide_claim(now, url, claimer);
         let extra = match verdict {
@@ -674,6 +852,8 @@ impl Proxy {
             Fetch {
                 key: Id::for_url(&url),
                 url,
+                method: "GET".to_owned(),
+                upload: Vec::new(),
                 origin,
                 state: State::Lookup,
                 shared,
@@ -698,6 +878,11 @@ impl Proxy {
     }
 
     fn join(&mut self, f: FetchId, req: &RequestHead) -> Answer {
+        let reader = self.join_reader(f, req);
+        Answer::Stream { fetch: f, reader }
+    }
+
+    fn join_reader(&mut self, f: FetchId, req: &RequestHead) -> ReaderId {
         let r = ReaderId(self.next_reader);
         self.next_reader += 1;
         if let Some(x) = self.fetches.get_mut(&f) {
@@ -712,10 +897,7 @@ impl Proxy {
                 },
             );
         }
-        Answer::Stream {
-            fetch: f,
-            reader: r,
-        }
+        r
     }
 
     fn serve_object(
@@ -825,8 +1007,9 @@ impl Proxy {
         };
         let _ = write!(
             s,
-            "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {p}/{v} (+https://example.invalid/coral-rs)\r\n\
+            "{} {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {p}/{v} (+https://example.invalid/coral-rs)\r\n\
              Via: 1.1 {p}\r\nConnection: close\r\n{extra}",
+            f.method,
             f.origin.path,
             p = self.cfg.product,
             v = env!("CARGO_PKG_VERSION"),
@@ -848,7 +1031,11 @@ impl Proxy {
                 }
             }
         }
+        if !is_safe(&f.method) {
+            v.extend_from_slice(format!("Content-Length: {}\r\n", f.upload.len()).as_bytes());
+        }
         v.extend_from_slice(b"\r\n");
+        v.extend_from_slice(&f.upload);
         v
     }
 
@@ -864,6 +1051,8 @@ impl Proxy {
         let (key, shared) = (x.key, x.shared);
         if let Some(x) = self.fetches.get_mut(&f) {
             x.state = State::Origin;
+            // The body now lives in the request bytes.
+            x.upload = Vec::new();
         }
         self.stats.origin_fetches += 1;
         if shared {
@@ -1064,6 +1253,26 @@ impl Proxy {
                 return false;
             }
         }
+        if !is_safe(&x.method) && head.status < 400 {
+            // RFC 9111 §4.4: the origin accepted a change to the target,
+            // and to what Location / Content-Location name on the same origin.
+            let mut urls = vec![x.url.clone()];
+            for name in ["location", "content-location"] {
+                if let Some(u) = head
+                    .headers
+                    .get(name)
+                    .and_then(|v| same_origin(&x.origin, v))
+                {
+                    urls.push(u);
+                }
+            }
+            for u in urls {
+                self.invalidate(&u);
+            }
+        }
+        let Some(x) = self.fetches.get_mut(&f) else {
+            return false;
+        };
         let mut h = head.clone();
         for name in HOP {
             h.headers.remove(name);
@@ -1182,7 +1391,7 @@ impl Proxy {
                         vary,
                     };
                     self.store(now, &url, key, Arc::new(obj));
-                } else if status >= 500 {
+                } else if status >= 500 && is_safe(&x.method) {
                     self.remember_failure(now, &url, 502, neg_ttl);
                 }
                 if self.by_url.get(&url) == Some(&f) {
@@ -1216,7 +1425,8 @@ impl Proxy {
                             _ => 502,
                         };
                         x.state = State::Failed(status);
-                        if status != 403 {
+                        // A failed upload says nothing about GETs of the URL.
+                        if status != 403 && is_safe(&x.method) {
                             self.remember_failure(now, &url, status, neg_ttl);
                         }
                     }
@@ -1258,7 +1468,9 @@ impl Proxy {
 
     fn reap(&mut self, f: FetchId) {
         if let Some(x) = self.fetches.get(&f) {
-            if x.readers.is_empty() && matches!(x.state, State::Done | State::Failed(_)) {
+            if x.readers.is_empty()
+                && matches!(x.state, State::Upload | State::Done | State::Failed(_))
+            {
                 if self.by_url.get(&x.url) == Some(&f) {
                     self.by_url.remove(&x.url);
                 }
@@ -1299,10 +1511,14 @@ impl Proxy {
             if !rd.head_sent {
                 x.readers.remove(&r);
                 self.reap(f);
-                let ans = self.error(status, "The origin could not be reached.", false, "");
-                return match ans {
+                let detail = if status == 413 {
+                    "The request body is too large."
+                } else {
+                    "The origin could not be reached."
+                };
+                return match self.error(status, detail, false, "") {
                     Answer::Respond { head, body, .. } => Read::Failed { head, body },
-                    Answer::Stream { .. } => Read::Abort,
+                    Answer::Stream { .. } | Answer::Upload { .. } => Read::Abort,
                 };
             }
             let (off, len) = (rd.offset, x.len);
@@ -1429,7 +1645,7 @@ mod tests {
     fn status(a: &Answer) -> u16 {
         match a {
             Answer::Respond { head, .. } => resp(std::str::from_utf8(head).unwrap()).status,
-            Answer::Stream { .. } => 0,
+            Answer::Stream { .. } | Answer::Upload { .. } => 0,
         }
     }
 
@@ -1701,7 +1917,7 @@ mod tests {
             Answer::Respond { head, .. } => {
                 Proxy::claim_reply(&resp(std::str::from_utf8(&head).unwrap()))
             }
-            Answer::Stream { .. } => panic!(),
+            Answer::Stream { .. } | Answer::Upload { .. } => panic!(),
         };
         assert_eq!(
             verdict(arbiter.handle_request(Instant::ZERO, &claim(a))),
@@ -1876,5 +2092,178 @@ mod tests {
         assert_eq!(got.len(), 40);
         assert_eq!(p.cache_stats().objects, 0);
         assert_eq!(p.fetches_in_flight(), 0);
+    }
+
+    #[test]
+    fn pass_through_forwards_other_methods_uncached_and_invalidates() {
+        let cfg = HttpConfig {
+            pass_through_methods: true,
+            max_upload_bytes: 16,
+            ..HttpConfig::default()
+        };
+        let mut p = Proxy::new(cfg, me(), Id::for_node(me()));
+        // A stored object for /doc.
+        let Answer::Stream { fetch: f, reader } = p.handle_request(Instant::ZERO, &get("/doc"))
+        else {
+            panic!()
+        };
+        p.handle_lookup(f, &[], None, &[]);
+        complete(
+            &mut p,
+            f,
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: max-age=600\r\n\r\n",
+            b"v1",
+        );
+        let _ = drain(&mut p, f, reader);
+        let _ = outputs(&mut p);
+        assert!(matches!(
+            p.handle_request(Instant::ZERO, &get("/doc")),
+            Answer::Respond { .. }
+        ));
+        // CONNECT stays refused.
+        let a = p.handle_request(
+            Instant::ZERO,
+            &req("CONNECT www.x.com.nyud.net:443 HTTP/1.1\r\nHost: www.x.com.nyud.net\r\n\r\n"),
+        );
+        assert_eq!(status(&a), 405);
+        // A POST with a body: read it, then forward it.
+        let post = req(
+            "POST /doc HTTP/1.1\r\nHost: www.x.com.nyud.net\r\nContent-Type: text/plain\r\n\
+             Cookie: s=1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        );
+        let Answer::Upload {
+            fetch: f,
+            reader,
+            framing,
+            expect_continue,
+        } = p.handle_request(Instant::ZERO, &post)
+        else {
+            panic!()
+        };
+        assert_eq!(framing, Framing::Length(5));
+        assert!(expect_continue);
+        assert!(
+            outputs(&mut p).is_empty(),
+            "nothing is sent before the body"
+        );
+        assert!(p.handle_upload_data(f, b"hel"));
+        assert!(p.handle_upload_data(f, b"lo"));
+        p.handle_upload_end(f);
+        let outs = outputs(&mut p);
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(o, Output::Put { .. } | Output::Lookup { .. })),
+            "pass-through is neither looked up nor advertised: {outs:?}"
+        );
+        let [
+            Output::Fetch {
+                upstream: Upstream::Origin { host, port: 80 },
+                request,
+                ..
+            },
+        ] = &outs[..]
+        else {
+            panic!("{outs:?}")
+        };
+        assert_eq!(host, "www.x.com");
+        let r = String::from_utf8(request.clone()).unwrap();
+        assert!(
+            r.starts_with("POST /doc HTTP/1.1\r\nHost: www.x.com\r\n"),
+            "{r}"
+        );
+        assert!(
+            r.contains("Content-Type: text/plain\r\n")
+                || r.contains("content-type: text/plain\r\n"),
+            "{r}"
+        );
+        assert!(
+            r.contains("Content-Length: 5\r\n") && r.ends_with("\r\n\r\nhello"),
+            "{r}"
+        );
+        assert!(
+            !r.to_ascii_lowercase().contains("cookie") && !r.contains("Expect"),
+            "{r}"
+        );
+        // The origin accepts it: the stored copy (and Location's) is gone.
+        assert!(p.handle_upstream_head(
+            Instant::ZERO,
+            UNIX,
+            f,
+            &resp("HTTP/1.1 201 Created\r\nLocation: http://WWW.X.COM/doc\r\nContent-Length: 2\r\n\r\n")
+        ));
+        p.handle_upstream_data(f, Bytes::from_static(b"ok"));
+        p.handle_upstream_end(Instant::ZERO, f, Ok(()));
+        let (head, body) = drain(&mut p, f, reader);
+        assert!(
+            String::from_utf8(head)
+                .unwrap()
+                .starts_with("HTTP/1.1 201 Created")
+        );
+        assert_eq!(body, b"ok");
+        assert!(outputs(&mut p).iter().any(
+            |o| matches!(o, Output::Withdraw { key, .. } if *key == Id::for_url("http://www.x.com/doc"))
+        ));
+        assert_eq!((p.stats().invalidated, p.stats().passed_through), (1, 1));
+        assert_eq!(
+            p.cache_stats().objects,
+            0,
+            "the answer to a POST is not stored"
+        );
+        assert!(
+            matches!(
+                p.handle_request(Instant::ZERO, &get("/doc")),
+                Answer::Stream { .. }
+            ),
+            "the next GET misses"
+        );
+        let _ = outputs(&mut p);
+
+        // An error answer invalidates nothing and is not negative-cached.
+        let mut p2 = Proxy::new(p.config().clone(), me(), Id::for_node(me()));
+        let del = req("DELETE /e HTTP/1.1\r\nHost: www.x.com.nyud.net\r\n\r\n");
+        let Answer::Stream { fetch: f, reader } = p2.handle_request(Instant::ZERO, &del) else {
+            panic!()
+        };
+        let outs = outputs(&mut p2);
+        assert!(
+            matches!(&outs[..], [Output::Fetch { request, .. }] if request.starts_with(b"DELETE /e "))
+        );
+        complete(
+            &mut p2,
+            f,
+            "HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n",
+            b"",
+        );
+        let _ = drain(&mut p2, f, reader);
+        assert_eq!(p2.stats().invalidated, 0);
+        assert!(matches!(
+            p2.handle_request(Instant::ZERO, &get("/e")),
+            Answer::Stream { .. }
+        ));
+
+        // Too large: announced, or found while reading a chunked body.
+        let big =
+            req("PUT /doc HTTP/1.1\r\nHost: www.x.com.nyud.net\r\nContent-Length: 17\r\n\r\n");
+        assert_eq!(status(&p.handle_request(Instant::ZERO, &big)), 413);
+        let chunked = req(
+            "PUT /doc HTTP/1.1\r\nHost: www.x.com.nyud.net\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        let Answer::Upload {
+            fetch: f,
+            reader,
+            framing: Framing::Chunked,
+            ..
+        } = p.handle_request(Instant::ZERO, &chunked)
+        else {
+            panic!()
+        };
+        assert!(p.handle_upload_data(f, &[0; 10]));
+        assert!(!p.handle_upload_data(f, &[0; 10]));
+        let Read::Failed { head, .. } = p.read(Instant::ZERO, f, reader, 100) else {
+            panic!()
+        };
+        assert!(head.starts_with(b"HTTP/1.1 413 "));
+        assert_eq!(p.fetches_in_flight(), 1, "the GET of /doc above");
     }
 }
