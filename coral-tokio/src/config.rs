@@ -169,6 +169,10 @@ pub struct ProxySection {
     pub pass_through_methods: bool,
     /// Largest request body forwarded by pass-through, in MB (413 beyond).
     pub max_upload_mb: u64,
+    /// Disk for cached objects under `node.data_dir/http-cache`, in MiB;
+    /// they survive a restart. Used only with a data directory; 0 turns
+    /// the disk tier off.
+    pub disk_mib: u64,
 }
 
 impl Default for ProxySection {
@@ -185,6 +189,9 @@ impl Default for ProxySection {
             idle_timeout_secs: opts.idle_timeout.as_secs(),
             pass_through_methods: http.pass_through_methods,
             max_upload_mb: http.max_upload_bytes / 1_000_000,
+            // Four times the memory budget: a restart or a working set
+            // larger than memory is served without the origin.
+            disk_mib: 1024,
         }
     }
 }
@@ -430,6 +437,19 @@ impl FileConfig {
         o.max_connections_per_client = p.max_connections_per_client;
         o.header_timeout = Duration::from_secs(p.header_timeout_secs.max(1));
         o.idle_timeout = Duration::from_secs(p.idle_timeout_secs.max(1));
+        if let (Some(dir), true) = (&self.node.data_dir, p.disk_mib > 0) {
+            let budget_bytes =
+                p.disk_mib
+                    .checked_mul(1 << 20)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: "proxy.disk_mib",
+                        reason: format!("{} MiB is too large", p.disk_mib),
+                    })?;
+            o.disk = Some(crate::proxy::disk::DiskOptions {
+                dir: dir.join("http-cache"),
+                budget_bytes,
+            });
+        }
         Ok(o)
     }
 
@@ -541,6 +561,18 @@ mod tests {
         let o = cfg.proxy_options().unwrap();
         assert!(o.http.pass_through_methods);
         assert_eq!(o.http.max_upload_bytes, 3_000_000);
+        assert_eq!(o.disk, None, "no data directory, no disk tier");
+        let cfg = FileConfig::parse(
+            "[node]\ndata_dir = \"/var/lib/coral\"\n[proxy]\ndisk_mib = 2\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let d = cfg.proxy_options().unwrap().disk.unwrap();
+        assert_eq!(d.dir, Path::new("/var/lib/coral/http-cache"));
+        assert_eq!(d.budget_bytes, 2 << 20);
+        let mut off = cfg.clone();
+        off.proxy.disk_mib = 0;
+        assert_eq!(off.proxy_options().unwrap().disk, None);
         let bad = FileConfig::parse(
             "[proxy]\nmax_connections_per_client = 0\n",
             Path::new("t.toml"),

@@ -20,16 +20,20 @@ use coral_core::Levels;
 use coral_core::http::parse::{self, ChunkedDecoder, Framing, ResponseHead};
 use coral_core::http::proxy::{CONTINUE, ClaimReply};
 use coral_core::http::{
-    Answer, FetchId, HttpConfig, Output, Proxy, Read, ReaderId, Upstream, UpstreamError,
+    Answer, DiskOp, FetchId, HttpConfig, Output, Proxy, Read, ReaderId, Upstream, UpstreamError,
 };
 use coral_core::time::Instant as CoreInstant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::runtime::{BindError, NodeHandle};
+
+pub mod disk;
+
+use disk::{DiskCache, DiskOptions};
 
 /// Socket limits and timeouts of the proxy, each with the reason for its default.
 #[derive(Clone, Debug)]
@@ -55,6 +59,8 @@ pub struct ProxyOptions {
     pub io_timeout: Duration,
     /// Time a DSHT lookup may take before the fetch goes on without it.
     pub lookup_timeout: Duration,
+    /// The disk tier, if any (`--data-dir`): objects kept across restarts.
+    pub disk: Option<DiskOptions>,
 }
 
 impl ProxyOptions {
@@ -74,6 +80,7 @@ impl ProxyOptions {
             first_byte_timeout: Duration::from_secs(15),
             io_timeout: Duration::from_secs(30),
             lookup_timeout: Duration::from_secs(3),
+            disk: None,
         }
     }
 }
@@ -89,6 +96,8 @@ pub struct Shared {
     /// Open connections per client address; an entry lives only while its
     /// count is above zero, so the map holds at most `max_connections`.
     per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// The disk tier, when configured and its directory could be opened.
+    disk: Option<Arc<DiskCache>>,
 }
 
 /// One client connection counted against its address's limit, released on drop.
@@ -195,6 +204,11 @@ impl Shared {
         self.core().stats()
     }
 
+    /// The disk tier's counters, when there is one.
+    pub fn disk_stats(&self) -> Option<disk::DiskStats> {
+        self.disk.as_ref().map(|d| d.stats())
+    }
+
     /// Prometheus text for the proxy's counters.
     pub fn metrics(&self) -> String {
         let (s, c, inflight) = {
@@ -225,6 +239,10 @@ impl Shared {
             "coral_http_served_total{{from=\"stale\"}} {}\n",
             s.served_stale
         ));
+        o.push_str(&format!(
+            "coral_http_served_total{{from=\"disk\"}} {}\n",
+            s.hits_disk
+        ));
         for (name, v) in [
             ("requests", s.requests),
             ("refused", s.refused),
@@ -236,6 +254,8 @@ impl Shared {
             ("claims_held", s.claims_held),
             ("bytes_served", s.bytes_served),
             ("bytes_fetched", s.bytes_fetched),
+            ("passed_through", s.passed_through),
+            ("invalidated", s.invalidated),
             ("cache_evictions", c.evictions),
         ] {
             o.push_str(&format!(
@@ -251,6 +271,31 @@ impl Shared {
             o.push_str(&format!(
                 "# TYPE coral_http_{name} gauge\ncoral_http_{name} {v}\n"
             ));
+        }
+        if let Some(d) = self.disk_stats() {
+            for (name, v) in [
+                ("disk_objects", d.objects),
+                ("disk_bytes", d.bytes),
+                ("disk_budget_bytes", d.budget),
+            ] {
+                o.push_str(&format!(
+                    "# TYPE coral_http_{name} gauge\ncoral_http_{name} {v}\n"
+                ));
+            }
+            for (name, v) in [
+                ("disk_restored", d.restored),
+                ("disk_hits", d.hits),
+                ("disk_misses", d.misses),
+                ("disk_writes", d.writes),
+                ("disk_writes_dropped", d.writes_dropped),
+                ("disk_evictions", d.evictions),
+                ("disk_discarded", d.discarded),
+                ("disk_errors", d.errors),
+            ] {
+                o.push_str(&format!(
+                    "# TYPE coral_http_{name}_total counter\ncoral_http_{name}_total {v}\n"
+                ));
+            }
         }
         o
     }
@@ -274,8 +319,20 @@ pub async fn start(
         addr: opts.listen,
         source,
     })?;
+    let disk = match &opts.disk {
+        Some(d) => match DiskCache::open(d.clone()).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                // The tier is optional: serve from memory rather than not at all.
+                warn!(dir = %d.dir.display(), error = %e, "HTTP disk cache unusable; memory only");
+                None
+            }
+        },
+        None => None,
+    };
     let mut http = opts.http.clone();
     http.peer_port = addr.port();
+    http.disk_tier = disk.is_some();
     let core = Proxy::new(http, addr, node.id());
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
@@ -283,6 +340,7 @@ pub async fn start(
         node,
         connections: Arc::new(Semaphore::new(opts.max_connections)),
         per_client: Arc::default(),
+        disk,
         opts,
         epoch: std::time::Instant::now(),
     });
@@ -348,8 +406,18 @@ async fn accept_loop(
     }
 }
 
-/// Carries out every effect the core has queued.
+/// Carries out every effect the core has queued, its disk tier's work
+/// included (a disk miss queues a lookup).
 fn drain(shared: &Arc<Shared>) {
+    loop {
+        drain_outputs(shared);
+        if !drain_disk(shared) {
+            return;
+        }
+    }
+}
+
+fn drain_outputs(shared: &Arc<Shared>) {
     loop {
         let Some(out) = shared.core().poll_output() else {
             return;
@@ -427,6 +495,47 @@ fn drain(shared: &Arc<Shared>) {
                 tokio::spawn(async move {
                     let _ = s.node.withdraw(key, value).await;
                 });
+            }
+        }
+    }
+}
+
+/// Carries out the disk tier's queued work; returns whether there was any.
+fn drain_disk(shared: &Arc<Shared>) -> bool {
+    let mut any = false;
+    loop {
+        let Some(op) = shared.core().poll_disk() else {
+            return any;
+        };
+        any = true;
+        let s = Arc::clone(shared);
+        match op {
+            DiskOp::Read { fetch, url } => match &s.disk {
+                Some(d) if d.contains(&url) => {
+                    let d = Arc::clone(d);
+                    tokio::spawn(async move {
+                        let obj = d.read(url, s.now()).await;
+                        let now = s.now();
+                        s.core().handle_disk_read(now, fetch, obj);
+                        s.wake(fetch, false);
+                        drain(&s);
+                    });
+                }
+                _ => {
+                    let now = s.now();
+                    s.core().handle_disk_read(now, fetch, None);
+                }
+            },
+            DiskOp::Write { url, object } => {
+                if let Some(d) = &s.disk {
+                    let age = object.age(s.now());
+                    d.write(url, object, age);
+                }
+            }
+            DiskOp::Remove { url } => {
+                if let Some(d) = &s.disk {
+                    d.remove(&url);
+                }
             }
         }
     }

@@ -16,6 +16,7 @@ use coral_core::contact::Services;
 use coral_core::http::HttpConfig;
 use coral_core::http::ssrf::IpNet;
 use coral_tokio::config::FileConfig;
+use coral_tokio::proxy::disk::DiskOptions;
 use coral_tokio::proxy::{self, ProxyOptions, RunningProxy, client_get};
 use coral_tokio::{RunningNode, runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,7 +40,8 @@ struct Seen {
 type Log = Arc<Mutex<Vec<Seen>>>;
 
 /// A tiny origin: `/a.txt` fresh for a minute, `/short.txt` fresh for one
-/// second with an ETag it confirms with 304; other methods are answered
+/// second with an ETag it confirms with 304, `/obj/<name>` (the path a
+/// hundred times) for ten minutes; other methods are answered
 /// `posted <n> bytes` after reading their body (Content-Length framed).
 async fn origin(ip: Ipv4Addr) -> (SocketAddr, Log) {
     let l = TcpListener::bind((ip, 0)).await.unwrap();
@@ -112,6 +114,13 @@ async fn origin(ip: Ipv4Addr) -> (SocketAddr, Log) {
                     ("/short.txt", true) => {
                         "HTTP/1.1 304 Not Modified\r\nETag: \"e1\"\r\nCache-Control: max-age=1\r\n\r\n"
                             .to_owned()
+                    }
+                    (p, _) if p.starts_with("/obj/") => {
+                        let body = p.repeat(100);
+                        format!(
+                            "HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
                     }
                     ("/short.txt", false) => "HTTP/1.1 200 OK\r\nETag: \"e1\"\r\nCache-Control: max-age=1\r\n\
                          Transfer-Encoding: chunked\r\n\r\n5\r\nshort\r\n0\r\n\r\n"
@@ -527,4 +536,104 @@ async fn pass_through_forwards_a_post_with_its_body_and_invalidates_the_url() {
     })
     .await
     .unwrap();
+}
+
+/// A proxy on `ip` with its disk tier in `dir`, allowed to fetch from `origin`.
+async fn disk_proxy(
+    ip: Ipv4Addr,
+    origin: Ipv4Addr,
+    dir: &std::path::Path,
+) -> (RunningNode, RunningProxy, watch::Sender<bool>) {
+    let (stop, stop_rx) = watch::channel(false);
+    let mut cfg = FileConfig::default();
+    cfg.node.rpc = SocketAddr::from((ip, 0));
+    let node = runtime::spawn(cfg.node_options(9)).unwrap();
+    let http = HttpConfig {
+        allow_origins: vec![IpNet {
+            addr: origin.into(),
+            prefix: 32,
+        }],
+        ..HttpConfig::default()
+    };
+    let mut opts = ProxyOptions::new(SocketAddr::from((ip, 0)), http);
+    opts.disk = Some(DiskOptions {
+        dir: dir.to_owned(),
+        budget_bytes: 64 << 20,
+    });
+    let p = proxy::start(opts, node.handle.clone(), stop_rx)
+        .await
+        .unwrap();
+    (node, p, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_tier_serves_after_a_restart_and_discards_a_damaged_file() {
+    let dir = std::env::temp_dir().join(format!("coral-http-disk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    timeout(LIMIT, async {
+        let origin_ip = Ipv4Addr::new(127, 0, 0, 245);
+        let (origin, log) = origin(origin_ip).await;
+        let host = format!("{}.{}.nyud.net", origin.ip(), origin.port());
+        let (node, p, stop) = disk_proxy(Ipv4Addr::new(127, 0, 0, 246), origin_ip, &dir).await;
+        for path in ["/obj/kept", "/obj/damaged"] {
+            let (status, _, body) = client_get(p.addr, &host, path, "").await.unwrap();
+            assert_eq!((status, body.len()), (200, path.len() * 100));
+        }
+        // The writer works in the background; wait for both files.
+        for _ in 0..500 {
+            if p.shared.disk_stats().unwrap().writes == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(p.shared.disk_stats().unwrap().writes, 2);
+        // Stop the proxy and its node: a restart.
+        let _ = stop.send(true);
+        p.task.abort();
+        drop(node);
+        // Damage one body byte: the header still checks out, the body does not.
+        let damaged = dir.join(format!(
+            "{}.obj",
+            coral_core::id::Id::for_url(&format!("http://{origin}/obj/damaged"))
+        ));
+        let mut bytes = std::fs::read(&damaged).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        std::fs::write(&damaged, bytes).unwrap();
+
+        let (_node, p, _stop) = disk_proxy(Ipv4Addr::new(127, 0, 0, 247), origin_ip, &dir).await;
+        assert_eq!(p.shared.disk_stats().unwrap().restored, 2);
+        let (status, _, body) = client_get(p.addr, &host, "/obj/kept", "").await.unwrap();
+        assert_eq!(
+            (status, &body[..]),
+            (200, "/obj/kept".repeat(100).as_bytes())
+        );
+        assert_eq!(
+            count(&log, "/obj/kept"),
+            1,
+            "served from disk, not the origin"
+        );
+        assert_eq!(p.shared.stats().hits_disk, 1);
+        // The damaged copy is never served: it is fetched again, intact.
+        let (status, _, body) = client_get(p.addr, &host, "/obj/damaged", "").await.unwrap();
+        assert_eq!(
+            (status, &body[..]),
+            (200, "/obj/damaged".repeat(100).as_bytes())
+        );
+        assert_eq!(count(&log, "/obj/damaged"), 2);
+        let d = p.shared.disk_stats().unwrap();
+        assert_eq!((d.hits, d.discarded), (1, 1), "{d:?}");
+        // And now both are in memory.
+        let (status, _, _) = client_get(p.addr, &host, "/obj/kept", "").await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(p.shared.stats().hits_local, 1);
+        assert!(
+            p.shared
+                .metrics()
+                .contains("coral_http_disk_discarded_total 1")
+        );
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

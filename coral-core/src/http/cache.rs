@@ -23,7 +23,7 @@ use super::parse::ResponseHead;
 use crate::time::Instant;
 
 /// A complete stored response.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Object {
     /// The stored head (hop-by-hop fields and cookies already removed).
     pub head: ResponseHead,

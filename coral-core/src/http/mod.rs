@@ -50,7 +50,7 @@ pub mod range;
 pub mod ssrf;
 
 pub use proxy::{
-    Answer, FetchId, Output, Proxy, ProxyStats, Read, ReaderId, Upstream, UpstreamError,
+    Answer, DiskOp, FetchId, Output, Proxy, ProxyStats, Read, ReaderId, Upstream, UpstreamError,
 };
 
 /// Every tunable of the HTTP proxy, with the reason for each default.
@@ -113,6 +113,11 @@ pub struct HttpConfig {
     /// body is held until complete (so a failed upload never reaches the
     /// origin half-sent), hence a bound; larger ones get 413.
     pub max_upload_bytes: u64,
+    /// Whether the adapter keeps a disk tier (`--data-dir`): the core then
+    /// hands it every object it stores ([`DiskOp::Write`]) and asks it
+    /// ([`DiskOp::Read`]) before looking a memory miss up in the DSHT,
+    /// through [`Proxy::poll_disk`]. Off by default: nothing is queued there.
+    pub disk_tier: bool,
     /// This proxy's `Via` pseudonym and `User-Agent` product.
     pub product: String,
 }
@@ -142,6 +147,7 @@ impl Default for HttpConfig {
             allow_origins: Vec::new(),
             pass_through_methods: false,
             max_upload_bytes: 10 * 1000 * 1000,
+            disk_tier: false,
             product: "coral-rs".to_owned(),
         }
     }

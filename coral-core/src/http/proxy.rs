@@ -17,7 +17,9 @@
 //! performs them and reports back with `handle_*`; it reads the body for a
 //! client with [`Proxy::read`], which hands out the response head built here
 //! and then the body bytes as they arrive (cut-through). After any input the
-//! adapter drains `poll_output` to `None`.
+//! adapter drains `poll_output`, then [`Proxy::poll_disk`] (its disk tier's
+//! work, only when [`HttpConfig::disk_tier`] is set), to `None`, and again
+//! while either has more.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -114,6 +116,35 @@ pub enum Output {
         key: Id,
         /// Value.
         value: Bytes,
+    },
+}
+
+/// Work for the adapter's disk tier, from [`Proxy::poll_disk`]; only with
+/// [`HttpConfig::disk_tier`], so an adapter without one never sees any.
+/// Carry them out in order: a removal must follow every earlier write.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[must_use]
+pub enum DiskOp {
+    /// Look `url` up; report with [`Proxy::handle_disk_read`], `None` when
+    /// it is not there or its file is damaged.
+    Read {
+        /// The fetch waiting for it.
+        fetch: FetchId,
+        /// The URL.
+        url: String,
+    },
+    /// Keep `object` under `url`, replacing an older copy. Leaving the
+    /// memory cache does not remove it from disk.
+    Write {
+        /// The URL.
+        url: String,
+        /// The object; its age at the time of writing is `object.age(now)`.
+        object: Arc<Object>,
+    },
+    /// Forget `url`: an unsafe request changed it (RFC 9111 §4.4).
+    Remove {
+        /// The URL.
+        url: String,
     },
 }
 
@@ -225,6 +256,8 @@ pub struct ProxyStats {
     pub hits_peer: [u64; 4],
     /// Responses served from the origin.
     pub hits_origin: u64,
+    /// Responses served from the disk tier (a memory miss).
+    pub hits_disk: u64,
     /// Responses served from a stale copy because the origin failed.
     pub served_stale: u64,
     /// Requests refused (4xx/5xx decided here).
@@ -255,6 +288,8 @@ pub struct ProxyStats {
 enum State {
     /// Receiving a pass-through request's body from the client.
     Upload,
+    /// Waiting for the disk tier.
+    Disk,
     Lookup,
     Claim,
     Peer(Option<Level>),
@@ -267,6 +302,7 @@ enum State {
 enum Src {
     Peer(usize),
     Origin,
+    Disk,
 }
 
 struct Reader {
@@ -307,7 +343,13 @@ struct Fetch {
 
 impl Fetch {
     fn joinable_by_peer(&self) -> bool {
-        !matches!(self.state, State::Lookup | State::Failed(_)) && self.shared && !self.too_big
+        // Before its source is decided a fetch may end up waiting on the
+        // very peer that joins it.
+        !matches!(
+            self.state,
+            State::Upload | State::Disk | State::Lookup | State::Failed(_)
+        ) && self.shared
+            && !self.too_big
     }
 }
 
@@ -322,6 +364,7 @@ pub struct Proxy {
     claims: BTreeMap<String, (SocketAddr, Instant)>,
     negative: BTreeMap<String, (Instant, u16)>,
     out: VecDeque<Output>,
+    disk: VecDeque<DiskOp>,
     next_fetch: u64,
     next_reader: u64,
     stats: ProxyStats,
@@ -469,6 +512,7 @@ impl Proxy {
             claims: BTreeMap::new(),
             negative: BTreeMap::new(),
             out: VecDeque::new(),
+            disk: VecDeque::new(),
             next_fetch: 0,
             next_reader: 0,
             stats: ProxyStats::default(),
@@ -499,6 +543,13 @@ impl Proxy {
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
+    }
+
+    /// The next disk-tier operation (never any without [`HttpConfig::disk_tier`]).
+    /// Drain it after [`Self::poll_output`]; answering a read may queue outputs.
+    #[must_use]
+    pub fn poll_disk(&mut self) -> Option<DiskOp> {
+        self.disk.pop_front()
     }
 
     /// Whether an origin address may be contacted (the SSRF rule).
@@ -675,6 +726,15 @@ impl Proxy {
         if revalidate {
             // Our own copy has validators the origin can confirm with a 304.
             self.go_origin(f);
+        } else if self.cfg.disk_tier {
+            if let Some(x) = self.fetches.get_mut(&f) {
+                x.state = State::Disk;
+            }
+            let url = self
+                .fetches
+                .get(&f)
+                .map_or_else(String::new, |x| x.url.clone());
+            self.disk.push_back(DiskOp::Read { fetch: f, url });
         } else {
             let key = self.fetches.get(&f).map_or(Id::for_url(""), |x| x.key);
             self.out.push_back(Output::Lookup { fetch: f, key });
@@ -764,6 +824,54 @@ impl Proxy {
         }
     }
 
+    /// The disk tier answered [`DiskOp::Read`]: `object` is the stored
+    /// copy (its `stored_at` and `initial_age` set so that `age(now)` is its
+    /// age now), or `None`. A fresh copy is served and kept in memory; a
+    /// stale one is revalidated with the origin; none is looked up.
+    pub fn handle_disk_read(&mut self, now: Instant, f: FetchId, object: Option<Object>) {
+        let Some(x) = self.fetches.get_mut(&f) else {
+            return;
+        };
+        if x.state != State::Disk {
+            return;
+        }
+        // The copy must have been chosen for the same request fields (Vary).
+        let object = object.filter(|o| {
+            o.vary
+                .iter()
+                .all(|(n, v)| x.vary_req.get(n).map(str::to_owned) == *v)
+        });
+        match object {
+            Some(o) if o.is_fresh(now) => {
+                let len = o.body.len() as u64;
+                x.head = Some(o.head.clone());
+                x.src = Some(Src::Disk);
+                x.length = Some(len);
+                x.chunks = vec![o.body.clone()];
+                x.starts = vec![0];
+                x.len = len;
+                x.initial_age = o.age(now);
+                x.arrived = now;
+                x.state = State::Done;
+                let (url, key) = (x.url.clone(), x.key);
+                self.put_in_memory(now, &url, key, Arc::new(o), false);
+                if self.by_url.get(&url) == Some(&f) {
+                    self.by_url.remove(&url);
+                }
+                self.reap(f);
+            }
+            Some(o) => {
+                x.stale = Some(Arc::new(o));
+                self.go_origin(f);
+            }
+            None => {
+                x.state = State::Lookup;
+                let key = x.key;
+                self.out.push_back(Output::Lookup { fetch: f, key });
+            }
+        }
+    }
+
     /// Drops the stored object for `url` (RFC 9111 §4.4) and detaches an
     /// in-flight fetch of it, which still serves its readers but is not
     /// stored: it may carry the representation the unsafe request replaced.
@@ -773,6 +881,11 @@ impl Proxy {
             self.out.push_back(Output::Withdraw {
                 key: Id::for_url(url),
                 value: holder_value(self.me),
+            });
+        }
+        if self.cfg.disk_tier {
+            self.disk.push_back(DiskOp::Remove {
+                url: url.to_owned(),
             });
         }
         if let Some(f) = self.by_url.remove(url) {
@@ -1452,6 +1565,18 @@ impl Proxy {
     }
 
     fn store(&mut self, now: Instant, url: &str, key: Id, obj: Arc<Object>) {
+        self.put_in_memory(now, url, key, obj, true);
+    }
+
+    /// Keeps `obj` in the memory cache and advertises it; `persist` also
+    /// hands it to the disk tier (not when it came from there).
+    fn put_in_memory(&mut self, now: Instant, url: &str, key: Id, obj: Arc<Object>, persist: bool) {
+        if persist && self.cfg.disk_tier {
+            self.disk.push_back(DiskOp::Write {
+                url: url.to_owned(),
+                object: Arc::clone(&obj),
+            });
+        }
         let ttl = obj.fresh_for(now).min(self.cfg.max_ref_ttl);
         let evicted = self.cache.insert(url, obj);
         let value = holder_value(self.me);
@@ -1539,6 +1664,7 @@ impl Proxy {
             match x.src {
                 Some(Src::Peer(l)) => self.stats.hits_peer[l] += 1,
                 Some(Src::Origin) if !x.from_stale => self.stats.hits_origin += 1,
+                Some(Src::Disk) => self.stats.hits_disk += 1,
                 _ => self.stats.hits_local += 1,
             }
             let age = (x.initial_age + (now - x.arrived)).as_secs();
@@ -2265,5 +2391,103 @@ mod tests {
         };
         assert!(head.starts_with(b"HTTP/1.1 413 "));
         assert_eq!(p.fetches_in_flight(), 1, "the GET of /doc above");
+    }
+
+    #[test]
+    fn the_disk_tier_is_asked_before_the_dsht_and_gets_every_stored_object() {
+        let cfg = HttpConfig {
+            disk_tier: true,
+            pass_through_methods: true,
+            ..HttpConfig::default()
+        };
+        let mut p = Proxy::new(cfg.clone(), me(), Id::for_node(me()));
+        let url = "http://www.x.com/d".to_owned();
+        let Answer::Stream { fetch: f, reader } = p.handle_request(Instant::ZERO, &get("/d"))
+        else {
+            panic!()
+        };
+        assert!(outputs(&mut p).is_empty());
+        assert_eq!(
+            p.poll_disk(),
+            Some(DiskOp::Read {
+                fetch: f,
+                url: url.clone()
+            })
+        );
+        assert_eq!(p.poll_disk(), None);
+        p.handle_disk_read(Instant::ZERO, f, None);
+        assert_eq!(
+            outputs(&mut p),
+            vec![Output::Lookup {
+                fetch: f,
+                key: Id::for_url(&url)
+            }]
+        );
+        p.handle_lookup(f, &[], None, &[]);
+        let _ = outputs(&mut p);
+        complete(
+            &mut p,
+            f,
+            "HTTP/1.1 200 OK\r\nETag: \"d1\"\r\nCache-Control: max-age=60\r\nContent-Length: 4\r\n\r\n",
+            b"disk",
+        );
+        let _ = drain(&mut p, f, reader);
+        let Some(DiskOp::Write { url: u, object }) = p.poll_disk() else {
+            panic!()
+        };
+        assert_eq!((&u, &object.body[..]), (&url, &b"disk"[..]));
+        let stored = (*object).clone();
+
+        // A restarted proxy: the disk's fresh copy is served, no lookup, no fetch.
+        let mut q = Proxy::new(cfg, me(), Id::for_node(me()));
+        let t = Instant::ZERO + Duration::from_secs(5);
+        let Answer::Stream { fetch: f, reader } = q.handle_request(t, &get("/d")) else {
+            panic!()
+        };
+        let _ = outputs(&mut q);
+        assert!(matches!(q.poll_disk(), Some(DiskOp::Read { .. })));
+        q.handle_disk_read(t, f, Some(stored.clone()));
+        let (head, body) = drain(&mut q, f, reader);
+        assert_eq!(body, b"disk");
+        assert!(String::from_utf8(head).unwrap().contains("Age: 5\r\n"));
+        let outs = outputs(&mut q);
+        assert!(
+            outs.iter().all(|o| matches!(o, Output::Publish { .. })),
+            "served from disk and advertised: {outs:?}"
+        );
+        assert_eq!(q.poll_disk(), None, "not written back");
+        assert_eq!(q.stats().hits_disk, 1);
+        assert!(matches!(
+            q.handle_request(t, &get("/d")),
+            Answer::Respond { .. }
+        ));
+        assert_eq!(q.stats().hits_local, 1, "now in memory");
+
+        // A stale disk copy is revalidated with the origin.
+        let late = Instant::ZERO + Duration::from_secs(100);
+        let mut r = Proxy::new(q.config().clone(), me(), Id::for_node(me()));
+        let Answer::Stream { fetch: f, .. } = r.handle_request(late, &get("/d")) else {
+            panic!()
+        };
+        let _ = outputs(&mut r);
+        let _ = r.poll_disk();
+        r.handle_disk_read(late, f, Some(stored));
+        let outs = outputs(&mut r);
+        assert!(
+            outs.iter().any(
+                |o| matches!(o, Output::Fetch { request, upstream: Upstream::Origin { .. }, .. }
+                if String::from_utf8_lossy(request).contains("If-None-Match: \"d1\""))
+            ),
+            "{outs:?}"
+        );
+
+        // An unsafe request that succeeds removes the disk copy too.
+        let del = req("DELETE /d HTTP/1.1\r\nHost: www.x.com.nyud.net\r\n\r\n");
+        let Answer::Stream { fetch: f, .. } = q.handle_request(t, &del) else {
+            panic!()
+        };
+        let _ = outputs(&mut q);
+        q.handle_upstream_head(t, UNIX, f, &resp("HTTP/1.1 204 No Content\r\n\r\n"));
+        assert_eq!(q.poll_disk(), Some(DiskOp::Remove { url }));
     }
 }
