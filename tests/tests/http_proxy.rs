@@ -41,7 +41,8 @@ type Log = Arc<Mutex<Vec<Seen>>>;
 
 /// A tiny origin: `/a.txt` fresh for a minute, `/short.txt` fresh for one
 /// second with an ETag it confirms with 304, `/obj/<name>` (the path a
-/// hundred times) for ten minutes; other methods are answered
+/// hundred times) for ten minutes, `/big.bin` and `/big-chunked.bin` (3 MB
+/// of [`big_body`], with a length or chunked); other methods are answered
 /// `posted <n> bytes` after reading their body (Content-Length framed).
 async fn origin(ip: Ipv4Addr) -> (SocketAddr, Log) {
     let l = TcpListener::bind((ip, 0)).await.unwrap();
@@ -115,6 +116,38 @@ async fn origin(ip: Ipv4Addr) -> (SocketAddr, Log) {
                         "HTTP/1.1 304 Not Modified\r\nETag: \"e1\"\r\nCache-Control: max-age=1\r\n\r\n"
                             .to_owned()
                     }
+                    ("/big.bin", _) => {
+                        let body = big_body(3_000_000);
+                        let _ = s
+                            .write_all(
+                                format!(
+                                    "HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: {}\r\n\r\n",
+                                    body.len()
+                                )
+                                .as_bytes(),
+                            )
+                            .await;
+                        let _ = s.write_all(&body).await;
+                        let _ = s.shutdown().await;
+                        return;
+                    }
+                    ("/big-chunked.bin", _) => {
+                        // No length up front: the limit is crossed mid-body.
+                        let _ = s
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nTransfer-Encoding: chunked\r\n\r\n",
+                            )
+                            .await;
+                        for piece in big_body(3_000_000).chunks(100_000) {
+                            let mut c = format!("{:x}\r\n", piece.len()).into_bytes();
+                            c.extend_from_slice(piece);
+                            c.extend_from_slice(b"\r\n");
+                            let _ = s.write_all(&c).await;
+                        }
+                        let _ = s.write_all(b"0\r\n\r\n").await;
+                        let _ = s.shutdown().await;
+                        return;
+                    }
                     (p, _) if p.starts_with("/obj/") => {
                         let body = p.repeat(100);
                         format!(
@@ -133,6 +166,12 @@ async fn origin(ip: Ipv4Addr) -> (SocketAddr, Log) {
         }
     });
     (addr, log)
+}
+
+/// The body of the test origin's big objects: `n` bytes that differ from
+/// offset to offset, so a dropped or repeated piece shows.
+fn big_body(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8 ^ (i / 251) as u8).collect()
 }
 
 /// GETs of `path` the origin saw.
@@ -636,4 +675,36 @@ async fn the_disk_tier_serves_after_a_restart_and_discards_a_damaged_file() {
     .await
     .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_over_the_size_limit_are_streamed_whole_but_not_cached() {
+    timeout(LIMIT, async {
+        let net = net_with(250, 1, true, |o| o.http.max_object_bytes = 1_000_000).await;
+        let a = net.proxies[0].addr;
+        let want = big_body(3_000_000);
+        for path in ["/big.bin", "/big-chunked.bin"] {
+            for round in 1..=2 {
+                let (status, _, body) = client_get(a, &net.host(), path, "").await.unwrap();
+                assert_eq!(status, 200);
+                assert_eq!(body.len(), want.len(), "{path}: the client gets it all");
+                assert!(body[..] == want[..], "{path}: byte for byte");
+                assert_eq!(
+                    count(&net.log, path),
+                    round,
+                    "{path}: not cached, so the origin again"
+                );
+            }
+        }
+        // Under the limit, the same proxy caches as usual.
+        for _ in 0..2 {
+            let (status, _, _) = client_get(a, &net.host(), "/obj/small", "").await.unwrap();
+            assert_eq!(status, 200);
+        }
+        assert_eq!(count(&net.log, "/obj/small"), 1);
+        let c = net.proxies[0].shared.metrics();
+        assert!(c.contains("coral_http_cache_objects 1\n"), "{c}");
+    })
+    .await
+    .unwrap();
 }
