@@ -239,6 +239,9 @@ enum Purpose {
     Probe,
     /// Asking a near node for its nearest nodes (latency discovery).
     Neighbours,
+    /// Asking a member of a cluster this node is about to join for members
+    /// of it, to measure them (see `LevelClusters::to_survey`).
+    Survey,
 }
 
 struct Inflight {
@@ -307,6 +310,12 @@ struct NodesQuery {
 /// Most router hints one `find_nodes` looks up (spec §5: the last five
 /// hops toward the target).
 pub const MAX_ROUTER_HINTS: usize = 5;
+
+/// Members asked, each for the contacts nearest a random key, before a
+/// join is confirmed: two answers of `reply_contacts` give a sample of the
+/// cluster about as large as `min_samples` times five, from two vantage
+/// points.
+const SURVEY_MEMBERS: usize = 2;
 
 struct PutOp {
     key: Id,
@@ -1563,6 +1572,16 @@ impl Node {
                 self.probe(now, c);
             }
         }
+        if let (Purpose::Survey, Body::Nodes { contacts }, Some(level)) =
+            (&f.purpose, &body, f.level)
+        {
+            for c in contacts {
+                let _ = level;
+                if c.id != self.contact.id {
+                    self.probe(now, *c);
+                }
+            }
+        }
         if let Purpose::Op(op) = f.purpose {
             self.advance(
                 now,
@@ -2227,6 +2246,32 @@ impl Node {
         }
         for (level, sw) in switches {
             self.switch_cluster(now, level, sw);
+        }
+        let mut surveys = Vec::new();
+        for (level, lc) in self.clusters.iter_mut().enumerate() {
+            if let Some(lc) = lc
+                && let Some((cluster, members)) = lc.to_survey(now, SURVEY_MEMBERS, &mut self.rng)
+            {
+                surveys.push((level as Level, cluster, members));
+            }
+        }
+        for (level, cluster, members) in surveys {
+            for m in members {
+                let key = Id::random(&mut self.rng);
+                self.send_request(
+                    now,
+                    m.addr,
+                    Some(m.id),
+                    Some(level),
+                    Body::FindNear {
+                        scope: Scope { level, cluster },
+                        key,
+                        target: Distance::ZERO,
+                    },
+                    Purpose::Survey,
+                    false,
+                );
+            }
         }
     }
 
