@@ -146,7 +146,8 @@ impl Admin {
     }
 
     /// Reads, answers and writes for connection `key`; `snapshot` is called
-    /// only when a complete request needs the node's state.
+    /// only when a complete request needs the node's state, and
+    /// `more_metrics` (the HTTP proxy's counters) only for `/metrics`.
     pub(crate) fn connection_ready(
         &mut self,
         registry: &Registry,
@@ -154,6 +155,7 @@ impl Admin {
         readable: bool,
         writable: bool,
         snapshot: impl FnOnce() -> NodeStatus,
+        more_metrics: impl FnOnce() -> String,
     ) {
         let Some(c) = self.conns.get_mut(key) else {
             return;
@@ -172,10 +174,20 @@ impl Admin {
                         match parse(&c.head) {
                             Parsed::Partial => {}
                             Parsed::Get { route, head } => {
-                                let r = route.map_or_else(
-                                    || Response::error(404),
-                                    |route| render(route, &snapshot()),
-                                );
+                                let r = match route {
+                                    None => Response::error(404),
+                                    Some(Route::Metrics) => {
+                                        let mut r = render(Route::Metrics, &snapshot());
+                                        let more = more_metrics();
+                                        if !more.is_empty() {
+                                            let mut body = r.body.to_vec();
+                                            body.extend_from_slice(more.as_bytes());
+                                            r.body = body.into();
+                                        }
+                                        r
+                                    }
+                                    Some(route) => render(route, &snapshot()),
+                                };
                                 respond(c, &r, head);
                                 break;
                             }

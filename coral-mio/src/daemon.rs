@@ -1,6 +1,6 @@
-//! `coral-mio node`: one node and its admin endpoint on one loop on the
-//! main thread, until SIGINT or SIGTERM — what `coral node` does, with the
-//! same file, flags, defaults and log lines.
+//! `coral-mio node`: one node, its HTTP proxy and its admin endpoint on one
+//! loop on the main thread, until SIGINT or SIGTERM — what `coral node`
+//! does, with the same file, flags, defaults and log lines.
 
 use std::net::SocketAddr;
 
@@ -12,7 +12,7 @@ use coral_tokio::daemon::resolve_seed;
 use coral_tokio::runtime::{BindError, bind_udp};
 use tracing::{info, warn};
 
-use crate::runtime::{App, Driver, LogEvents};
+use crate::runtime::{App, Driver, Listeners, LogEvents};
 
 /// The daemon's application: reports the join, then publishes the node's
 /// network hints, as `coral node` does.
@@ -58,23 +58,33 @@ pub fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<()> {
             source,
         })
         .context("check `node.admin` in the config (is another coral node running?)")?;
+    let proxy_options = cfg.proxy_options()?;
+    let http = std::net::TcpListener::bind(proxy_options.listen)
+        .map_err(|source| BindError {
+            what: "HTTP proxy TCP listener",
+            addr: proxy_options.listen,
+            source,
+        })
+        .context("check `node.http` in the config (is another coral node running?)")?;
     info!(seed, from = seed_from, "RNG seed");
     let bootstrap = cfg.node.join.clone();
     let app = Box::new(Daemon {
         bootstrap: bootstrap.clone(),
     });
-    let (mut driver, handle) = Driver::new(
-        options.core,
-        socket,
-        Some(listener),
-        app,
-        options.command_queue,
-    )?;
+    let listeners = Listeners {
+        admin: Some(listener),
+        proxy: Some((http, proxy_options)),
+    };
+    let (mut driver, handle) =
+        Driver::build(options.core, socket, listeners, app, options.command_queue)?;
     driver.stop_on_signals()?;
+    if let Some(http) = handle.proxy_addr() {
+        info!(%http, "HTTP proxy: Coralized URLs such as http://www.example.com.nyud.net/");
+    }
     info!(admin = %admin, "admin endpoint: /, /metrics, /status.json");
     info!(
-        http = %cfg.node.http, dns = %cfg.node.dns,
-        "HTTP proxy and DNS server not served by coral-mio yet (run `coral node` for the proxy)"
+        dns = %cfg.node.dns,
+        "DNS server address reserved (not served yet: a later issue)"
     );
     if bootstrap.is_empty() {
         info!("no bootstrap peers: this node starts a new network of one");

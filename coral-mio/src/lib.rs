@@ -15,12 +15,20 @@
 //! [`coral_tokio::identity`], [`coral_tokio::status::snapshot`]), so the
 //! two runtimes cannot drift apart in what they report.
 //!
-//! The HTTP proxy and DNS server handlers will join the loop as
-//! [`runtime::App`]s once their issues land.
+//! The HTTP proxy ([`proxy`]) runs on the same loop when the node is given
+//! a proxy listener ([`runtime::Listeners`]): client and upstream
+//! connections are more sources on the poller, the core's
+//! [`coral_core::http::Proxy`] makes every decision, and its DSHT work runs
+//! on the node the loop owns — a whole node (RPC, proxy, admin) in one
+//! small single-threaded process. The DNS server handler will join it once
+//! its issue lands.
 
 mod admin;
 pub mod daemon;
+pub mod proxy;
 pub mod runtime;
 pub mod udp;
 
-pub use runtime::{App, Driver, Handle, RunningNode, spawn, spawn_with};
+pub use runtime::{
+    App, Driver, Handle, Listeners, RunningNode, spawn, spawn_listeners, spawn_with,
+};

@@ -9,8 +9,8 @@ use coral_tokio::logging;
 /// Coral on one epoll loop: the same node as `coral node`, for small boxes.
 ///
 /// `coral-mio node` takes the same flags, defaults and configuration file
-/// as `coral node` (it refuses `--http` until it serves the HTTP proxy);
-/// `coral status` and the admin endpoint read it alike.
+/// as `coral node` and serves the same things (the DSHT, the HTTP proxy,
+/// the admin endpoint) on one thread; `coral status` reads it alike.
 #[derive(Parser, Debug)]
 #[command(name = "coral-mio", version, propagate_version = true)]
 struct Cli {
@@ -31,40 +31,19 @@ struct Cli {
 enum Command {
     /// Run one Coral node until Ctrl-C or SIGTERM.
     ///
-    /// With no options it listens for DSHT RPCs on UDP 127.0.0.1:8091 and
-    /// serves its admin endpoint on http://127.0.0.1:8092/ (`/metrics`,
-    /// `/status.json`), and starts a new network of one. See
-    /// coral-tokio/coral.example.toml for every setting.
-    #[command(mut_arg("http", |a| a.help(HTTP_HELP)))]
+    /// With no options it listens for DSHT RPCs on UDP 127.0.0.1:8091,
+    /// serves the HTTP proxy on 127.0.0.1:8090 and its admin endpoint on
+    /// http://127.0.0.1:8092/ (`/metrics`, `/status.json`), and starts a
+    /// new network of one. See coral-tokio/coral.example.toml for every
+    /// setting.
     Node {
         #[command(flatten)]
         args: NodeArgs,
     },
 }
 
-/// `--http` in `coral-mio node --help`: the flag is `coral node`'s, shared
-/// so both binaries parse one command line, and refused here.
-const HTTP_HELP: &str = "HTTP proxy address: refused, coral-mio does not serve the \
-                         HTTP proxy yet (run `coral node` for it)";
-
-/// Refuses flags that ask for what coral-mio does not serve yet, before
-/// anything is bound: a node started without the proxy its command line
-/// asked for would look healthy while every Coralized URL pointed at it
-/// fails. (The file's `node.http` is different: one file serves both
-/// binaries, and the daemon logs that coral-mio leaves it to `coral node`.)
-fn refuse_unserved(args: &NodeArgs) -> anyhow::Result<()> {
-    if let Some(http) = args.http {
-        anyhow::bail!(
-            "--http {http}: coral-mio does not serve the HTTP proxy yet; \
-             run `coral node` with the same flags to serve it"
-        );
-    }
-    Ok(())
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     let Command::Node { args } = cli.command;
-    refuse_unserved(&args)?;
     let cfg = args.load()?;
     let filter = cli.log.unwrap_or_else(|| cfg.log.filter.clone());
     logging::init(&filter, cli.log_json || cfg.log.json);
@@ -97,30 +76,19 @@ mod tests {
     }
 
     #[test]
-    fn http_is_parsed_like_coral_node_and_then_refused() {
+    fn http_is_parsed_like_coral_node() {
         let Command::Node { args } = parse(&["--http", "127.0.0.1:8090"]).command;
-        let e = refuse_unserved(&args).unwrap_err().to_string();
-        assert!(
-            e.contains("--http 127.0.0.1:8090") && e.contains("`coral node`"),
-            "{e}"
-        );
-        let Command::Node { args } = parse(&[
-            "--rpc",
-            "127.0.0.1:1",
-            "--admin",
-            "127.0.0.1:2",
-            "--join",
-            "10.0.0.1:8091",
-        ])
-        .command;
-        refuse_unserved(&args).unwrap();
+        assert_eq!(args.http, Some("127.0.0.1:8090".parse().unwrap()));
+        let cfg = args.load().unwrap();
+        assert_eq!(cfg.node.http, "127.0.0.1:8090".parse().unwrap());
     }
 
     #[test]
-    fn help_says_http_is_refused() {
+    fn help_names_the_proxy_flag() {
         let mut cmd = Cli::command();
         let node = cmd.find_subcommand_mut("node").unwrap();
         let help = node.render_help().to_string();
-        assert!(help.contains("refused, coral-mio does not serve"), "{help}");
+        assert!(help.contains("--http <ADDR>"), "{help}");
+        assert!(!help.contains("refused"), "{help}");
     }
 }

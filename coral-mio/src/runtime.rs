@@ -18,6 +18,13 @@
 //! has something to do. The only other deadline is the admin endpoint's
 //! per-connection I/O limit, which is about sockets, not the protocol.
 //!
+//! With a proxy listener ([`Listeners::proxy`]) the loop also serves the
+//! HTTP proxy ([`crate::proxy`]): its listener, client and upstream
+//! connections are more sources on the same poller, its connection and
+//! lookup deadlines join the `epoll_wait` timeout, the node operations of
+//! its fetches run on this loop's node, and the events that finish them go
+//! to the proxy before anyone else.
+//!
 //! Commands from a [`Handle`] become core calls, and the events that finish
 //! them go back to their callers, through [`coral_tokio::dispatch`], the same
 //! code the tokio runtime uses; other events go to the loop's [`App`].
@@ -34,10 +41,13 @@ use std::time::{Duration, Instant as StdInstant};
 
 use bytes::Bytes;
 use coral_core::config::Config;
+use coral_core::contact::Services;
+use coral_core::http::ProxyStats;
 use coral_core::id::Id;
 use coral_core::time::Instant as CoreInstant;
 use coral_core::{Event, Levels, Node};
 use coral_tokio::dispatch::{self, Dispatch, GetResult, Joined, NodeError, PutResult, Replies};
+use coral_tokio::proxy::ProxyOptions;
 use coral_tokio::runtime::{BindError, NodeOptions};
 use coral_tokio::status::{AdapterCounters, NodeStatus, snapshot};
 use mio::net::{TcpListener, UdpSocket};
@@ -45,12 +55,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, info, warn};
 
 use crate::admin::Admin;
+use crate::proxy::{FIRST_PROXY_CONN, HttpProxy};
 use crate::udp::{RecvBatch, SendQueue};
 
 const UDP: Token = Token(0);
 const WAKER: Token = Token(1);
 const LISTENER: Token = Token(2);
 const SIGNALS: Token = Token(3);
+const PROXY_LISTENER: Token = Token(4);
 /// Connection tokens are slab keys plus this.
 pub(crate) const FIRST_CONN: usize = 16;
 
@@ -83,6 +95,7 @@ enum Command {
     /// An operation on the node.
     Node(dispatch::Command<StdChannel>),
     Status(mpsc::Sender<NodeStatus>),
+    ProxyStats(mpsc::Sender<Option<ProxyStats>>),
     Call(Call),
     Shutdown,
 }
@@ -113,6 +126,7 @@ pub struct Handle {
     commands: SyncSender<Command>,
     waker: Arc<Waker>,
     addr: SocketAddr,
+    proxy: Option<SocketAddr>,
     id: Id,
     seed: u64,
 }
@@ -127,6 +141,16 @@ impl Handle {
     /// The RPC socket's address (with the port the OS picked for port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The HTTP proxy's address, when the loop serves one.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy
+    }
+
+    /// The HTTP proxy's counters (`None` when the loop serves no proxy).
+    pub fn proxy_stats(&self) -> Result<Option<ProxyStats>, NodeError> {
+        self.request(Command::ProxyStats)
     }
 
     /// The node's id.
@@ -277,6 +301,27 @@ pub fn spawn_with(
     admin: Option<std::net::TcpListener>,
     app: Box<dyn App>,
 ) -> Result<RunningNode, BindError> {
+    spawn_listeners(options, Listeners { admin, proxy: None }, app)
+}
+
+/// The TCP services a loop serves besides the RPC socket, each on a bound
+/// listener (bind them first, so a busy port fails before anything runs).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// The admin endpoint.
+    pub admin: Option<std::net::TcpListener>,
+    /// The HTTP proxy and its limits (`ProxyOptions::listen` is ignored:
+    /// the listener says where it listens). The node then offers the HTTP
+    /// service to its peers, as `coral node` does.
+    pub proxy: Option<(std::net::TcpListener, ProxyOptions)>,
+}
+
+/// [`spawn`] with the TCP services of `listeners` and an application of the caller's.
+pub fn spawn_listeners(
+    options: NodeOptions,
+    listeners: Listeners,
+    app: Box<dyn App>,
+) -> Result<RunningNode, BindError> {
     let socket = coral_tokio::runtime::bind_udp(
         options.rpc_addr,
         options.recv_buffer_bytes,
@@ -288,15 +333,17 @@ pub fn spawn_with(
     let (core, queue, addr) = (options.core, options.command_queue, options.rpc_addr);
     let thread = std::thread::Builder::new()
         .name(format!("coral-mio {addr}"))
-        .spawn(move || match Driver::new(core, socket, admin, app, queue) {
-            Ok((driver, handle)) => {
-                let _ = tx.send(Ok(handle));
-                if let Err(e) = driver.run() {
-                    warn!(error = %e, "node loop failed");
+        .spawn(
+            move || match Driver::build(core, socket, listeners, app, queue) {
+                Ok((driver, handle)) => {
+                    let _ = tx.send(Ok(handle));
+                    if let Err(e) = driver.run() {
+                        warn!(error = %e, "node loop failed");
+                    }
                 }
-            }
-            Err(e) => drop(tx.send(Err(e))),
-        })
+                Err(e) => drop(tx.send(Err(e))),
+            },
+        )
         .map_err(|source| BindError {
             what: "node thread for",
             addr,
@@ -321,6 +368,7 @@ pub struct Driver {
     socket: UdpSocket,
     commands: Receiver<Command>,
     admin: Option<Admin>,
+    proxy: Option<HttpProxy>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     app: Box<dyn App>,
     epoch: StdInstant,
@@ -359,6 +407,19 @@ impl Driver {
         app: Box<dyn App>,
         command_queue: usize,
     ) -> io::Result<(Self, Handle)> {
+        let listeners = Listeners { admin, proxy: None };
+        Self::build(core, socket, listeners, app, command_queue)
+    }
+
+    /// [`Driver::new`] with every TCP service of `listeners`.
+    pub fn build(
+        mut core: Config,
+        socket: std::net::UdpSocket,
+        listeners: Listeners,
+        app: Box<dyn App>,
+        command_queue: usize,
+    ) -> io::Result<(Self, Handle)> {
+        let Listeners { admin, proxy } = listeners;
         socket.set_nonblocking(true)?;
         let addr = socket.local_addr()?;
         let poll = Poll::new()?;
@@ -376,10 +437,27 @@ impl Driver {
             }
             None => None,
         };
+        if proxy.is_some() {
+            core.services = core.services.with(Services::HTTP);
+        }
         let seed = core.seed;
         let node = Node::new(core, addr, CoreInstant::ZERO);
         let id = node.id();
         info!(%addr, id = %id, seed, "node started (replay with this seed)");
+        let epoch = StdInstant::now();
+        let proxy = match proxy {
+            Some((listener, opts)) => Some(HttpProxy::new(
+                listener,
+                opts,
+                id,
+                poll.registry(),
+                PROXY_LISTENER,
+                Arc::clone(&waker),
+                epoch,
+            )?),
+            None => None,
+        };
+        let proxy_addr = proxy.as_ref().map(HttpProxy::addr);
         let (tx, rx) = mpsc::sync_channel(command_queue.max(1));
         let driver = Self {
             node,
@@ -387,9 +465,10 @@ impl Driver {
             socket,
             commands: rx,
             admin,
+            proxy,
             signals: None,
             app,
-            epoch: StdInstant::now(),
+            epoch,
             recv: RecvBatch::new(),
             send: SendQueue::new(),
             scratch: Vec::with_capacity(crate::udp::SLOT),
@@ -405,6 +484,7 @@ impl Driver {
             commands: tx,
             waker,
             addr,
+            proxy: proxy_addr,
             id,
             seed,
         };
@@ -450,10 +530,8 @@ impl Driver {
             .as_ref()
             .and_then(|a| a.next_deadline())
             .map(|t| t.saturating_duration_since(StdInstant::now()));
-        match (core, admin) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let proxy = self.proxy.as_ref().and_then(HttpProxy::wait);
+        [core, admin, proxy].into_iter().flatten().min()
     }
 
     /// Runs until [`Handle::shutdown`] (or a signal, see
@@ -486,6 +564,22 @@ impl Driver {
                             a.accept_ready(self.poll.registry());
                         }
                     }
+                    PROXY_LISTENER => {
+                        if let Some(p) = &mut self.proxy {
+                            p.accept_ready(&mut self.node, self.poll.registry());
+                        }
+                    }
+                    Token(t) if t >= FIRST_PROXY_CONN => {
+                        if let Some(p) = &mut self.proxy {
+                            p.conn_ready(
+                                &mut self.node,
+                                self.poll.registry(),
+                                t,
+                                ev.is_readable(),
+                                ev.is_writable(),
+                            );
+                        }
+                    }
                     SIGNALS => {
                         if let Some(s) = &mut self.signals {
                             if s.pending().next().is_some() {
@@ -500,12 +594,14 @@ impl Driver {
                             let counters = self.counters;
                             let waiting = self.dispatch.waiting();
                             let (node, seed) = (&self.node, self.seed);
+                            let proxy = self.proxy.as_ref();
                             a.connection_ready(
                                 self.poll.registry(),
                                 t.wrapping_sub(FIRST_CONN),
                                 ev.is_readable(),
                                 ev.is_writable(),
                                 || snapshot(node, now, seed, counters, waiting),
+                                || proxy.map(HttpProxy::metrics).unwrap_or_default(),
                             );
                         }
                     }
@@ -517,7 +613,12 @@ impl Driver {
             if self.commands_more {
                 self.command_turn();
             }
+            if let Some(p) = &mut self.proxy {
+                p.turn(&mut self.node, self.poll.registry());
+            }
             let now = self.now();
+            // What the proxy asked of the node leaves now.
+            self.drain(now);
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
                 self.counters.timer_wakeups += 1;
                 self.node.handle_timeout(now);
@@ -665,6 +766,9 @@ impl Driver {
                     self.dispatch.waiting(),
                 ));
             }
+            Command::ProxyStats(reply) => {
+                let _ = reply.send(self.proxy.as_ref().map(HttpProxy::stats));
+            }
             Command::Call(f) => f(&mut self.node, now),
             // Handled by the command turn.
             Command::Shutdown => {}
@@ -674,6 +778,13 @@ impl Driver {
 
     /// Answers a waiting [`Handle`] caller, or gives the event to the app.
     fn event(&mut self, now: CoreInstant, event: Event) {
+        let event = match &mut self.proxy {
+            Some(p) => match p.on_event(&mut self.node, self.poll.registry(), event) {
+                Some(e) => e,
+                None => return,
+            },
+            None => event,
+        };
         if let Some(event) = self.dispatch.event(event) {
             self.counters.other_events += 1;
             self.app.on_event(&mut self.node, now, event);

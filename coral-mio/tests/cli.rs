@@ -1,7 +1,7 @@
 //! The `coral-mio` binary as a user runs it: errors that name the key or
-//! address at fault, `--http` refused until coral-mio serves the proxy, two
-//! nodes that join through `--join` and serve their admin endpoints, the
-//! identity kept in `--data-dir`, and a clean exit on SIGTERM. Every child
+//! address at fault (the HTTP proxy's too), two nodes that join through
+//! `--join` and serve their HTTP proxies and admin endpoints, the identity
+//! kept in `--data-dir`, and a clean exit on SIGTERM. Every child
 //! process is bounded in time and killed if it overstays; nothing asserts
 //! speed.
 
@@ -57,7 +57,7 @@ fn scratch(name: &str) -> std::path::PathBuf {
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
         .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
@@ -119,23 +119,25 @@ fn a_busy_address_is_named() {
 }
 
 #[test]
-fn http_is_refused_before_anything_is_bound() {
-    // coral-mio parses `coral node`'s flags but does not serve the proxy:
-    // asked for one, it says so and exits, rather than run without it. The
-    // busy RPC address shows the refusal comes before any bind.
-    let busy = std::net::UdpSocket::bind("127.0.0.233:0").unwrap();
+fn a_busy_http_address_is_named() {
+    let busy = std::net::TcpListener::bind("127.0.0.233:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
     let o = wait(
-        coral_mio(&["node", "--rpc", &addr, "--http", "127.0.0.233:8090"])
-            .spawn()
-            .unwrap(),
+        coral_mio(&[
+            "node",
+            "--rpc",
+            "127.0.0.233:0",
+            "--admin",
+            "127.0.0.233:0",
+            "--http",
+            &addr,
+        ])
+        .spawn()
+        .unwrap(),
     );
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(
-        e.contains("--http 127.0.0.233:8090") && e.contains("`coral node`") && !e.contains(&addr),
-        "{e}"
-    );
+    assert!(e.contains(&addr) && e.contains("node.http"), "{e}");
 }
 
 #[test]
@@ -151,6 +153,8 @@ fn two_nodes_join_serve_their_admin_endpoints_and_stop_on_sigterm() {
         "127.0.0.231:8091",
         "--admin",
         "127.0.0.231:8092",
+        "--http",
+        "127.0.0.231:8090",
         "--data-dir",
         data.to_str().unwrap(),
     ])
@@ -163,6 +167,8 @@ fn two_nodes_join_serve_their_admin_endpoints_and_stop_on_sigterm() {
         "127.0.0.232:8091",
         "--admin",
         "127.0.0.232:8092",
+        "--http",
+        "127.0.0.232:8090",
         "--join",
         "127.0.0.231:8091",
         "--log-json",
@@ -192,6 +198,21 @@ fn two_nodes_join_serve_their_admin_endpoints_and_stop_on_sigterm() {
     );
     let page = http_get(a_admin, "/").unwrap();
     assert!(page.contains("<!doctype html>"), "{page}");
+
+    // The proxy answers on the same process: a host that is not Coralized
+    // is refused (never fetched), and the refusal shows in /metrics.
+    let refused = http_get("127.0.0.231:8090".parse().unwrap(), "/").unwrap();
+    assert!(refused.starts_with("HTTP/1.1 400 "), "{refused}");
+    assert!(refused.contains("Coralized"), "{refused}");
+    let metrics = http_get(a_admin, "/metrics").unwrap();
+    assert!(
+        metrics.contains("coral_http_requests_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("coral_http_refused_total 1\n"),
+        "{metrics}"
+    );
 
     for child in [a, b] {
         sigterm(&child);

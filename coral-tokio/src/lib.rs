@@ -25,6 +25,7 @@ pub mod identity;
 pub mod logging;
 pub mod origin;
 pub mod proxy;
+pub mod proxy_shared;
 pub mod runtime;
 pub mod status;
 pub mod testnet;
