@@ -184,12 +184,16 @@ impl Shared {
         Arc::clone(m.entry(f).or_default())
     }
 
-    fn wake(&self, f: FetchId, last: bool) {
+    /// Wakes the readers of `f`; forgets its notifier once the core has
+    /// let go of the fetch (no reader can wait on it any more), so the map
+    /// holds only fetches in flight.
+    fn wake(&self, f: FetchId) {
+        let gone = !self.core().has_fetch(f);
         let mut m = self
             .notify
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = if last {
+        let n = if gone {
             m.remove(&f)
         } else {
             m.get(&f).cloned()
@@ -202,6 +206,15 @@ impl Shared {
     /// The core's counters.
     pub fn stats(&self) -> coral_core::http::ProxyStats {
         self.core().stats()
+    }
+
+    /// Fetches whose readers have a wake-up handle here (in flight, or
+    /// with readers still writing); zero when the proxy is idle.
+    pub fn notifiers(&self) -> usize {
+        self.notify
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// The disk tier's counters, when there is one.
@@ -267,6 +280,7 @@ impl Shared {
             ("cache_bytes", c.bytes as u64),
             ("cache_budget_bytes", c.budget as u64),
             ("fetches_in_flight", inflight as u64),
+            ("fetch_notifiers", self.notifiers() as u64),
         ] {
             o.push_str(&format!(
                 "# TYPE coral_http_{name} gauge\ncoral_http_{name} {v}\n"
@@ -469,7 +483,7 @@ fn drain_outputs(shared: &Arc<Shared>) {
                     let r = upstream_fetch(&s, fetch, upstream, &request).await;
                     let now = s.now();
                     s.core().handle_upstream_end(now, fetch, r);
-                    s.wake(fetch, false);
+                    s.wake(fetch);
                     drain(&s);
                 });
             }
@@ -517,7 +531,7 @@ fn drain_disk(shared: &Arc<Shared>) -> bool {
                         let obj = d.read(url, s.now()).await;
                         let now = s.now();
                         s.core().handle_disk_read(now, fetch, obj);
-                        s.wake(fetch, false);
+                        s.wake(fetch);
                         drain(&s);
                     });
                 }
@@ -637,7 +651,7 @@ async fn upstream_fetch(
         let now = s.now();
         s.core().handle_upstream_head(now, Shared::unix(), f, &head)
     };
-    s.wake(f, false);
+    s.wake(f);
     drain(s);
     if !body {
         return Ok(());
@@ -683,7 +697,7 @@ async fn read_body(
                     }
                     core.fetch_wanted(f)
                 };
-                s.wake(f, false);
+                s.wake(f);
                 if !wanted {
                     return Err(UpstreamError::Protocol);
                 }
@@ -783,11 +797,7 @@ async fn client(mut stream: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
                 keep_alive
             }
             Answer::Stream { fetch, reader } => {
-                let r = stream_fetch(&mut stream, shared, fetch, reader).await;
-                if r.is_err() {
-                    shared.core().close_reader(fetch, reader);
-                }
-                r?
+                stream_fetch(&mut stream, shared, fetch, reader).await?
             }
             Answer::Upload {
                 fetch,
@@ -803,14 +813,13 @@ async fn client(mut stream: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
                     r = upload(&mut stream, &mut buf, shared, fetch, framing).await;
                 }
                 drain(shared);
-                let r = match r {
-                    Ok(()) => stream_fetch(&mut stream, shared, fetch, reader).await,
-                    Err(e) => Err(e),
-                };
-                if r.is_err() {
-                    shared.core().close_reader(fetch, reader);
+                match r {
+                    Ok(()) => stream_fetch(&mut stream, shared, fetch, reader).await?,
+                    Err(e) => {
+                        shared.core().close_reader(fetch, reader);
+                        return Err(e);
+                    }
                 }
-                r?
             }
         };
         if !keep {
@@ -873,7 +882,24 @@ async fn upload(
     }
 }
 
+/// Writes what the core has for reader `r` of fetch `f` until its end;
+/// whether the connection may carry another request.
 async fn stream_fetch(
+    stream: &mut TcpStream,
+    shared: &Arc<Shared>,
+    f: FetchId,
+    r: ReaderId,
+) -> std::io::Result<bool> {
+    let res = stream_reader(stream, shared, f, r).await;
+    if res.is_err() {
+        shared.core().close_reader(f, r);
+    }
+    // This reader may have been the fetch's last: drop its notifier then.
+    shared.wake(f);
+    res
+}
+
+async fn stream_reader(
     stream: &mut TcpStream,
     shared: &Arc<Shared>,
     f: FetchId,
@@ -883,7 +909,8 @@ async fn stream_fetch(
     let notify = shared.notifier(f);
     let mut chunked = false;
     let mut keep = false;
-    let mut out = Vec::with_capacity(64 * 1024);
+    // Grown only for chunked bodies.
+    let mut out = Vec::new();
     // Long enough for a lookup, a claim and an origin's first byte.
     let stall = shared.opts.first_byte_timeout
         + shared.opts.lookup_timeout

@@ -539,6 +539,12 @@ impl Proxy {
         self.fetches.len()
     }
 
+    /// Whether fetch `f` is still held: in flight, or with readers left.
+    /// Once it is not, nothing about it will change again.
+    pub fn has_fetch(&self, f: FetchId) -> bool {
+        self.fetches.contains_key(&f)
+    }
+
     /// The next effect to carry out.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -1474,11 +1480,11 @@ impl Proxy {
                 let key = x.key;
                 let status = x.head.as_ref().map_or(0, |h| h.status);
                 if let (Storable::Yes { lifetime }, false) = (x.storable, x.too_big) {
-                    let body: Bytes = if x.chunks.len() == 1 {
-                        x.chunks[0].clone()
-                    } else {
-                        Bytes::from(x.chunks.concat())
-                    };
+                    // Always a fresh, exact allocation: a chunk is a slice of
+                    // the adapter's read buffer, and keeping it would pin the
+                    // whole buffer (16 KiB and more behind a 1 KB object)
+                    // outside the cache's byte budget.
+                    let body = Bytes::from(x.chunks.concat());
                     x.chunks = vec![body.clone()];
                     x.starts = vec![0];
                     let head = x.head.clone().unwrap_or(ResponseHead {
