@@ -1448,3 +1448,138 @@ impl HttpProxy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use mio::{Events, Poll};
+
+    use super::*;
+
+    #[test]
+    fn deadlines_move_earlier_exactly_and_later_only_by_a_second_or_more() {
+        let mut timers = BTreeSet::new();
+        let mut slot = None;
+        let key = Timer::Conn(7);
+        let t0 = StdInstant::now();
+        set_deadline(
+            &mut timers,
+            &mut slot,
+            key,
+            Some(t0 + Duration::from_secs(10)),
+        );
+        assert_eq!(timers.len(), 1);
+        // A little later: not worth reordering the set.
+        set_deadline(
+            &mut timers,
+            &mut slot,
+            key,
+            Some(t0 + Duration::from_millis(10_500)),
+        );
+        assert_eq!(slot, Some(t0 + Duration::from_secs(10)));
+        // A second or more later: moved.
+        set_deadline(
+            &mut timers,
+            &mut slot,
+            key,
+            Some(t0 + Duration::from_secs(12)),
+        );
+        assert_eq!(slot, Some(t0 + Duration::from_secs(12)));
+        // Earlier, by any amount: moved.
+        set_deadline(
+            &mut timers,
+            &mut slot,
+            key,
+            Some(t0 + Duration::from_millis(11_900)),
+        );
+        assert_eq!(slot, Some(t0 + Duration::from_millis(11_900)));
+        assert_eq!(timers.len(), 1, "one entry per connection: {timers:?}");
+        assert_eq!(
+            timers.first(),
+            Some(&(t0 + Duration::from_millis(11_900), key))
+        );
+        set_deadline(&mut timers, &mut slot, key, None);
+        assert!(timers.is_empty() && slot.is_none());
+    }
+
+    /// A connected pair of loopback streams: the mio side and a blocking std side.
+    fn pair() -> (TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let far = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (near, _) = l.accept().unwrap();
+        near.set_nonblocking(true).unwrap();
+        (TcpStream::from_std(near), far)
+    }
+
+    #[test]
+    fn a_flush_writes_until_the_socket_is_full_and_resumes_where_it_stopped() {
+        let (stream, mut far) = pair();
+        let mut c = Client {
+            stream,
+            ip: IpAddr::from([127, 0, 0, 1]),
+            inbuf: BytesMut::new(),
+            out: VecDeque::new(),
+            out_len: 0,
+            phase: Phase::Head,
+            readable: false,
+            deadline: None,
+        };
+        // More than any loopback socket buffer takes at once, in pieces of
+        // odd sizes so that writes end inside a piece.
+        let mut want = Vec::new();
+        for i in 0..40u8 {
+            let piece: Vec<u8> = (0..(100_003 + usize::from(i)))
+                .map(|j| (j as u8) ^ i)
+                .collect();
+            want.extend_from_slice(&piece);
+            c.push(Bytes::from(piece));
+        }
+        c.push(Bytes::new());
+        assert_eq!(c.out_len, want.len());
+        assert_eq!(c.out.len(), 40, "empty pieces are not queued");
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        while got.len() < want.len() {
+            c.flush().unwrap();
+            assert_eq!(c.out_len, c.out.iter().map(Bytes::len).sum::<usize>());
+            let n = far.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got == want, "bytes arrive whole and in order");
+        assert_eq!(c.out_len, 0);
+    }
+
+    #[test]
+    fn resolver_threads_answer_through_the_channel_and_wake_the_loop() {
+        let mut poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), Token(1)).unwrap());
+        let mut r = Resolver::new(waker);
+        assert!(r.jobs.is_none(), "no thread before the first name");
+        assert!(r.submit(ResolveJob {
+            fetch: FetchId(3),
+            host: "localhost".to_owned(),
+            port: 8080,
+        }));
+        let mut events = Events::with_capacity(4);
+        let deadline = StdInstant::now() + Duration::from_secs(20);
+        let got = loop {
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
+            if let Ok(got) = r.results.try_recv() {
+                break got;
+            }
+            assert!(StdInstant::now() < deadline, "no answer from the resolver");
+        };
+        assert_eq!(got.fetch, FetchId(3));
+        assert!(
+            got.addrs
+                .iter()
+                .all(|a| a.port() == 8080 && a.ip().is_loopback())
+                && !got.addrs.is_empty(),
+            "{:?}",
+            got.addrs
+        );
+    }
+}
