@@ -32,8 +32,10 @@ use tracing::{debug, warn};
 use crate::runtime::{BindError, NodeHandle};
 
 pub mod disk;
+pub mod pool;
 
 use disk::{DiskCache, DiskOptions};
+use pool::{Pool, PoolOptions};
 
 /// Socket limits and timeouts of the proxy, each with the reason for its default.
 #[derive(Clone, Debug)]
@@ -61,6 +63,8 @@ pub struct ProxyOptions {
     pub lookup_timeout: Duration,
     /// The disk tier, if any (`--data-dir`): objects kept across restarts.
     pub disk: Option<DiskOptions>,
+    /// Idle keep-alive connections kept to origins and peers.
+    pub pool: PoolOptions,
 }
 
 impl ProxyOptions {
@@ -81,6 +85,7 @@ impl ProxyOptions {
             io_timeout: Duration::from_secs(30),
             lookup_timeout: Duration::from_secs(3),
             disk: None,
+            pool: PoolOptions::default(),
         }
     }
 }
@@ -98,6 +103,8 @@ pub struct Shared {
     per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// The disk tier, when configured and its directory could be opened.
     disk: Option<Arc<DiskCache>>,
+    /// Idle upstream connections.
+    pool: Pool,
 }
 
 /// One client connection counted against its address's limit, released on drop.
@@ -217,6 +224,11 @@ impl Shared {
             .len()
     }
 
+    /// The upstream connection pool's counters.
+    pub fn pool_stats(&self) -> pool::PoolStats {
+        self.pool.stats()
+    }
+
     /// The disk tier's counters, when there is one.
     pub fn disk_stats(&self) -> Option<disk::DiskStats> {
         self.disk.as_ref().map(|d| d.stats())
@@ -268,6 +280,8 @@ impl Shared {
             ("bytes_served", s.bytes_served),
             ("bytes_fetched", s.bytes_fetched),
             ("passed_through", s.passed_through),
+            ("upstream_reused", self.pool.stats().reused),
+            ("upstream_stale", self.pool.stats().stale),
             ("invalidated", s.invalidated),
             ("cache_evictions", c.evictions),
         ] {
@@ -281,6 +295,7 @@ impl Shared {
             ("cache_budget_bytes", c.budget as u64),
             ("fetches_in_flight", inflight as u64),
             ("fetch_notifiers", self.notifiers() as u64),
+            ("upstream_idle_connections", self.pool.stats().idle),
         ] {
             o.push_str(&format!(
                 "# TYPE coral_http_{name} gauge\ncoral_http_{name} {v}\n"
@@ -355,6 +370,7 @@ pub async fn start(
         connections: Arc::new(Semaphore::new(opts.max_connections)),
         per_client: Arc::default(),
         disk,
+        pool: Pool::new(opts.pool),
         opts,
         epoch: std::time::Instant::now(),
     });
@@ -381,6 +397,7 @@ async fn accept_loop(
             _ = tick.tick() => {
                 let now = shared.now();
                 shared.core().handle_timeout(now);
+                shared.pool.sweep();
                 continue;
             }
             r = shutdown.changed() => {
@@ -467,7 +484,16 @@ fn drain_outputs(shared: &Arc<Shared>) {
             } => {
                 tokio::spawn(async move {
                     let reply = match exchange_head(&s, arbiter, &request).await {
-                        Ok((head, _, _)) => Proxy::claim_reply(&head),
+                        Ok((head, rest, stream)) => {
+                            let framing = parse::response_framing(false, &head);
+                            if rest.is_empty()
+                                && matches!(framing, Ok(Framing::Empty | Framing::Length(0)))
+                                && pool::keeps_alive(&head)
+                            {
+                                s.pool.put(arbiter, stream);
+                            }
+                            Proxy::claim_reply(&head)
+                        }
                         Err(_) => ClaimReply::Failed,
                     };
                     s.core().handle_claim_reply(fetch, reply);
@@ -559,24 +585,48 @@ fn io_err(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned())
 }
 
-/// Connects to `addr`, sends `request`, and reads the response head;
-/// returns the head, the body bytes read past it, and the stream.
+/// Sends `request` to `addr` and reads the response head; returns the
+/// head, the body bytes read past it, and the connection. A pooled
+/// connection is tried first for an idempotent request; if it fails before
+/// a single response byte (the server closed it meanwhile), the request is
+/// sent again on a fresh connection.
 async fn exchange_head(
     shared: &Shared,
     addr: SocketAddr,
     request: &[u8],
 ) -> Result<(ResponseHead, BytesMut, TcpStream), UpstreamError> {
+    let idempotent = request.starts_with(b"GET ") || request.starts_with(b"HEAD ");
+    if idempotent {
+        if let Some(s) = shared.pool.take(addr) {
+            match send_for_head(shared, s, request).await {
+                Ok(x) => return Ok(x),
+                Err((_, true)) => shared.pool.count_stale(),
+                Err((e, false)) => return Err(e),
+            }
+        }
+    }
     let o = &shared.opts;
-    let mut s = match tokio::time::timeout(o.connect_timeout, TcpStream::connect(addr)).await {
+    let s = match tokio::time::timeout(o.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(_)) => return Err(UpstreamError::Connect),
         Err(_) => return Err(UpstreamError::Timeout),
     };
     let _ = s.set_nodelay(true);
+    send_for_head(shared, s, request).await.map_err(|(e, _)| e)
+}
+
+/// Writes `request` on `s` and reads the response head. An error says
+/// whether it came before any response byte (so a retry is safe).
+async fn send_for_head(
+    shared: &Shared,
+    mut s: TcpStream,
+    request: &[u8],
+) -> Result<(ResponseHead, BytesMut, TcpStream), (UpstreamError, bool)> {
+    let o = &shared.opts;
     let limits = o.http.head_limits();
+    let mut buf = BytesMut::with_capacity(16 * 1024);
     let fut = async {
         s.write_all(request).await?;
-        let mut buf = BytesMut::with_capacity(16 * 1024);
         loop {
             if s.read_buf(&mut buf).await? == 0 {
                 return Err(io_err("closed before a head"));
@@ -593,8 +643,8 @@ async fn exchange_head(
     };
     match tokio::time::timeout(o.first_byte_timeout, fut).await {
         Ok(Ok((h, rest))) => Ok((h, rest, s)),
-        Ok(Err(_)) => Err(UpstreamError::Protocol),
-        Err(_) => Err(UpstreamError::Timeout),
+        Ok(Err(_)) => Err((UpstreamError::Protocol, buf.is_empty())),
+        Err(_) => Err((UpstreamError::Timeout, false)),
     }
 }
 
@@ -604,7 +654,7 @@ async fn upstream_fetch(
     upstream: Upstream,
     request: &[u8],
 ) -> Result<(), UpstreamError> {
-    let (head, rest, stream) = match upstream {
+    let (head, rest, stream, addr) = match upstream {
         Upstream::Origin { host, port } => {
             let addrs: Vec<SocketAddr> = match tokio::time::timeout(
                 s.opts.connect_timeout,
@@ -625,20 +675,21 @@ async fn upstream_fetch(
             let Some(&addr) = allowed.first() else {
                 return Err(UpstreamError::Forbidden);
             };
-            exchange_head(s, addr, request).await?
+            let (h, rest, st) = exchange_head(s, addr, request).await?;
+            (h, rest, st, addr)
         }
         Upstream::Peers(peers) => {
             let mut set = JoinSet::new();
             for p in peers {
                 let s2 = Arc::clone(s);
                 let req = request.to_vec();
-                set.spawn(async move { exchange_head(&s2, p, &req).await });
+                set.spawn(async move { (p, exchange_head(&s2, p, &req).await) });
             }
             let mut won = None;
             while let Some(r) = set.join_next().await {
-                if let Ok(Ok((h, rest, st))) = r {
+                if let Ok((p, Ok((h, rest, st)))) = r {
                     if Proxy::peer_answer_usable(&h) {
-                        won = Some((h, rest, st));
+                        won = Some((h, rest, st, p));
                         break;
                     }
                 }
@@ -653,22 +704,31 @@ async fn upstream_fetch(
     };
     s.wake(f);
     drain(s);
-    if !body {
-        return Ok(());
+    let idle = if body {
+        read_body(s, f, framing, rest, stream).await?
+    } else if matches!(framing, Framing::Empty | Framing::Length(0)) && rest.is_empty() {
+        Some(stream)
+    } else {
+        None
+    };
+    if let Some(stream) = idle.filter(|_| pool::keeps_alive(&head)) {
+        s.pool.put(addr, stream);
     }
-    read_body(s, f, framing, rest, stream).await
+    Ok(())
 }
 
+/// Reads a response body into the core; returns the connection when the
+/// body ended exactly where the connection may carry another response.
 async fn read_body(
     s: &Arc<Shared>,
     f: FetchId,
     framing: Framing,
     mut buf: BytesMut,
     mut stream: TcpStream,
-) -> Result<(), UpstreamError> {
+) -> Result<Option<TcpStream>, UpstreamError> {
     let mut left = match framing {
         Framing::Length(n) => Some(n),
-        Framing::Empty => return Ok(()),
+        Framing::Empty => return Ok(buf.is_empty().then_some(stream)),
         _ => None,
     };
     let mut chunked = (framing == Framing::Chunked).then(ChunkedDecoder::default);
@@ -703,14 +763,15 @@ async fn read_body(
                 }
             }
             if done || left == Some(0) {
-                return Ok(());
+                // Bytes past the end: the server is not speaking HTTP/1.1 cleanly.
+                return Ok(buf.is_empty().then_some(stream));
             }
         }
         buf.reserve(64 * 1024);
         match tokio::time::timeout(s.opts.io_timeout, stream.read_buf(&mut buf)).await {
             Ok(Ok(0)) => {
                 return if left.is_none() && chunked.is_none() {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(UpstreamError::Protocol)
                 };

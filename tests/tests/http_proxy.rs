@@ -971,3 +971,76 @@ async fn a_full_256_mib_cache_stays_under_296_mib_rss() {
         rss >> 10
     );
 }
+
+/// An origin that keeps connections open: any path, `ok <path>`, fresh for
+/// a minute; counts connections accepted and requests served.
+async fn keep_alive_origin(ip: Ipv4Addr) -> (SocketAddr, Arc<Mutex<(usize, usize)>>) {
+    let l = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let counts: Arc<Mutex<(usize, usize)>> = Arc::default();
+    let c = Arc::clone(&counts);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            c.lock().unwrap().0 += 1;
+            let c = Arc::clone(&c);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let text = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end + 4);
+                        let path = text.split(' ').nth(1).unwrap_or("").to_owned();
+                        c.lock().unwrap().1 += 1;
+                        let body = format!("ok {path}");
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_connections_are_kept_alive_and_reused() {
+    timeout(LIMIT, async {
+        let origin_ip = Ipv4Addr::new(127, 0, 0, 236);
+        let (origin, counts) = keep_alive_origin(origin_ip).await;
+        let host = format!("{}.{}.nyud.net", origin.ip(), origin.port());
+        let (_node, p, _stop) = lone_proxy(Ipv4Addr::new(127, 0, 0, 237), |o| {
+            o.http.allow_origins = vec![IpNet {
+                addr: origin_ip.into(),
+                prefix: 32,
+            }];
+        })
+        .await;
+        for i in 0..3 {
+            let path = format!("/k/{i}");
+            let (status, _, body) = client_get(p.addr, &host, &path, "").await.unwrap();
+            assert_eq!((status, &body[..]), (200, format!("ok {path}").as_bytes()));
+        }
+        assert_eq!(
+            *counts.lock().unwrap(),
+            (1, 3),
+            "three misses, one connection"
+        );
+        let st = p.shared.pool_stats();
+        assert_eq!((st.reused, st.idle), (2, 1), "{st:?}");
+    })
+    .await
+    .unwrap();
+}

@@ -1127,7 +1127,7 @@ impl Proxy {
         let _ = write!(
             s,
             "{} {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {p}/{v} (+https://example.invalid/coral-rs)\r\n\
-             Via: 1.1 {p}\r\nConnection: close\r\n{extra}",
+             Via: 1.1 {p}\r\nConnection: keep-alive\r\n{extra}",
             f.method,
             f.origin.path,
             p = self.cfg.product,
