@@ -267,34 +267,49 @@ fn a_miss_comes_from_the_origin_and_a_second_mio_proxy_fetches_from_the_first() 
     });
 }
 
-/// Reads responses off `s` until `n` complete ones (Content-Length framed) arrived.
-fn read_responses(s: &mut TcpStream, n: usize) -> Vec<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    while out.len() < n {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                let body = buf[end + 4..end + 4 + len].to_vec();
-                buf.drain(..end + 4 + len);
-                out.push((head, body));
-                continue;
-            }
-        }
-        let k = s.read(&mut chunk).unwrap();
-        assert!(k > 0, "closed after {} responses", out.len());
-        buf.extend_from_slice(&chunk[..k]);
+/// Responses read off one keep-alive connection, keeping whatever arrived
+/// past the last one for the next.
+struct Responses {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Responses {
+    fn fill(&mut self) {
+        let mut chunk = [0u8; 16 * 1024];
+        let k = self.s.read(&mut chunk).unwrap();
+        assert!(k > 0, "closed early");
+        self.buf.extend_from_slice(&chunk[..k]);
     }
-    out
+
+    /// The next head, and its Content-Length.
+    fn head(&mut self) -> (String, usize) {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end + 4]).into_owned();
+                self.buf.drain(..end + 4);
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                return (head, len);
+            }
+            self.fill();
+        }
+    }
+
+    /// The next response with a body of its Content-Length.
+    fn response(&mut self) -> (String, Vec<u8>) {
+        let (head, len) = self.head();
+        while self.buf.len() < len {
+            self.fill();
+        }
+        (head, self.buf.drain(..len).collect())
+    }
 }
 
 #[test]
@@ -312,31 +327,30 @@ fn keep_alive_connections_carry_pipelined_requests() {
              HEAD /coral.txt HTTP/1.1\r\nHost: {host}\r\n\r\n"
         );
         s.write_all(req.as_bytes()).unwrap();
-        let got = read_responses(&mut s, 2);
-        for (head, body) in &got {
+        let mut r = Responses {
+            s: s.try_clone().unwrap(),
+            buf: Vec::new(),
+        };
+        for _ in 0..2 {
+            let (head, body) = r.response();
             assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
             assert!(head.contains("Connection: keep-alive"), "{head}");
-            assert!(*body == flash(1));
+            assert!(body == flash(1));
         }
         // HEAD: a head with the length and no body; the connection stays usable.
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            assert_eq!(s.read(&mut b).unwrap(), 1);
-            head.push(b[0]);
-        }
-        let head = String::from_utf8_lossy(&head);
+        let (head, len) = r.head();
         assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(len > 0, "HEAD names the length: {head}");
         s.write_all(
             format!("GET /coral.txt HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
                 .as_bytes(),
         )
         .unwrap();
-        let mut rest = Vec::new();
-        s.read_to_end(&mut rest).unwrap();
-        let rest = String::from_utf8_lossy(&rest);
-        assert!(rest.starts_with("HTTP/1.1 200 "), "{rest}");
-        assert!(rest.ends_with("(NSDI 2004).\n"), "{rest}");
+        let (head, body) = r.response();
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(head.contains("Connection: close"), "{head}");
+        assert!(body.ends_with(b"(NSDI 2004).\n"), "{body:?}");
+        assert!(r.buf.is_empty(), "nothing past the last response");
         assert_eq!(net.origin.served(), 2, "one fetch per object");
         net.shutdown();
     });
