@@ -793,6 +793,40 @@ async fn write(stream: &mut TcpStream, timeout: Duration, data: &[u8]) -> std::i
     }
 }
 
+/// Writes `head` then `body` with as few system calls as the socket allows
+/// (one `writev` for a hit that fits the socket buffer), without copying.
+async fn write_pair(
+    stream: &mut TcpStream,
+    timeout: Duration,
+    head: &[u8],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let fut = async {
+        let (mut head, mut body) = (head, body);
+        while !head.is_empty() {
+            let parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
+            let n = stream.write_vectored(&parts).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            if n < head.len() {
+                head = &head[n..];
+            } else {
+                body = &body[n - head.len()..];
+                head = &[];
+            }
+        }
+        stream.write_all(body).await
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write timed out",
+        )),
+    }
+}
+
 async fn client(mut stream: TcpStream, shared: &Arc<Shared>) -> std::io::Result<()> {
     let limits = shared.opts.http.head_limits();
     let io = shared.opts.io_timeout;
@@ -851,10 +885,7 @@ async fn client(mut stream: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
                 body,
                 keep_alive,
             } => {
-                write(&mut stream, io, &head).await?;
-                if !body.is_empty() {
-                    write(&mut stream, io, &body).await?;
-                }
+                write_pair(&mut stream, io, &head, &body).await?;
                 keep_alive
             }
             Answer::Stream { fetch, reader } => {
