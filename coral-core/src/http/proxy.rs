@@ -1278,8 +1278,11 @@ impl Proxy {
                 };
                 let verdict = match verdict {
                     ClaimReply::Granted => {
-                        self.claims
-                            .insert(url, (me, Instant::from_micros(u64::MAX)));
+                        // Unrecorded when full, like a peer's claim (Coral's behaviour).
+                        if self.claims.len() < self.cfg.max_claims {
+                            self.claims
+                                .insert(url, (me, Instant::from_micros(u64::MAX)));
+                        }
                         ClaimReply::Granted
                     }
                     v => v,
@@ -1303,11 +1306,11 @@ impl Proxy {
     /// Expires claims this node holds as arbiter; call now and then with the current time.
     pub fn handle_timeout(&mut self, now: Instant) {
         let me = self.me;
-        let live: Vec<String> = self.by_url.keys().cloned().collect();
+        let live = &self.by_url;
         self.claims.retain(|url, (h, until)| {
             if *h == me && until.as_micros() == u64::MAX {
                 // Our own claim lasts while our fetch does.
-                live.contains(url)
+                live.contains_key(url)
             } else {
                 *until > now
             }
@@ -2495,5 +2498,42 @@ mod tests {
         let _ = outputs(&mut q);
         q.handle_upstream_head(t, UNIX, f, &resp("HTTP/1.1 204 No Content\r\n\r\n"));
         assert_eq!(q.poll_disk(), Some(DiskOp::Remove { url }));
+    }
+
+    #[test]
+    fn own_claims_respect_the_bound_and_expire_with_their_fetch() {
+        let cfg = HttpConfig {
+            max_claims: 2,
+            ..HttpConfig::default()
+        };
+        let mut p = Proxy::new(cfg, me(), Id::for_node(me()));
+        let mut fetches = Vec::new();
+        for i in 0..5 {
+            let Answer::Stream { fetch, reader } =
+                p.handle_request(Instant::ZERO, &get(&format!("/c{i}")))
+            else {
+                panic!()
+            };
+            p.handle_lookup(fetch, &[], None, &[]);
+            fetches.push((fetch, reader));
+            assert!(p.claims.len() <= 2);
+        }
+        let _ = outputs(&mut p);
+        assert_eq!(
+            p.stats().origin_fetches,
+            5,
+            "unrecorded claims are still granted"
+        );
+        for (f, r) in fetches {
+            complete(
+                &mut p,
+                f,
+                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n",
+                b"x",
+            );
+            let _ = drain(&mut p, f, r);
+        }
+        p.handle_timeout(Instant::ZERO);
+        assert!(p.claims.is_empty());
     }
 }
