@@ -173,6 +173,12 @@ pub struct ProxySection {
     /// they survive a restart. Used only with a data directory; 0 turns
     /// the disk tier off.
     pub disk_mib: u64,
+    /// Idle keep-alive connections kept per origin or peer address.
+    pub upstream_idle_per_address: usize,
+    /// Idle keep-alive connections kept in all (0: no reuse).
+    pub upstream_idle_total: usize,
+    /// Seconds an idle upstream connection is kept.
+    pub upstream_idle_timeout_secs: u64,
 }
 
 impl Default for ProxySection {
@@ -192,6 +198,9 @@ impl Default for ProxySection {
             // Four times the memory budget: a restart or a working set
             // larger than memory is served without the origin.
             disk_mib: 1024,
+            upstream_idle_per_address: opts.pool.per_addr,
+            upstream_idle_total: opts.pool.total,
+            upstream_idle_timeout_secs: opts.pool.idle_timeout.as_secs(),
         }
     }
 }
@@ -437,6 +446,11 @@ impl FileConfig {
         o.max_connections_per_client = p.max_connections_per_client;
         o.header_timeout = Duration::from_secs(p.header_timeout_secs.max(1));
         o.idle_timeout = Duration::from_secs(p.idle_timeout_secs.max(1));
+        o.pool = crate::proxy::pool::PoolOptions {
+            per_addr: p.upstream_idle_per_address,
+            total: p.upstream_idle_total,
+            idle_timeout: Duration::from_secs(p.upstream_idle_timeout_secs),
+        };
         if let (Some(dir), true) = (&self.node.data_dir, p.disk_mib > 0) {
             let budget_bytes =
                 p.disk_mib
@@ -562,6 +576,7 @@ mod tests {
         assert!(o.http.pass_through_methods);
         assert_eq!(o.http.max_upload_bytes, 3_000_000);
         assert_eq!(o.disk, None, "no data directory, no disk tier");
+        assert_eq!(o.pool, crate::proxy::pool::PoolOptions::default());
         let cfg = FileConfig::parse(
             "[node]\ndata_dir = \"/var/lib/coral\"\n[proxy]\ndisk_mib = 2\n",
             Path::new("t.toml"),
