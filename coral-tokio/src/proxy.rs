@@ -625,25 +625,31 @@ async fn send_for_head(
     let o = &shared.opts;
     let limits = o.http.head_limits();
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut received = false;
     let fut = async {
         s.write_all(request).await?;
         loop {
             if s.read_buf(&mut buf).await? == 0 {
                 return Err(io_err("closed before a head"));
             }
-            match parse::parse_response(&buf, limits) {
-                Ok(Some((head, n))) => {
-                    let rest = buf.split_off(n);
-                    return Ok((head, rest));
+            received = true;
+            // Interim 1xx responses (RFC 9110 §15.2) precede the real one.
+            while let Ok(Some((head, n))) = parse::parse_response(&buf, limits) {
+                if (100..200).contains(&head.status) && head.status != 101 {
+                    let _ = buf.split_to(n);
+                    continue;
                 }
-                Ok(None) => {}
-                Err(_) => return Err(io_err("bad head")),
+                let rest = buf.split_off(n);
+                return Ok((head, rest));
+            }
+            if parse::parse_response(&buf, limits).is_err() {
+                return Err(io_err("bad head"));
             }
         }
     };
     match tokio::time::timeout(o.first_byte_timeout, fut).await {
         Ok(Ok((h, rest))) => Ok((h, rest, s)),
-        Ok(Err(_)) => Err((UpstreamError::Protocol, buf.is_empty())),
+        Ok(Err(_)) => Err((UpstreamError::Protocol, !received)),
         Err(_) => Err((UpstreamError::Timeout, false)),
     }
 }

@@ -116,6 +116,9 @@ async fn origin(ip: Ipv4Addr) -> (SocketAddr, Log) {
                         "HTTP/1.1 304 Not Modified\r\nETag: \"e1\"\r\nCache-Control: max-age=1\r\n\r\n"
                             .to_owned()
                     }
+                    ("/interim.txt", _) => "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                         HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nfinal"
+                        .to_owned(),
                     ("/big.bin", _) => {
                         let body = big_body(3_000_000);
                         let _ = s
@@ -324,11 +327,23 @@ async fn a_stale_object_is_revalidated_with_304_and_ranges_are_served() {
             .await
             .unwrap();
         assert_eq!(status, 416);
+        // An interim 1xx from the origin is skipped, not taken for the answer.
+        let (status, _, body) = client_get(a, &net.host(), "/interim.txt", "")
+            .await
+            .unwrap();
+        assert_eq!((status, &body[..]), (200, &b"final"[..]));
         assert_eq!(count(&net.log, "/short.txt"), 1);
         tokio::time::sleep(Duration::from_millis(2100)).await;
         let (status, _, body) = client_get(a, &net.host(), "/short.txt", "").await.unwrap();
         assert_eq!((status, &body[..]), (200, &b"short"[..]));
-        let log = net.log.lock().unwrap().clone();
+        let log: Vec<Seen> = net
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path == "/short.txt")
+            .cloned()
+            .collect();
         assert_eq!(log.len(), 2, "{log:?}");
         assert!(
             log[1].conditional,
