@@ -1059,3 +1059,29 @@ async fn origin_connections_are_kept_alive_and_reused() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_its_timeout() {
+    timeout(LIMIT, async {
+        let (_node, p, _stop) = lone_proxy(Ipv4Addr::new(127, 0, 0, 238), |o| {
+            o.idle_timeout = Duration::from_secs(1);
+            o.header_timeout = Duration::from_secs(30);
+        })
+        .await;
+        let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        // A complete request the proxy answers and keeps the connection for.
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            .await
+            .unwrap();
+        // Closed by the 1 s idle timeout: the 30 s head timeout would be
+        // past this bound.
+        let mut out = Vec::new();
+        let r = timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        assert!(r.is_ok(), "the idle connection was never closed");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(text.contains("Connection: keep-alive"), "{text}");
+    })
+    .await
+    .unwrap();
+}
