@@ -70,6 +70,10 @@ const BLOCK: u64 = 4096;
 pub const MAX_QUEUED_BYTES: u64 = 64 << 20;
 /// Most writes waiting in the writer's queue.
 const QUEUE: usize = 1024;
+/// Most bytes of files being read at once, in KiB (64 MiB): a read holds
+/// its whole file in memory until the core has it, so a burst of misses
+/// on large objects waits here instead of growing the process.
+const MAX_READING_KIB: u32 = 64 * 1024;
 /// Most removals remembered while writes are queued; beyond, every queued
 /// write is skipped instead (safe: a skipped write is only a later miss).
 const MAX_TOMBSTONES: usize = 4096;
@@ -191,6 +195,7 @@ pub struct DiskCache {
     index: Mutex<Index>,
     counters: Counters,
     tx: mpsc::Sender<Job>,
+    reading: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for DiskCache {
@@ -235,6 +240,7 @@ impl DiskCache {
             index: Mutex::new(index),
             counters: Counters::default(),
             tx,
+            reading: tokio::sync::Semaphore::new(MAX_READING_KIB as usize),
         });
         disk.counters.restored.store(restored, Ordering::Relaxed);
         disk.counters.discarded.store(discarded, Ordering::Relaxed);
@@ -264,6 +270,11 @@ impl DiskCache {
     /// The stored copy of `url`, with `stored_at = now` and its age since
     /// its date; `None` when absent or damaged (the file is then deleted).
     pub async fn read(self: &Arc<Self>, url: String, now: CoreInstant) -> Option<Object> {
+        let charged = self.index().entries.get(&url).map_or(0, |e| e.charged);
+        let kib = u32::try_from(charged.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, MAX_READING_KIB);
+        let _permit = self.reading.acquire_many(kib).await.ok()?;
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || me.read_blocking(&url, now))
             .await
