@@ -27,8 +27,12 @@
 //! last three hops are the points of presence of the 1°, 3° and 9° cells
 //! (about 110, 330 and 1000 km) of a latitude/longitude grid that hold it,
 //! so nodes in one metro area share their nearest hop and nodes in one
-//! region their farther ones; a measured matrix says nothing about routes,
-//! so its nodes have none.
+//! region their farther ones. A measured matrix says nothing about routes
+//! or addresses, so both are inferred from its RTTs ([`MatrixTopology`]):
+//! hosts within [`MATRIX_LAN_US`] of each other are one site's LAN and share
+//! a /24 (PlanetLab sites ran two or three machines on one subnet, 0.1 to
+//! 0.3 ms apart), and a host's last three hops are the points of presence
+//! of RTT groups of radius 1, 3 and 9 ms, the sizes of the sphere's cells.
 //!
 //! Per-node placement is drawn from an RNG seeded by the model seed and the
 //! node index alone, so a node's place does not depend on how many nodes
@@ -51,6 +55,16 @@ pub const PLANETLAB_RTT_PATH: &str =
 /// Cell sizes, in degrees, of the grids whose points of presence are a
 /// sphere node's last hops, nearest first.
 pub const ROUTER_CELLS_DEG: [f64; 3] = [1.0, 3.0, 9.0];
+
+/// The largest RTT, in µs, between two hosts of a measured matrix that
+/// [`MatrixTopology`] puts on one LAN (one /24): a campus network's RTT,
+/// well below any path that leaves the site.
+pub const MATRIX_LAN_US: u32 = 500;
+
+/// The radii, in µs, of the RTT groups whose points of presence are a
+/// matrix host's last hops, nearest first: about the RTT across the
+/// sphere's 1°, 3° and 9° cells.
+pub const MATRIX_POP_RADII_US: [u32; 3] = [1_000, 3_000, 9_000];
 
 /// The range, in milliseconds, of the extra RTT an access link adds to every
 /// RTT of a node beyond the first `N` in [`LatencyModel::matrix`].
@@ -254,6 +268,73 @@ impl RttMatrix {
     }
 }
 
+/// Sites and points of presence of a measured matrix's hosts, inferred from
+/// its RTTs (see the module doc).
+///
+/// Every grouping is greedy and deterministic: hosts are taken in index
+/// order, and each joins the group of the first earlier leader within the
+/// radius, or leads a new group. Two hosts in one group are within twice
+/// the radius of each other, and no chain of near hosts can stretch a
+/// group further (as a transitive closure would).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatrixTopology {
+    /// Each host's LAN (site) number.
+    lan: Vec<usize>,
+    /// Each host's position among its LAN's hosts.
+    lan_rank: Vec<usize>,
+    /// Hosts per LAN.
+    lan_size: Vec<usize>,
+    /// Each host's point of presence at each radius of
+    /// [`MATRIX_POP_RADII_US`].
+    pops: [Vec<usize>; 3],
+}
+
+impl MatrixTopology {
+    /// Infers the topology of `m`.
+    pub fn of(m: &RttMatrix) -> Self {
+        let lan = greedy_groups(m, MATRIX_LAN_US);
+        let groups = lan.iter().max().map_or(0, |g| g + 1);
+        let mut lan_size = vec![0; groups];
+        let mut lan_rank = Vec::with_capacity(lan.len());
+        for &g in &lan {
+            lan_rank.push(lan_size[g]);
+            lan_size[g] += 1;
+        }
+        Self {
+            lan,
+            lan_rank,
+            lan_size,
+            pops: MATRIX_POP_RADII_US.map(|r| greedy_groups(m, r)),
+        }
+    }
+
+    /// Host `h`'s LAN number.
+    pub fn lan(&self, h: usize) -> usize {
+        self.lan[h]
+    }
+
+    /// Number of LANs.
+    pub fn lans(&self) -> usize {
+        self.lan_size.len()
+    }
+}
+
+/// Greedy RTT groups of radius `radius_us` (see [`MatrixTopology`]).
+fn greedy_groups(m: &RttMatrix, radius_us: u32) -> Vec<usize> {
+    let mut leaders: Vec<usize> = Vec::new();
+    (0..m.len())
+        .map(|h| {
+            leaders
+                .iter()
+                .position(|&l| m.rtt_us(h, l) <= radius_us)
+                .unwrap_or_else(|| {
+                    leaders.push(h);
+                    leaders.len() - 1
+                })
+        })
+        .collect()
+}
+
 fn ms_to_us(ms: f64) -> u32 {
     // Saturating cast: an hour-long RTT is as good as infinite here.
     (ms * 1000.0).round().min(f64::from(u32::MAX)) as u32
@@ -335,7 +416,7 @@ impl Default for SphereParams {
 enum Kind {
     Constant { rtt_us: u32 },
     Sphere(Box<SphereParams>),
-    Matrix(Arc<RttMatrix>),
+    Matrix(Arc<RttMatrix>, Arc<MatrixTopology>),
 }
 
 /// Where one node sits in the model.
@@ -386,7 +467,7 @@ impl LatencyModel {
     /// draws the access delays of nodes beyond the first `matrix.len()`.
     pub fn matrix(matrix: Arc<RttMatrix>, seed: u64) -> Self {
         Self {
-            kind: Kind::Matrix(matrix),
+            kind: Kind::Matrix(Arc::clone(&matrix), Arc::new(MatrixTopology::of(&matrix))),
             seed,
             places: Vec::new(),
         }
@@ -397,7 +478,7 @@ impl LatencyModel {
         match self.kind {
             Kind::Constant { .. } => "constant",
             Kind::Sphere(_) => "sphere",
-            Kind::Matrix(_) => "matrix",
+            Kind::Matrix(..) => "matrix",
         }
     }
 
@@ -412,16 +493,19 @@ impl LatencyModel {
     }
 
     /// Where node `i` sits, as (site, its rank among the nodes at that
-    /// site): a PlanetLab host for [`Self::matrix`] (node `i` is the
-    /// `i / N`-th machine at host `i % N`), and a site of its own for the
-    /// other models. The simulator gives each site its own /24, so that
-    /// prefix hints (spec §5) mean what they mean on the Internet: the same
-    /// network, not neighbouring array indices.
+    /// site): for [`Self::matrix`] the LAN of its host `i % N`
+    /// ([`MatrixTopology`]; node `i` is the `i / N`-th machine at that
+    /// host), and a site of its own for the other models. The simulator
+    /// gives each site its own /24, so that prefix hints (spec §5) mean
+    /// what they mean on the Internet: the same network, not neighbouring
+    /// array indices.
     pub fn site(&self, i: usize) -> (usize, usize) {
         match &self.kind {
-            Kind::Matrix(m) => {
+            Kind::Matrix(m, topo) => {
                 let n = m.len().max(1);
-                (i % n, i / n)
+                let h = i % n;
+                let lan = topo.lan[h];
+                (lan, topo.lan_rank[h] + (i / n) * topo.lan_size[lan])
             }
             Kind::Constant { .. } | Kind::Sphere(_) => (i, 0),
         }
@@ -432,12 +516,26 @@ impl LatencyModel {
     /// without geography. Addresses are in 100.64.0.0/10, apart from the
     /// simulator's node addresses.
     pub fn routers(&self, i: usize) -> Vec<IpAddr> {
-        let Kind::Sphere(_) = &self.kind else {
-            return Vec::new();
-        };
         let Some(place) = self.places.get(i) else {
             return Vec::new();
         };
+        let pop_addr = |hop: usize, pop: u64| {
+            let h = mix64(hop as u64, pop);
+            // 100.64.0.0/10: the top 10 bits fixed, 22 bits of the hash.
+            IpAddr::V4(Ipv4Addr::from(0x6440_0000u32 | (h as u32 & 0x003f_ffff)))
+        };
+        match &self.kind {
+            Kind::Sphere(_) => {}
+            Kind::Matrix(_, topo) => {
+                // A tag keeps matrix PoPs apart from sphere cells.
+                return (0..MATRIX_POP_RADII_US.len())
+                    .map(|hop| {
+                        pop_addr(hop, (1 << 40) | topo.pops[hop][place.host as usize] as u64)
+                    })
+                    .collect();
+            }
+            Kind::Constant { .. } => return Vec::new(),
+        }
         let [x, y, z] = place.p;
         let lat = z.clamp(-1.0, 1.0).asin().to_degrees();
         let lon = y.atan2(x).to_degrees();
@@ -447,10 +545,7 @@ impl LatencyModel {
             .map(|(hop, &deg)| {
                 let cell = ((lat + 90.0) / deg).floor() as i64 * 4096
                     + ((lon + 180.0) / deg).floor() as i64;
-                let h = mix64(hop as u64, cell as u64);
-                // 100.64.0.0/10: the top 10 bits fixed, 22 bits of the hash.
-                let bits = 0x6440_0000u32 | (h as u32 & 0x003f_ffff);
-                IpAddr::V4(Ipv4Addr::from(bits))
+                pop_addr(hop, cell as u64)
             })
             .collect()
     }
@@ -460,7 +555,7 @@ impl LatencyModel {
         match &self.kind {
             Kind::Constant { .. } => Place::default(),
             Kind::Sphere(params) => sphere_place(params, &mut rng),
-            Kind::Matrix(m) => {
+            Kind::Matrix(m, _) => {
                 let n = m.len().max(1);
                 let host = (i % n) as u32;
                 let access_us = if i < n {
@@ -496,7 +591,7 @@ impl LatencyModel {
                 let prop_ms = 2.0 * params.route_inflation * km / params.km_per_ms;
                 (prop_ms * 1000.0).round() as u64 + u64::from(a.access_us) + u64::from(b.access_us)
             }
-            Kind::Matrix(m) => {
+            Kind::Matrix(m, _) => {
                 let (a, b) = (&self.places[i], &self.places[j]);
                 u64::from(m.rtt_us(a.host as usize, b.host as usize))
                     + u64::from(a.access_us)
@@ -654,6 +749,44 @@ mod tests {
         let v = rtts_ms(&mut LatencyModel::matrix(m, 3), 245);
         let p50 = percentile(&v, 50.0);
         assert!((120.0..140.0).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn matrix_sites_and_routers_are_inferred_from_rtts() {
+        // Hosts 0 and 1 share a LAN (0.2 ms); 2 is 2 ms away (a metro PoP
+        // of radius 3 ms, not the 1 ms one); 3 is 8 ms from 0 but 10 from 2
+        // (greedy: it joins 0's 9 ms group); 4 is far.
+        let m = RttMatrix::parse(
+            "0 0.2 2 8 100\n0.2 0 2 8 100\n2 2 0 10 100\n8 8 10 0 100\n100 100 100 100 0\n",
+        )
+        .unwrap();
+        let topo = MatrixTopology::of(&m);
+        assert_eq!(
+            (0..5).map(|h| topo.lan(h)).collect::<Vec<_>>(),
+            [0, 0, 1, 2, 3]
+        );
+        assert_eq!(topo.lans(), 4);
+        assert_eq!(topo.pops[0], [0, 0, 1, 2, 3]);
+        assert_eq!(topo.pops[1], [0, 0, 0, 1, 2]);
+        assert_eq!(topo.pops[2], [0, 0, 0, 0, 1]);
+        let mut model = LatencyModel::matrix(Arc::new(m), 1);
+        model.ensure(10);
+        // One /24 per LAN, a distinct rank per node, extra machines included.
+        let sites: Vec<(usize, usize)> = (0..10).map(|i| model.site(i)).collect();
+        assert_eq!(&sites[..5], [(0, 0), (0, 1), (1, 0), (2, 0), (3, 0)]);
+        assert_eq!(
+            &sites[5..7],
+            [(0, 2), (0, 3)],
+            "second machines at hosts 0, 1"
+        );
+        let r: Vec<Vec<IpAddr>> = (0..5).map(|i| model.routers(i)).collect();
+        assert!(r.iter().all(|v| v.len() == 3));
+        assert_eq!(r[0], r[1], "one LAN, one path");
+        assert_ne!(r[0][0], r[2][0]);
+        assert_eq!(r[0][1..], r[2][1..], "host 2 shares the 3 and 9 ms PoPs");
+        assert_eq!(r[0][2], r[3][2]);
+        assert_ne!(r[0][2], r[4][2]);
+        assert_eq!(model.routers(5), r[0], "a second machine at host 0");
     }
 
     #[test]
