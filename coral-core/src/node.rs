@@ -1572,11 +1572,13 @@ impl Node {
                 self.probe(now, c);
             }
         }
-        if let (Purpose::Survey, Body::Nodes { contacts }, Some(level)) =
-            (&f.purpose, &body, f.level)
-        {
+        // Every member named is pinged, measured or not: the answer also
+        // refreshes when it was last heard, which keeps it in the sample.
+        // (Skipping members with a fresh sample lowered level-2 coverage on
+        // the 500-node sphere, seeds 1-3, from 0.722 / 0.825 / 0.776 to
+        // 0.701 / 0.747 / 0.753.)
+        if let (Purpose::Survey, Body::Nodes { contacts }) = (&f.purpose, &body) {
             for c in contacts {
-                let _ = level;
                 if c.id != self.contact.id {
                     self.probe(now, *c);
                 }
