@@ -240,6 +240,9 @@ impl KeyState {
     }
 
     fn insert(&mut self, entry: Entry) {
+        // Exactly as many slots as values: most keys hold one, and a
+        // doubling Vec would keep room for four (168 bytes each key).
+        self.values.reserve_exact(1);
         let pos = self
             .values
             .partition_point(|e| (e.expires, e.seq) > (entry.expires, entry.seq));
@@ -613,6 +616,11 @@ impl Store {
     /// Counts one put traversal of an existing key entry.
     fn record_put(&mut self, now: Instant, slot: Slot) {
         if let Some(state) = self.keys.get_mut(&slot) {
+            // Grown one slot at a time: most keys see one put, and a
+            // store at its key cap holds tens of thousands of them.
+            if state.puts.len() == state.puts.capacity() && state.puts.len() < self.puts_cap {
+                state.puts.reserve_exact(1);
+            }
             state.puts.push_back(now);
             while state.puts.len() > self.puts_cap {
                 state.puts.pop_front();
