@@ -63,6 +63,8 @@ pub(crate) const FIRST_PROXY_CONN: usize = 1 << 10;
 pub const ACCEPT_TURN: usize = 64;
 /// Reads (or core reads, for a streaming client) per connection per turn.
 pub const READ_TURN: usize = 16;
+/// Bytes written to one client per turn before the loop looks at the others.
+pub const WRITE_TURN: usize = 256 * 1024;
 /// A client's queued response bytes above which the core is not asked for more.
 pub const WRITE_HIGH: usize = 256 * 1024;
 /// Most body bytes taken from the core in one [`Proxy::read`].
@@ -129,6 +131,8 @@ struct Client {
     phase: Phase,
     /// Read readiness not yet consumed down to `WouldBlock`.
     readable: bool,
+    /// The last write found the socket full: a writable edge will come.
+    blocked: bool,
     deadline: Option<StdInstant>,
 }
 
@@ -416,23 +420,38 @@ impl Client {
 
     /// Writes what the queue holds until it is empty or the socket is
     /// full; returns the bytes written.
-    fn flush(&mut self) -> io::Result<usize> {
+    /// At most `budget` bytes are written (and taken off it), so one fast
+    /// reader of a large body cannot hold the loop: a connection stopped by
+    /// the budget rather than by a full socket is not `blocked`, and goes on
+    /// next turn.
+    fn flush(&mut self, budget: &mut usize) -> io::Result<usize> {
         let mut total = 0;
-        while !self.out.is_empty() {
+        while !self.out.is_empty() && *budget > 0 {
             let mut iov = [IoSlice::new(&[]); IOV];
             let mut n = 0;
+            let mut room = *budget;
             for (slot, b) in iov.iter_mut().zip(self.out.iter()) {
-                *slot = IoSlice::new(b);
+                let take = b.len().min(room);
+                *slot = IoSlice::new(&b[..take]);
                 n += 1;
+                room -= take;
+                if room == 0 {
+                    break;
+                }
             }
             let written = match self.stream.write_vectored(&iov[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(w) => w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            self.blocked = false;
             total += written;
+            *budget -= written;
             self.out_len -= written;
             let mut left = written;
             while left > 0 {
@@ -613,6 +632,7 @@ impl HttpProxy {
                 out_len: 0,
                 phase: Phase::Head,
                 readable: true,
+                blocked: false,
                 deadline: None,
             }));
             self.clients += 1;
@@ -991,6 +1011,7 @@ impl HttpProxy {
             return ClientEnd::Open;
         };
         let mut budget = READ_TURN;
+        let mut wbudget = WRITE_TURN;
         let mut progress = false;
         loop {
             match &mut c.phase {
@@ -1081,7 +1102,7 @@ impl HttpProxy {
                     }
                     // A client that asked for 100 Continue waits for it.
                     if !c.out.is_empty() {
-                        match c.flush() {
+                        match c.flush(&mut wbudget) {
                             Ok(n) => progress |= n > 0,
                             Err(_) => return ClientEnd::Close,
                         }
@@ -1099,7 +1120,7 @@ impl HttpProxy {
                 } => {
                     let (f, r, mut w) = (*fetch, *reader, *writer);
                     if c.out_len >= WRITE_HIGH {
-                        match c.flush() {
+                        match c.flush(&mut wbudget) {
                             Ok(n) => progress |= n > 0,
                             Err(_) => return ClientEnd::Close,
                         }
@@ -1134,7 +1155,7 @@ impl HttpProxy {
                 }
                 Phase::Done { keep_alive } => {
                     let keep = *keep_alive;
-                    match c.flush() {
+                    match c.flush(&mut wbudget) {
                         Ok(n) => progress |= n > 0,
                         Err(_) => return ClientEnd::Close,
                     }
@@ -1156,9 +1177,13 @@ impl HttpProxy {
             }
         }
         if !c.out.is_empty() {
-            match c.flush() {
+            match c.flush(&mut wbudget) {
                 Ok(n) => progress |= n > 0,
                 Err(_) => return ClientEnd::Close,
+            }
+            if !c.out.is_empty() && !c.blocked {
+                // Stopped by the budget: no writable edge will come.
+                more.insert(key);
             }
         }
         if progress && !matches!(c.phase, Phase::Head) {
@@ -1523,6 +1548,7 @@ mod tests {
             out_len: 0,
             phase: Phase::Head,
             readable: false,
+            blocked: false,
             deadline: None,
         };
         // More than any loopback socket buffer takes at once, in pieces of
@@ -1541,7 +1567,9 @@ mod tests {
         let mut got = Vec::new();
         let mut buf = vec![0u8; 1 << 20];
         while got.len() < want.len() {
-            c.flush().unwrap();
+            let mut budget = WRITE_TURN;
+            c.flush(&mut budget).unwrap();
+            assert!(c.blocked || c.out.is_empty() || budget == 0);
             assert_eq!(c.out_len, c.out.iter().map(Bytes::len).sum::<usize>());
             let n = far.read(&mut buf).unwrap();
             assert!(n > 0);
