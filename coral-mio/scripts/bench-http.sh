@@ -4,7 +4,8 @@
 # wrk requests/s, p99 latency and server CPU per request for cache hits of
 # 1 KB, 41 KB and 1 MB objects fetched once from the same origin (nginx
 # serving static files). Installs nginx and wrk with apt-get when missing.
-# Everything binds to 127.0.0.8x; every wrk run is bounded.
+# Everything binds to ${NET}x (NET=127.0.0.9 unless set: scripts/footprint.sh
+# uses 127.0.0.8x, and both may run at once); every wrk run is bounded.
 #
 #   coral-mio/scripts/bench-http.sh
 #   DURATION=5 CONNS=50 SIZES="41k" coral-mio/scripts/bench-http.sh
@@ -13,6 +14,7 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
 THREADS=${THREADS:-2}
 SIZES=${SIZES:-"1k 41k 1m"}
+NET=${NET:-127.0.0.9}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d /tmp/coral-mio-bench.XXXXXX)
 chmod 755 "$WORK" # nginx workers run as another user
@@ -33,7 +35,7 @@ if ! need nginx || ! need wrk; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-# The origin: nginx serving static files on 127.0.0.80:18180.
+# The origin: nginx serving static files on ${NET}0:18180.
 mkdir -p "$WORK/www" "$WORK/logs"
 head -c 1024 /dev/urandom >"$WORK/www/1k.bin"
 head -c $((41 * 1024)) /dev/urandom >"$WORK/www/41k.bin"
@@ -47,7 +49,7 @@ http {
   access_log off;
   client_body_temp_path $WORK/tmp-body; proxy_temp_path $WORK/tmp-proxy;
   fastcgi_temp_path $WORK/tmp-fcgi; uwsgi_temp_path $WORK/tmp-uwsgi; scgi_temp_path $WORK/tmp-scgi;
-  server { listen 127.0.0.80:18180; root $WORK/www; expires 1h; }
+  server { listen ${NET}0:18180; root $WORK/www; expires 1h; }
 }
 CONF
 "$NGINX" -c "$WORK/nginx.conf" -g 'daemon on;'
@@ -64,7 +66,7 @@ start() { # name binary ip
 rpc = "$ip:18191"
 admin = "$ip:18192"
 http = "$ip:18190"
-allow_origins = ["127.0.0.80/32"]
+allow_origins = ["${NET}0/32"]
 CONF
   "$BINDIR/$bin" node --config "$WORK/$name.toml" 2>"$WORK/logs/$name.log" &
   PIDS+=("$!")
@@ -74,15 +76,15 @@ CONF
   for _ in $(seq 100); do curl -sf -o /dev/null "${ADMIN[$name]}/metrics" && return; sleep 0.1; done
   echo "$name did not start:" >&2; cat "$WORK/logs/$name.log" >&2; exit 1
 }
-start coral-mio coral-mio 127.0.0.83
-start coral coral 127.0.0.82
+start coral-mio coral-mio "${NET}3"
+start coral coral "${NET}2"
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 sleep 2
 echo "binary sizes (bytes): coral-mio $(stat -c %s "$BINDIR/coral-mio"), coral $(stat -c %s "$BINDIR/coral")"
 echo "idle RSS, empty cache (VmRSS kB): coral-mio $(rss "${PID[coral-mio]}"), coral $(rss "${PID[coral]}")"
 echo "threads: coral-mio $(ls /proc/${PID[coral-mio]}/task | wc -l), coral $(ls /proc/${PID[coral]}/task | wc -l)"
 
-HOST="127.0.0.80.18180.nyud.net"
+HOST="${NET}0.18180.nyud.net"
 tck=$(getconf CLK_TCK)
 printf '%-8s %-10s %12s %10s %11s %9s\n' size proxy req/s p99_ms cpu_us/req rss_kB
 for s in $SIZES; do
