@@ -20,7 +20,7 @@ use coral_core::Levels;
 use coral_core::http::parse::{self, ChunkedDecoder, Framing, ResponseHead};
 use coral_core::http::proxy::{CONTINUE, ClaimReply};
 use coral_core::http::{
-    Answer, DiskOp, FetchId, HttpConfig, Output, Proxy, Read, ReaderId, Upstream, UpstreamError,
+    Answer, DiskOp, FetchId, HttpConfig, Output, Proxy, ReaderId, Upstream, UpstreamError,
 };
 use coral_core::time::Instant as CoreInstant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,6 +29,10 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, warn};
 
+use crate::proxy_shared::{
+    BUSY, BodyReader, PerClient, ResponseWriter, Step, allowed_origin_addr, take_response_head,
+    unix_now, upload as upload_pieces,
+};
 use crate::runtime::{BindError, NodeHandle};
 
 pub mod disk;
@@ -100,7 +104,7 @@ pub struct Shared {
     connections: Arc<Semaphore>,
     /// Open connections per client address; an entry lives only while its
     /// count is above zero, so the map holds at most `max_connections`.
-    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_client: Arc<Mutex<PerClient>>,
     /// The disk tier, when configured and its directory could be opened.
     disk: Option<Arc<DiskCache>>,
     /// Idle upstream connections.
@@ -109,40 +113,30 @@ pub struct Shared {
 
 /// One client connection counted against its address's limit, released on drop.
 struct ClientSlot {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    counts: Arc<Mutex<PerClient>>,
     ip: IpAddr,
 }
 
 impl ClientSlot {
     /// Counts a connection from `ip`, unless it already has `limit` open.
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, limit: usize) -> Option<Self> {
-        let mut m = counts
+    fn take(counts: &Arc<Mutex<PerClient>>, ip: IpAddr, limit: usize) -> Option<Self> {
+        counts
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = m.entry(ip).or_insert(0);
-        if *n >= limit {
-            return None;
-        }
-        *n += 1;
-        Some(Self {
-            counts: Arc::clone(counts),
-            ip,
-        })
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(ip, limit)
+            .then(|| Self {
+                counts: Arc::clone(counts),
+                ip,
+            })
     }
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut m = self
-            .counts
+        self.counts
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .release(self.ip);
     }
 }
 
@@ -168,12 +162,6 @@ pub struct RunningProxy {
 impl Shared {
     fn now(&self) -> CoreInstant {
         CoreInstant::from_duration(self.epoch.elapsed())
-    }
-
-    fn unix() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
     }
 
     fn core(&self) -> MutexGuard<'_, Proxy> {
@@ -234,68 +222,23 @@ impl Shared {
         self.disk.as_ref().map(|d| d.stats())
     }
 
-    /// Prometheus text for the proxy's counters.
+    /// Prometheus text for the proxy's counters: the core's, as coral-mio
+    /// renders them, then the upstream pool's, the notifiers' and the disk
+    /// tier's.
     pub fn metrics(&self) -> String {
-        let (s, c, inflight) = {
-            let core = self.core();
-            (core.stats(), core.cache_stats(), core.fetches_in_flight())
-        };
-        let mut o = String::new();
-        o.push_str("# HELP coral_http_served_total Responses by where they were served from.\n");
-        o.push_str("# TYPE coral_http_served_total counter\n");
-        o.push_str(&format!(
-            "coral_http_served_total{{from=\"local\"}} {}\n",
-            s.hits_local
-        ));
-        for (i, name) in ["peer_level0", "peer_level1", "peer_level2", "peer_claim"]
-            .iter()
-            .enumerate()
-        {
-            o.push_str(&format!(
-                "coral_http_served_total{{from=\"{name}\"}} {}\n",
-                s.hits_peer[i]
-            ));
-        }
-        o.push_str(&format!(
-            "coral_http_served_total{{from=\"origin\"}} {}\n",
-            s.hits_origin
-        ));
-        o.push_str(&format!(
-            "coral_http_served_total{{from=\"stale\"}} {}\n",
-            s.served_stale
-        ));
-        o.push_str(&format!(
-            "coral_http_served_total{{from=\"disk\"}} {}\n",
-            s.hits_disk
-        ));
+        let mut o = crate::proxy_shared::metrics(&self.core());
+        let pool = self.pool.stats();
         for (name, v) in [
-            ("requests", s.requests),
-            ("refused", s.refused),
-            ("origin_fetches", s.origin_fetches),
-            ("peer_fetches", s.peer_fetches),
-            ("revalidated", s.revalidated),
-            ("coalesced", s.coalesced),
-            ("claims_granted", s.claims_granted),
-            ("claims_held", s.claims_held),
-            ("bytes_served", s.bytes_served),
-            ("bytes_fetched", s.bytes_fetched),
-            ("passed_through", s.passed_through),
-            ("upstream_reused", self.pool.stats().reused),
-            ("upstream_stale", self.pool.stats().stale),
-            ("invalidated", s.invalidated),
-            ("cache_evictions", c.evictions),
+            ("upstream_reused", pool.reused),
+            ("upstream_stale", pool.stale),
         ] {
             o.push_str(&format!(
                 "# TYPE coral_http_{name}_total counter\ncoral_http_{name}_total {v}\n"
             ));
         }
         for (name, v) in [
-            ("cache_objects", c.objects as u64),
-            ("cache_bytes", c.bytes as u64),
-            ("cache_budget_bytes", c.budget as u64),
-            ("fetches_in_flight", inflight as u64),
             ("fetch_notifiers", self.notifiers() as u64),
-            ("upstream_idle_connections", self.pool.stats().idle),
+            ("upstream_idle_connections", pool.idle),
         ] {
             o.push_str(&format!(
                 "# TYPE coral_http_{name} gauge\ncoral_http_{name} {v}\n"
@@ -416,13 +359,7 @@ async fn accept_loop(
             .and_then(|_| Arc::clone(&shared.connections).try_acquire_owned().ok());
         let (Some(slot), Some(permit)) = (slot, permit) else {
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    stream.write_all(
-                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
-                    ),
-                )
-                .await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
             });
             continue;
         };
@@ -634,16 +571,12 @@ async fn send_for_head(
             }
             received = true;
             // Interim 1xx responses (RFC 9110 §15.2) precede the real one.
-            while let Ok(Some((head, n))) = parse::parse_response(&buf, limits) {
-                if (100..200).contains(&head.status) && head.status != 101 {
-                    let _ = buf.split_to(n);
-                    continue;
+            while let Some(head) =
+                take_response_head(&mut buf, limits).map_err(|_| io_err("bad head"))?
+            {
+                if !(100..200).contains(&head.status) || head.status == 101 {
+                    return Ok((head, buf.split()));
                 }
-                let rest = buf.split_off(n);
-                return Ok((head, rest));
-            }
-            if parse::parse_response(&buf, limits).is_err() {
-                return Err(io_err("bad head"));
             }
         }
     };
@@ -671,16 +604,7 @@ async fn upstream_fetch(
                 Ok(Ok(a)) => a.collect(),
                 _ => return Err(UpstreamError::Dns),
             };
-            let allowed: Vec<SocketAddr> = {
-                let core = s.core();
-                addrs
-                    .into_iter()
-                    .filter(|a| core.origin_addr_allowed(a.ip()))
-                    .collect()
-            };
-            let Some(&addr) = allowed.first() else {
-                return Err(UpstreamError::Forbidden);
-            };
+            let addr = allowed_origin_addr(&s.core(), addrs)?;
             let (h, rest, st) = exchange_head(s, addr, request).await?;
             (h, rest, st, addr)
         }
@@ -706,7 +630,7 @@ async fn upstream_fetch(
     let framing = parse::response_framing(false, &head).map_err(|_| UpstreamError::Protocol)?;
     let body = {
         let now = s.now();
-        s.core().handle_upstream_head(now, Shared::unix(), f, &head)
+        s.core().handle_upstream_head(now, unix_now(), f, &head)
     };
     s.wake(f);
     drain(s);
@@ -732,56 +656,30 @@ async fn read_body(
     mut buf: BytesMut,
     mut stream: TcpStream,
 ) -> Result<Option<TcpStream>, UpstreamError> {
-    let mut left = match framing {
-        Framing::Length(n) => Some(n),
-        Framing::Empty => return Ok(buf.is_empty().then_some(stream)),
-        _ => None,
-    };
-    let mut chunked = (framing == Framing::Chunked).then(ChunkedDecoder::default);
+    let mut body = BodyReader::new(framing);
     let mut pieces = Vec::new();
     loop {
-        if !buf.is_empty() {
-            let mut done = false;
-            if let Some(d) = chunked.as_mut() {
-                done = d
-                    .decode(&mut buf, &mut pieces)
-                    .map_err(|_| UpstreamError::Protocol)?;
-            } else {
-                let mut take = buf.len();
-                if let Some(l) = left.as_mut() {
-                    take = take.min(usize::try_from(*l).unwrap_or(usize::MAX));
-                    *l -= take as u64;
-                    done = *l == 0;
+        let done = body.feed(&mut buf, &mut pieces)?;
+        if !pieces.is_empty() {
+            let wanted = {
+                let mut core = s.core();
+                for p in pieces.drain(..) {
+                    core.handle_upstream_data(f, p);
                 }
-                pieces.push(buf.split_to(take).freeze());
+                core.fetch_wanted(f)
+            };
+            s.wake(f);
+            if !wanted {
+                return Err(UpstreamError::Protocol);
             }
-            if !pieces.is_empty() {
-                let wanted = {
-                    let mut core = s.core();
-                    for p in pieces.drain(..) {
-                        core.handle_upstream_data(f, p);
-                    }
-                    core.fetch_wanted(f)
-                };
-                s.wake(f);
-                if !wanted {
-                    return Err(UpstreamError::Protocol);
-                }
-            }
-            if done || left == Some(0) {
-                // Bytes past the end: the server is not speaking HTTP/1.1 cleanly.
-                return Ok(buf.is_empty().then_some(stream));
-            }
+        }
+        if done {
+            // Bytes past the end: the server is not speaking HTTP/1.1 cleanly.
+            return Ok(buf.is_empty().then_some(stream));
         }
         buf.reserve(64 * 1024);
         match tokio::time::timeout(s.opts.io_timeout, stream.read_buf(&mut buf)).await {
-            Ok(Ok(0)) => {
-                return if left.is_none() && chunked.is_none() {
-                    Ok(None)
-                } else {
-                    Err(UpstreamError::Protocol)
-                };
-            }
+            Ok(Ok(0)) => return body.at_close().map(|()| None),
             Ok(Ok(_)) => {}
             Ok(Err(_)) => return Err(UpstreamError::Protocol),
             Err(_) => return Err(UpstreamError::Timeout),
@@ -799,30 +697,38 @@ async fn write(stream: &mut TcpStream, timeout: Duration, data: &[u8]) -> std::i
     }
 }
 
-/// Writes `head` then `body` with as few system calls as the socket allows
-/// (one `writev` for a hit that fits the socket buffer), without copying.
-async fn write_pair(
+/// Most pieces given to one `writev`: a chunk's size line, data and CRLF.
+const WRITEV_PIECES: usize = 4;
+
+/// Writes `parts` in order with as few system calls as the socket allows
+/// (one `writev` for a hit's head and body, or a chunk and its framing,
+/// that fit the socket buffer), without copying; empties `parts`.
+async fn write_parts(
     stream: &mut TcpStream,
     timeout: Duration,
-    head: &[u8],
-    body: &[u8],
+    parts: &mut Vec<Bytes>,
 ) -> std::io::Result<()> {
     let fut = async {
-        let (mut head, mut body) = (head, body);
-        while !head.is_empty() {
-            let parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
-            let n = stream.write_vectored(&parts).await?;
-            if n == 0 {
+        let mut i = 0;
+        while i < parts.len() {
+            let rest = &parts[i..parts.len().min(i + WRITEV_PIECES)];
+            let slices: [std::io::IoSlice<'_>; WRITEV_PIECES] = std::array::from_fn(|k| {
+                std::io::IoSlice::new(rest.get(k).map_or(&[][..], |b| &b[..]))
+            });
+            let mut n = stream.write_vectored(&slices[..rest.len()]).await?;
+            if n == 0 && rest.iter().any(|b| !b.is_empty()) {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
-            if n < head.len() {
-                head = &head[n..];
-            } else {
-                body = &body[n - head.len()..];
-                head = &[];
+            while i < parts.len() && n >= parts[i].len() {
+                n -= parts[i].len();
+                i += 1;
+            }
+            if n > 0 {
+                bytes::Buf::advance(&mut parts[i], n);
             }
         }
-        stream.write_all(body).await
+        parts.clear();
+        Ok(())
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
@@ -891,7 +797,8 @@ async fn client(mut stream: TcpStream, shared: &Arc<Shared>) -> std::io::Result<
                 body,
                 keep_alive,
             } => {
-                write_pair(&mut stream, io, &head, &body).await?;
+                let mut parts = vec![Bytes::from(head), body];
+                write_parts(&mut stream, io, &mut parts).await?;
                 keep_alive
             }
             Answer::Stream { fetch, reader } => {
@@ -938,35 +845,13 @@ async fn upload(
     framing: Framing,
 ) -> std::io::Result<()> {
     let io = shared.opts.io_timeout;
-    let mut left = match framing {
-        Framing::Length(n) => Some(n),
-        _ => None,
-    };
-    let mut chunked = (framing == Framing::Chunked).then(ChunkedDecoder::default);
+    let mut body = BodyReader::new(framing);
     let mut pieces = Vec::new();
     loop {
-        let mut done = false;
-        if let Some(d) = chunked.as_mut() {
-            done = d
-                .decode(buf, &mut pieces)
-                .map_err(|_| io_err("bad chunked request body"))?;
-        } else if let Some(l) = left.as_mut() {
-            let take = buf.len().min(usize::try_from(*l).unwrap_or(usize::MAX));
-            *l -= take as u64;
-            done = *l == 0;
-            pieces.push(buf.split_to(take).freeze());
-        }
-        let wanted = {
-            let mut core = shared.core();
-            let mut wanted = true;
-            for p in pieces.drain(..) {
-                wanted = wanted && core.handle_upload_data(f, &p);
-            }
-            if wanted && done {
-                core.handle_upload_end(f);
-            }
-            wanted
-        };
+        let done = body
+            .feed(buf, &mut pieces)
+            .map_err(|_| io_err("bad chunked request body"))?;
+        let wanted = upload_pieces(&mut shared.core(), f, pieces.drain(..), done);
         if done || !wanted {
             return Ok(());
         }
@@ -1005,9 +890,7 @@ async fn stream_reader(
 ) -> std::io::Result<bool> {
     let io = shared.opts.io_timeout;
     let notify = shared.notifier(f);
-    let mut chunked = false;
-    let mut keep = false;
-    // Grown only for chunked bodies.
+    let mut writer = ResponseWriter::default();
     let mut out = Vec::new();
     // Long enough for a lookup, a claim and an origin's first byte.
     let stall = shared.opts.first_byte_timeout
@@ -1021,43 +904,17 @@ async fn stream_reader(
             let now = shared.now();
             shared.core().read(now, f, r, 256 * 1024)
         };
-        match step {
-            Read::Head {
-                head,
-                chunked: c,
-                keep_alive,
-            } => {
-                chunked = c;
-                keep = keep_alive;
-                write(stream, io, &head).await?;
-            }
-            Read::Data(d) => {
-                if chunked {
-                    out.clear();
-                    parse::encode_chunk(&d, &mut out);
-                    write(stream, io, &out).await?;
-                } else {
-                    write(stream, io, &d).await?;
-                }
-            }
-            Read::Pending => {
+        let next = writer.step(step, |b| out.push(b));
+        write_parts(stream, io, &mut out).await?;
+        match next {
+            Step::More => {}
+            Step::Pending => {
                 if tokio::time::timeout(stall, notified).await.is_err() {
                     shared.core().close_reader(f, r);
                     return Ok(false);
                 }
             }
-            Read::End => {
-                if chunked {
-                    write(stream, io, parse::LAST_CHUNK).await?;
-                }
-                return Ok(keep);
-            }
-            Read::Failed { head, body } => {
-                write(stream, io, &head).await?;
-                write(stream, io, &body).await?;
-                return Ok(false);
-            }
-            Read::Abort => return Ok(false),
+            Step::Done { keep_alive } => return Ok(keep_alive),
         }
     }
 }

@@ -291,6 +291,7 @@ pub fn metrics(core: &Proxy) -> String {
         ("peer_claim", s.hits_peer[3]),
         ("origin", s.hits_origin),
         ("stale", s.served_stale),
+        ("disk", s.hits_disk),
     ];
     for (from, v) in served {
         let _ = writeln!(o, "coral_http_served_total{{from=\"{from}\"}} {v}");
@@ -306,6 +307,8 @@ pub fn metrics(core: &Proxy) -> String {
         ("claims_held", s.claims_held),
         ("bytes_served", s.bytes_served),
         ("bytes_fetched", s.bytes_fetched),
+        ("passed_through", s.passed_through),
+        ("invalidated", s.invalidated),
         ("cache_evictions", c.evictions),
     ];
     for (name, v) in counters {
