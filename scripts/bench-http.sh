@@ -35,12 +35,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
-if ! need nginx || ! need wrk; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq nginx-light wrk >/dev/null \
-    || $SUDO apt-get install -y -qq nginx wrk >/dev/null
-fi
+# shellcheck source=scripts/lib-nginx.sh
+. "$ROOT/scripts/lib-nginx.sh"
+install_missing nginx wrk -- nginx-light wrk
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # The origin: nginx serving static files on 127.0.0.70:18080.
@@ -48,22 +45,13 @@ mkdir -p "$WORK/www" "$WORK/cache" "$WORK/logs"
 head -c 1024 /dev/urandom >"$WORK/www/1k.bin"
 head -c $((41 * 1024)) /dev/urandom >"$WORK/www/41k.bin"
 head -c $((1024 * 1024)) /dev/urandom >"$WORK/www/1m.bin"
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes $WORKERS;
-pid $WORK/nginx.pid;
-error_log $WORK/logs/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/tmp-body; proxy_temp_path $WORK/tmp-proxy;
-  fastcgi_temp_path $WORK/tmp-fcgi; uwsgi_temp_path $WORK/tmp-uwsgi; scgi_temp_path $WORK/tmp-scgi;
-  proxy_cache_path $WORK/cache keys_zone=c:10m max_size=256m;
-  server { listen 127.0.0.70:18080; root $WORK/www; expires 1h; }
-  server {
-    listen 127.0.0.71:18081;
-    location / { proxy_pass http://127.0.0.70:18080; proxy_cache c; proxy_cache_valid 200 1h;
-                 proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
+write_nginx_conf "$WORK" "$WORKERS" 4096 <<CONF
+proxy_cache_path $WORK/cache keys_zone=c:10m max_size=256m;
+server { listen 127.0.0.70:18080; root $WORK/www; expires 1h; }
+server {
+  listen 127.0.0.71:18081;
+  location / { proxy_pass http://127.0.0.70:18080; proxy_cache c; proxy_cache_valid 200 1h;
+               proxy_http_version 1.1; proxy_set_header Connection ""; }
 }
 CONF
 taskset -c "$SERVER_CPUS" "$NGINX" -c "$WORK/nginx.conf" -g 'daemon on;'

@@ -27,13 +27,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
-if ! need nginx || ! need nsd; then
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light nsd >/dev/null
-fi
+# shellcheck source=scripts/lib-nginx.sh
+. "$ROOT/scripts/lib-nginx.sh"
+install_missing nginx nsd -- nginx-light nsd
 export PATH="$PATH:/usr/sbin"
 
 # kB of VmRSS summed over the given pids.
@@ -93,22 +89,10 @@ wait_port 127.0.0.81:18190
 sleep 2
 
 # nginx with one worker, serving one static file.
-mkdir -p "$WORK/www" "$WORK/ngx"
+mkdir -p "$WORK/www"
 echo hello >"$WORK/www/index.html"
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/ngx/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/ngx/body;
-  proxy_temp_path $WORK/ngx/proxy;
-  fastcgi_temp_path $WORK/ngx/fastcgi;
-  uwsgi_temp_path $WORK/ngx/uwsgi;
-  scgi_temp_path $WORK/ngx/scgi;
-  server { listen 127.0.0.82:18180; root $WORK/www; }
-}
+write_nginx_conf "$WORK" 1 1024 <<CONF
+server { listen 127.0.0.82:18180; root $WORK/www; }
 CONF
 nginx -c "$WORK/nginx.conf"
 wait_port 127.0.0.82:18180

@@ -27,12 +27,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
-if ! need nginx || ! need wrk; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq nginx-light wrk >/dev/null \
-    || $SUDO apt-get install -y -qq nginx wrk >/dev/null
-fi
+# shellcheck source=scripts/lib-nginx.sh
+. "$ROOT/scripts/lib-nginx.sh"
+install_missing nginx wrk -- nginx-light wrk
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # The origin: nginx serving static files on ${NET}0:18180.
@@ -40,17 +37,8 @@ mkdir -p "$WORK/www" "$WORK/logs"
 head -c 1024 /dev/urandom >"$WORK/www/1k.bin"
 head -c $((41 * 1024)) /dev/urandom >"$WORK/www/41k.bin"
 head -c $((1024 * 1024)) /dev/urandom >"$WORK/www/1m.bin"
-cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/logs/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/tmp-body; proxy_temp_path $WORK/tmp-proxy;
-  fastcgi_temp_path $WORK/tmp-fcgi; uwsgi_temp_path $WORK/tmp-uwsgi; scgi_temp_path $WORK/tmp-scgi;
-  server { listen ${NET}0:18180; root $WORK/www; expires 1h; }
-}
+write_nginx_conf "$WORK" 1 1024 <<CONF
+server { listen ${NET}0:18180; root $WORK/www; expires 1h; }
 CONF
 "$NGINX" -c "$WORK/nginx.conf" -g 'daemon on;'
 
