@@ -81,7 +81,6 @@ fn clusters_are_pure() {
 }
 
 #[test]
-#[ignore = "core misses it on some seeds (120 nodes): level-2 coverage 0.69 (seed 1), 0.65 (seed 3), level-1 0.76 (seed 4), met on seed 2; run with --include-ignored"]
 fn close_pairs_share_a_cluster() {
     let seed = common::announce("close_pairs_share_a_cluster");
     let r = report();
@@ -109,7 +108,6 @@ fn converges_within_ten_minutes() {
 }
 
 #[test]
-#[ignore = "core misses it on some seeds (120 nodes, 15 min): 0.12 (seed 1), 0.18 (seed 3), 0.22 (seed 4) switches per node-hour after convergence, met on seed 2; run with --include-ignored"]
 fn stable_after_convergence() {
     let seed = common::announce("stable_after_convergence");
     let r = report();
