@@ -1059,19 +1059,22 @@ impl LevelClusters {
                     && t.surveyed
                         .is_none_or(|s| now.saturating_duration_since(s) >= ttl / 2)
             })
+            // Cheapest tests first: this runs at every evaluation, and most
+            // candidates are small clusters that rank below ours.
+            .filter(|(_, t)| t.members.len() < self.params.max_members)
             .filter_map(|(id, t)| {
-                let rank = self.candidate(now, id, t).rank(self.params.size_hysteresis);
+                let candidate = self.candidate(now, id, t);
+                let rank = candidate.rank(self.params.size_hysteresis);
+                if rank <= own_rank || t.members.len() >= candidate.size as usize {
+                    return None;
+                }
                 let (measured, within) = self.counts(now, id, t);
-                let size = self.size_of(now, id, t) as usize;
-                let moving =
-                    self.acceptable_tracked(now, id, t) && self.preference(now, id, t) > own_pref;
-                let share = within as f64 / measured.max(1) as f64;
-                (rank > own_rank
-                    && !moving
-                    && measured > 0
-                    && t.members.len() < size.min(self.params.max_members)
-                    && share >= self.params.fraction - SURVEY_BAND)
-                    .then_some((rank, *id))
+                let near_rule = measured > 0
+                    && within as f64 / measured as f64 >= self.params.fraction - SURVEY_BAND;
+                let moving = || {
+                    self.acceptable_tracked(now, id, t) && self.preference(now, id, t) > own_pref
+                };
+                (near_rule && !moving()).then_some((rank, *id))
             })
             .max()
             .map(|(_, id)| id)
