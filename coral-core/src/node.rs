@@ -1579,7 +1579,7 @@ impl Node {
             ls.table.remove(&from.id);
         }
         if let (Purpose::Neighbours, Body::Nodes { contacts }) = (&f.purpose, &body) {
-            for c in self.neighbours.to_probe(now, contacts) {
+            for c in self.neighbours.to_probe(now, &from.id, contacts) {
                 self.probe(now, c);
             }
         }
@@ -2329,8 +2329,13 @@ impl Node {
         self.republish_level(now, level);
         // Join the new cluster's DSHT as a node joins the network: a walk
         // toward our own id there fills the table with its members and
-        // tells our new neighbours about us.
+        // tells our new neighbours about us, and a walk into every farther
+        // bucket fills the rest (Kademlia §2.3). The far members are the
+        // honest sample of the cluster: a node that joined on the members
+        // near it learns now, not at the first bucket refresh 15 minutes
+        // later, whether it really qualifies.
         self.start_refresh(now, level, self.contact.id);
+        self.refresh_far_buckets(now, level);
     }
 
     /// Re-puts every publication that includes `level` at that level alone:

@@ -229,11 +229,20 @@ impl Neighbourhood {
         Some(e.contact)
     }
 
-    /// Of the `contacts` a neighbour named, those worth a ping: not us, not
-    /// already neighbours, not probed within `ask_interval`. They are
-    /// remembered as probed (evicting the oldest records past
+    /// Of the `contacts` neighbour `from` named, those worth a ping: not
+    /// us, not already neighbours, not probed within `ask_interval`. They
+    /// are remembered as probed (evicting the oldest records past
     /// `max_probed`).
-    pub fn to_probe(&mut self, now: Instant, contacts: &[Contact]) -> Vec<Contact> {
+    ///
+    /// A neighbour that named someone new is asked again after
+    /// `first_ask_interval`, as if asked once: its own list is still
+    /// changing, and the next hop of the walk is there. Only a neighbour
+    /// with nothing new to tell backs off, doubling its wait (Trickle's
+    /// rule, RFC 6206). With a fixed doubling every node re-asked its
+    /// neighbours at the same moments after a cold start (0.5, 1.5, 3.5,
+    /// 7.5, 15.5 min), and what those late rounds found moved nodes after
+    /// the network had settled.
+    pub fn to_probe(&mut self, now: Instant, from: &Id, contacts: &[Contact]) -> Vec<Contact> {
         let again = self.params.ask_interval;
         let mut out = Vec::new();
         for c in contacts {
@@ -264,6 +273,11 @@ impl Neighbourhood {
             }
         }
         self.stats.probed += out.len() as u64;
+        if !out.is_empty()
+            && let Some(e) = self.entries.iter_mut().find(|e| e.contact.id == *from)
+        {
+            e.times = e.times.min(1);
+        }
         out
     }
 }
@@ -366,16 +380,60 @@ mod tests {
     }
 
     #[test]
+    fn a_neighbour_with_news_is_asked_again_soon() {
+        let mut h = hood(8);
+        let t = Instant::ZERO;
+        h.observe(t, contact(1), ms(1));
+        let p = NeighbourParams::default();
+        let from = contact(1).id;
+        // Asked three times with nothing new: the wait has doubled twice.
+        let mut at = t;
+        for _ in 0..3 {
+            while h.next_to_ask(at).is_none() {
+                at += Duration::from_secs(1);
+            }
+            assert!(h.to_probe(at, &from, &[contact(1)]).is_empty());
+        }
+        let backed_off = p.first_ask_interval * 4;
+        assert_eq!(
+            h.next_to_ask(at + (backed_off - Duration::from_secs(1))),
+            None
+        );
+        // Now it names a stranger: the next question comes after the first
+        // interval again, not after eight times it.
+        assert_eq!(h.to_probe(at, &from, &[contact(9)]), vec![contact(9)]);
+        assert_eq!(
+            h.next_to_ask(at + (p.first_ask_interval - Duration::from_secs(1))),
+            None
+        );
+        assert_eq!(h.next_to_ask(at + p.first_ask_interval), Some(contact(1)));
+        // News from a node that is not a neighbour changes no one's wait.
+        let mut h2 = hood(8);
+        h2.observe(t, contact(1), ms(1));
+        assert_eq!(h2.next_to_ask(t), Some(contact(1)));
+        assert_eq!(h2.next_to_ask(t + p.first_ask_interval), Some(contact(1)));
+        let _ = h2.to_probe(t, &contact(7).id, &[contact(9)]);
+        let later = t + p.first_ask_interval;
+        assert_eq!(h2.next_to_ask(later + p.first_ask_interval), None);
+    }
+
+    #[test]
     fn probes_each_stranger_once_per_interval() {
         let mut h = hood(8);
         let t = Instant::ZERO;
         h.observe(t, contact(1), ms(3));
         let named = [contact(0), contact(1), contact(2), contact(3)];
-        assert_eq!(h.to_probe(t, &named), vec![contact(2), contact(3)]);
-        assert!(h.to_probe(t + ms(1), &named).is_empty());
+        assert_eq!(
+            h.to_probe(t, &contact(1).id, &named),
+            vec![contact(2), contact(3)]
+        );
+        assert!(h.to_probe(t + ms(1), &contact(1).id, &named).is_empty());
         let again = t + NeighbourParams::default().ask_interval;
         h.expire(again);
-        assert_eq!(h.to_probe(again, &named), vec![contact(2), contact(3)]);
+        assert_eq!(
+            h.to_probe(again, &contact(1).id, &named),
+            vec![contact(2), contact(3)]
+        );
     }
 
     proptest! {
@@ -391,7 +449,7 @@ mod tests {
             for (who, rtt, dt) in samples {
                 now += Duration::from_secs(dt);
                 h.observe(now, contact(who), ms(rtt));
-                let _ = h.to_probe(now, &[contact(who), contact(who.wrapping_add(1))]);
+                let _ = h.to_probe(now, &contact(who).id, &[contact(who), contact(who.wrapping_add(1))]);
                 if dt % 7 == 0 {
                     h.expire(now);
                 }
