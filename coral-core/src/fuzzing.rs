@@ -914,7 +914,7 @@ impl Harness {
                 code: ErrorCode::Busy,
             };
         }
-        let helpful = r % 4 == 0 || r % 4 == 1;
+        let helpful = r.is_multiple_of(4) || r % 4 == 1;
         let near = |h: &mut Self, key: Id, target: Distance| {
             if helpful {
                 h.helpful_contacts(key, target)

@@ -129,10 +129,10 @@ fn plain_client(c: UdpSocket, server: SocketAddr, measure: Duration) -> f64 {
     let mut m = Meter::new(measure);
     loop {
         // A datagram lost on loopback would shrink the window: refill on a lull.
-        if c.recv_from(&mut buf).is_ok() {
-            if let Some(rate) = m.add(1) {
-                return rate;
-            }
+        if c.recv_from(&mut buf).is_ok()
+            && let Some(rate) = m.add(1)
+        {
+            return rate;
         }
         c.send_to(&payload, server).unwrap();
     }

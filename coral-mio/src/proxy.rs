@@ -324,10 +324,11 @@ fn set_deadline(
     key: Timer,
     at: Option<StdInstant>,
 ) {
-    if let (Some(old), Some(new)) = (*slot, at) {
-        if new >= old && new - old < Duration::from_secs(1) {
-            return;
-        }
+    if let (Some(old), Some(new)) = (*slot, at)
+        && new >= old
+        && new - old < Duration::from_secs(1)
+    {
+        return;
     }
     if *slot == at {
         return;

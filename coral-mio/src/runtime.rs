@@ -581,11 +581,11 @@ impl Driver {
                         }
                     }
                     SIGNALS => {
-                        if let Some(s) = &mut self.signals {
-                            if s.pending().next().is_some() {
-                                info!("signal received: shutting down");
-                                self.stop = true;
-                            }
+                        if let Some(s) = &mut self.signals
+                            && s.pending().next().is_some()
+                        {
+                            info!("signal received: shutting down");
+                            self.stop = true;
                         }
                     }
                     Token(t) => {

@@ -68,14 +68,12 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
 fn status_when(admin: SocketAddr, ready: impl Fn(&NodeStatus) -> bool) -> NodeStatus {
     let deadline = Instant::now() + LIMIT;
     loop {
-        if let Some(r) = http_get(admin, "/status.json") {
-            if let Some((_, body)) = r.split_once("\r\n\r\n") {
-                if let Ok(s) = serde_json::from_str::<NodeStatus>(body) {
-                    if ready(&s) {
-                        return s;
-                    }
-                }
-            }
+        if let Some(r) = http_get(admin, "/status.json")
+            && let Some((_, body)) = r.split_once("\r\n\r\n")
+            && let Ok(s) = serde_json::from_str::<NodeStatus>(body)
+            && ready(&s)
+        {
+            return s;
         }
         assert!(Instant::now() < deadline, "{admin} never got ready");
         std::thread::sleep(Duration::from_millis(50));

@@ -533,13 +533,11 @@ async fn exchange_head(
     request: &[u8],
 ) -> Result<(ResponseHead, BytesMut, TcpStream), UpstreamError> {
     let idempotent = request.starts_with(b"GET ") || request.starts_with(b"HEAD ");
-    if idempotent {
-        if let Some(s) = shared.pool.take(addr) {
-            match send_for_head(shared, s, request).await {
-                Ok(x) => return Ok(x),
-                Err((_, true)) => shared.pool.count_stale(),
-                Err((e, false)) => return Err(e),
-            }
+    if idempotent && let Some(s) = shared.pool.take(addr) {
+        match send_for_head(shared, s, request).await {
+            Ok(x) => return Ok(x),
+            Err((_, true)) => shared.pool.count_stale(),
+            Err((e, false)) => return Err(e),
         }
     }
     let o = &shared.opts;
@@ -617,11 +615,11 @@ async fn upstream_fetch(
             }
             let mut won = None;
             while let Some(r) = set.join_next().await {
-                if let Ok((p, Ok((h, rest, st)))) = r {
-                    if Proxy::peer_answer_usable(&h) {
-                        won = Some((h, rest, st, p));
-                        break;
-                    }
+                if let Ok((p, Ok((h, rest, st)))) = r
+                    && Proxy::peer_answer_usable(&h)
+                {
+                    won = Some((h, rest, st, p));
+                    break;
                 }
             }
             won.ok_or(UpstreamError::NoPeer)?

@@ -299,15 +299,15 @@ pub fn bind_udp(
     }
     // Buffer sizes are a request: the kernel caps them (net.core.rmem_max),
     // and a refusal is not worth failing the node for.
-    if recv_buffer_bytes > 0 {
-        if let Err(e) = socket.set_recv_buffer_size(recv_buffer_bytes) {
-            warn!(%addr, error = %e, "cannot set the receive buffer size");
-        }
+    if recv_buffer_bytes > 0
+        && let Err(e) = socket.set_recv_buffer_size(recv_buffer_bytes)
+    {
+        warn!(%addr, error = %e, "cannot set the receive buffer size");
     }
-    if send_buffer_bytes > 0 {
-        if let Err(e) = socket.set_send_buffer_size(send_buffer_bytes) {
-            warn!(%addr, error = %e, "cannot set the send buffer size");
-        }
+    if send_buffer_bytes > 0
+        && let Err(e) = socket.set_send_buffer_size(send_buffer_bytes)
+    {
+        warn!(%addr, error = %e, "cannot set the send buffer size");
     }
     socket.set_nonblocking(true).map_err(err)?;
     socket.bind(&addr.into()).map_err(err)?;

@@ -645,10 +645,10 @@ impl LevelClusters {
             return;
         }
         let mut record = None;
-        if let Some(&old) = self.member_of.get(&member.id) {
-            if old != info.cluster {
-                record = self.detach(&member.id);
-            }
+        if let Some(&old) = self.member_of.get(&member.id)
+            && old != info.cluster
+        {
+            record = self.detach(&member.id);
         }
         if let Entry::Vacant(e) = self.clusters.entry(info.cluster) {
             e.insert(Tracked {

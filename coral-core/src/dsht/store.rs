@@ -537,12 +537,12 @@ impl Store {
                 break;
             }
             self.value_expiry.pop_first();
-            if let Some(state) = self.keys.get_mut(&slot) {
-                if let Some(pos) = state.values.iter().position(|e| e.seq == seq) {
-                    state.values.remove(pos);
-                    self.values = self.values.saturating_sub(1);
-                    self.stats.expired += 1;
-                }
+            if let Some(state) = self.keys.get_mut(&slot)
+                && let Some(pos) = state.values.iter().position(|e| e.seq == seq)
+            {
+                state.values.remove(pos);
+                self.values = self.values.saturating_sub(1);
+                self.stats.expired += 1;
             }
             // No refiling needed: a key's expiry is at least that of each of
             // its values, so it either is unchanged or has passed too and is

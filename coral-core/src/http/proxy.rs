@@ -759,10 +759,10 @@ impl Proxy {
         req: &RequestHead,
         framing: Framing,
     ) -> Answer {
-        if let Framing::Length(n) = framing {
-            if n > self.cfg.max_upload_bytes {
-                return self.error(413, "The request body is too large.", false, "");
-            }
+        if let Framing::Length(n) = framing
+            && n > self.cfg.max_upload_bytes
+        {
+            return self.error(413, "The request body is too large.", false, "");
         }
         if self.fetches.len() >= self.cfg.max_fetches {
             return self.error(
@@ -894,11 +894,11 @@ impl Proxy {
                 url: url.to_owned(),
             });
         }
-        if let Some(f) = self.by_url.remove(url) {
-            if let Some(x) = self.fetches.get_mut(&f) {
-                x.shared = false;
-                x.storable = Storable::No;
-            }
+        if let Some(f) = self.by_url.remove(url)
+            && let Some(x) = self.fetches.get_mut(&f)
+        {
+            x.shared = false;
+            x.storable = Storable::No;
         }
     }
 
@@ -920,14 +920,14 @@ impl Proxy {
     }
 
     fn decide_claim(&mut self, now: Instant, url: &str, claimer: SocketAddr) -> ClaimReply {
-        if let Some(&(holder, until)) = self.claims.get(url) {
-            if until > now {
-                if holder == claimer {
-                    return ClaimReply::Granted;
-                }
-                self.stats.claims_held += 1;
-                return ClaimReply::Held(holder);
+        if let Some(&(holder, until)) = self.claims.get(url)
+            && until > now
+        {
+            if holder == claimer {
+                return ClaimReply::Granted;
             }
+            self.stats.claims_held += 1;
+            return ClaimReply::Held(holder);
         }
         let have = self.cache.peek(url).is_some_and(|o| o.is_fresh(now))
             || self
@@ -1140,14 +1140,12 @@ impl Proxy {
             v.extend_from_slice(val);
             v.extend_from_slice(b"\r\n");
         }
-        if !to_peer {
-            if let Some(stale) = &f.stale {
-                if let Some(etag) = stale.head.headers.get("etag") {
-                    v.extend_from_slice(format!("If-None-Match: {etag}\r\n").as_bytes());
-                }
-                if let Some(lm) = stale.head.headers.get("last-modified") {
-                    v.extend_from_slice(format!("If-Modified-Since: {lm}\r\n").as_bytes());
-                }
+        if !to_peer && let Some(stale) = &f.stale {
+            if let Some(etag) = stale.head.headers.get("etag") {
+                v.extend_from_slice(format!("If-None-Match: {etag}\r\n").as_bytes());
+            }
+            if let Some(lm) = stale.head.headers.get("last-modified") {
+                v.extend_from_slice(format!("If-Modified-Since: {lm}\r\n").as_bytes());
             }
         }
         if !is_safe(&f.method) {
@@ -1338,42 +1336,42 @@ impl Proxy {
             }),
             _ => Src::Origin,
         };
-        if head.status == 304 {
-            if let Some(stale) = x.stale.take() {
-                // RFC 9111 §4.3.4: update the stored head with the 304's fields.
-                let mut h = stale.head.clone();
-                for (n, v) in &head.headers.0 {
-                    if !HOP.contains(&n.as_str()) && n != "content-length" {
-                        h.headers.set(n, v.clone());
-                    }
+        if head.status == 304
+            && let Some(stale) = x.stale.take()
+        {
+            // RFC 9111 §4.3.4: update the stored head with the 304's fields.
+            let mut h = stale.head.clone();
+            for (n, v) in &head.headers.0 {
+                if !HOP.contains(&n.as_str()) && n != "content-length" {
+                    h.headers.set(n, v.clone());
                 }
-                let lifetime = match freshness::storable(&self.cfg, &h, unix) {
-                    Storable::Yes { lifetime } => lifetime,
-                    Storable::No => Duration::ZERO,
-                };
-                let obj = Object {
-                    head: h.clone(),
-                    body: stale.body.clone(),
-                    stored_at: now,
-                    initial_age: freshness::initial_age(head, unix),
-                    lifetime,
-                    vary: stale.vary.clone(),
-                };
-                x.head = Some(h);
-                x.src = Some(src);
-                x.length = Some(obj.body.len() as u64);
-                x.chunks = vec![obj.body.clone()];
-                x.starts = vec![0];
-                x.len = obj.body.len() as u64;
-                x.state = State::Done;
-                x.storable = Storable::No;
-                let url = x.url.clone();
-                let key = x.key;
-                self.stats.revalidated += 1;
-                self.store(now, &url, key, Arc::new(obj));
-                self.by_url.remove(&url);
-                return false;
             }
+            let lifetime = match freshness::storable(&self.cfg, &h, unix) {
+                Storable::Yes { lifetime } => lifetime,
+                Storable::No => Duration::ZERO,
+            };
+            let obj = Object {
+                head: h.clone(),
+                body: stale.body.clone(),
+                stored_at: now,
+                initial_age: freshness::initial_age(head, unix),
+                lifetime,
+                vary: stale.vary.clone(),
+            };
+            x.head = Some(h);
+            x.src = Some(src);
+            x.length = Some(obj.body.len() as u64);
+            x.chunks = vec![obj.body.clone()];
+            x.starts = vec![0];
+            x.len = obj.body.len() as u64;
+            x.state = State::Done;
+            x.storable = Storable::No;
+            let url = x.url.clone();
+            let key = x.key;
+            self.stats.revalidated += 1;
+            self.store(now, &url, key, Arc::new(obj));
+            self.by_url.remove(&url);
+            return false;
         }
         if !is_safe(&x.method) && head.status < 400 {
             // RFC 9111 §4.4: the origin accepted a change to the target,
@@ -1601,15 +1599,14 @@ impl Proxy {
     }
 
     fn reap(&mut self, f: FetchId) {
-        if let Some(x) = self.fetches.get(&f) {
-            if x.readers.is_empty()
-                && matches!(x.state, State::Upload | State::Done | State::Failed(_))
-            {
-                if self.by_url.get(&x.url) == Some(&f) {
-                    self.by_url.remove(&x.url);
-                }
-                self.fetches.remove(&f);
+        if let Some(x) = self.fetches.get(&f)
+            && x.readers.is_empty()
+            && matches!(x.state, State::Upload | State::Done | State::Failed(_))
+        {
+            if self.by_url.get(&x.url) == Some(&f) {
+                self.by_url.remove(&x.url);
             }
+            self.fetches.remove(&f);
         }
     }
 
