@@ -1216,9 +1216,179 @@ impl ClusterReport {
     }
 }
 
+/// Issue 3's goals for one cluster run: converged within 10 virtual
+/// minutes, fewer than 0.1 switches per node-hour after that, purity at
+/// least 0.95 and coverage at least 0.80 at every bounded level.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClusterGoals {
+    /// `converged_after_s` ≤ 600.
+    pub converged: bool,
+    /// `switches_per_node_hour_after_convergence` < 0.1.
+    pub stable: bool,
+    /// Purity ≥ 0.95 at every reported level.
+    pub pure: bool,
+    /// Coverage ≥ 0.80 at every reported level.
+    pub covered: bool,
+}
+
+impl ClusterReport {
+    /// Which of issue 3's goals this run meets (see [`ClusterGoals`]). A
+    /// level with no same-cluster pair, or no close pair, fails the goal
+    /// it cannot show.
+    pub fn goals(&self) -> ClusterGoals {
+        let every = |f: fn(&LevelClusterReport) -> bool| {
+            !self.levels.is_empty() && self.levels.iter().all(f)
+        };
+        ClusterGoals {
+            converged: self.converged_after_s.is_some_and(|s| s <= 600.0),
+            stable: self
+                .switches_per_node_hour_after_convergence
+                .is_some_and(|r| r < 0.1),
+            pure: every(|l| l.purity.is_some_and(|p| p >= 0.95)),
+            covered: every(|l| l.coverage.is_some_and(|c| c >= 0.8)),
+        }
+    }
+}
+
+/// The cluster experiment over several seeds: every run, and how many
+/// meet each goal.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterSeedsReport {
+    /// `"clusters-seeds"`.
+    pub experiment: &'static str,
+    /// The seeds, in the order of `runs`.
+    pub seeds: Vec<u64>,
+    /// Runs meeting each goal: converged, stable, pure, covered.
+    pub met: ClusterGoalCounts,
+    /// Every run, as `coral-sim clusters --json` prints it.
+    pub runs: Vec<ClusterReport>,
+}
+
+/// How many runs meet each of issue 3's goals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClusterGoalCounts {
+    /// Runs.
+    pub runs: usize,
+    /// Converged within 600 s.
+    pub converged: usize,
+    /// Under 0.1 switches per node-hour after convergence.
+    pub stable: usize,
+    /// Purity ≥ 0.95 at every level.
+    pub pure: usize,
+    /// Coverage ≥ 0.80 at every level.
+    pub covered: usize,
+}
+
+impl ClusterSeedsReport {
+    /// Collects finished runs (one per seed).
+    pub fn new(runs: Vec<ClusterReport>) -> Self {
+        let mut met = ClusterGoalCounts {
+            runs: runs.len(),
+            ..ClusterGoalCounts::default()
+        };
+        for g in runs.iter().map(ClusterReport::goals) {
+            met.converged += usize::from(g.converged);
+            met.stable += usize::from(g.stable);
+            met.pure += usize::from(g.pure);
+            met.covered += usize::from(g.covered);
+        }
+        Self {
+            experiment: "clusters-seeds",
+            seeds: runs.iter().map(|r| r.seed).collect(),
+            met,
+            runs,
+        }
+    }
+
+    /// One line per seed, then the counts.
+    pub fn human(&self) -> String {
+        let opt =
+            |v: Option<f64>, d: usize| v.map_or_else(|| "null".to_owned(), |x| format!("{x:.d$}"));
+        let mut s = String::new();
+        for r in &self.runs {
+            let levels: Vec<String> = r
+                .levels
+                .iter()
+                .map(|l| {
+                    format!(
+                        "L{} purity {} coverage {}",
+                        l.level,
+                        opt(l.purity, 3),
+                        opt(l.coverage, 3)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "seed {:>3}: converged {} s, {} switches per node-hour after; {}",
+                r.seed,
+                opt(r.converged_after_s, 0),
+                opt(r.switches_per_node_hour_after_convergence, 3),
+                levels.join("; ")
+            );
+        }
+        let m = &self.met;
+        let _ = write!(
+            s,
+            "of {} seeds: converged within 600 s {}, under 0.1 switches per node-hour {}, purity >= 0.95 {}, coverage >= 0.80 {}",
+            m.runs, m.converged, m.stable, m.pure, m.covered
+        );
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn goals_are_the_issues_thresholds() {
+        let mut r = clusters(&ClusterParams::synthetic(30, 1, 2));
+        let base = r.clone();
+        r.converged_after_s = Some(600.0);
+        r.switches_per_node_hour_after_convergence = Some(0.099);
+        for l in &mut r.levels {
+            l.purity = Some(0.95);
+            l.coverage = Some(0.8);
+        }
+        let all = ClusterGoals {
+            converged: true,
+            stable: true,
+            pure: true,
+            covered: true,
+        };
+        assert_eq!(r.goals(), all);
+        let mut late = r.clone();
+        late.converged_after_s = Some(600.1);
+        assert!(!late.goals().converged);
+        late.converged_after_s = None;
+        assert!(!late.goals().converged);
+        assert_eq!(ClusterSeedsReport::new(vec![late]).met.converged, 0);
+        let mut busy = r.clone();
+        busy.switches_per_node_hour_after_convergence = Some(0.1);
+        assert!(!busy.goals().stable);
+        let mut one_level = r.clone();
+        one_level.levels[1].coverage = Some(0.799);
+        assert_eq!(
+            one_level.goals(),
+            ClusterGoals {
+                covered: false,
+                ..all
+            }
+        );
+        one_level.levels[0].purity = None;
+        assert!(!one_level.goals().pure);
+
+        let base_stable = usize::from(base.goals().stable);
+        let seeds = ClusterSeedsReport::new(vec![r, busy, base]);
+        assert_eq!(seeds.met.runs, 3);
+        assert_eq!(seeds.met.stable, 1 + base_stable);
+        assert_eq!(seeds.seeds, vec![1, 1, 1]);
+        assert!(seeds.human().ends_with(&format!(
+            "of 3 seeds: converged within 600 s {}, under 0.1 switches per node-hour {}, purity >= 0.95 {}, coverage >= 0.80 {}",
+            seeds.met.converged, seeds.met.stable, seeds.met.pure, seeds.met.covered
+        )));
+    }
 
     #[test]
     fn convergence_is_the_first_change_followed_by_a_quiet_window() {

@@ -3,7 +3,7 @@
 //! ```text
 //! coral-sim lookup  --nodes 1000 --keys 200 --seed 1 [--latency sphere|planetlab] [--loss P] [--json]
 //! coral-sim hotspot --nodes 500 --minutes 10 --seed 1 [--rate R] [--json]
-//! coral-sim clusters (--synthetic 500 | --matrix FILE | --latency planetlab) --seed 1 --minutes 30 [--json]
+//! coral-sim clusters (--synthetic 500 | --matrix FILE | --latency planetlab) (--seed 1 | --seeds 1-9) --minutes 30 [--json]
 //! coral-sim latency  (--synthetic 500 | --matrix FILE | --latency planetlab) --levels 1|3 --seed 1 [--json]
 //! coral-sim nodes    (--synthetic 500 | --matrix FILE | --latency planetlab) --seed 1 [--json]
 //! ```
@@ -98,6 +98,11 @@ enum Cmd {
         /// Virtual minutes from the cold start (joins included).
         #[arg(long, default_value_t = 30)]
         minutes: u32,
+        /// Run these seeds instead of --seed (`1-9`, `1,4,7`, or both, as
+        /// `1-3,8`), as many at once as there are CPUs, and report how many
+        /// meet each of issue 3's goals.
+        #[arg(long, value_parser = parse_seeds)]
+        seeds: Option<SeedList>,
     },
     /// Get latency for nearby-held objects (issue 3): the network settles
     /// with 1 level or 3 (∞ / 60 ms / 20 ms), every node puts a few objects,
@@ -169,6 +174,11 @@ impl NetArgs {
     /// The network as the cluster experiment builds it, three levels,
     /// run for `minutes` virtual minutes from the cold start.
     fn params(&self, minutes: u32) -> Result<ClusterParams> {
+        self.params_for(self.seed, minutes)
+    }
+
+    /// [`Self::params`] with another seed.
+    fn params_for(&self, seed: u64, minutes: u32) -> Result<ClusterParams> {
         if minutes == 0 {
             bail!("--minutes must be at least 1");
         }
@@ -183,17 +193,86 @@ impl NetArgs {
                     .with_context(|| format!("loading {}", path.display()))?;
                 let n = self.nodes.unwrap_or(m.len());
                 let name = path.display().to_string();
-                ClusterParams::matrix(Arc::new(m), name, n, self.seed, minutes)
+                ClusterParams::matrix(Arc::new(m), name, n, seed, minutes)
             }
             None => ClusterParams::synthetic(
                 self.synthetic.or(self.nodes).unwrap_or(500),
-                self.seed,
+                seed,
                 minutes,
             ),
         };
         check(p.nodes, 0.0)?;
         Ok(p)
     }
+}
+
+/// The seeds of `--seeds`, never empty.
+#[derive(Clone, Debug)]
+struct SeedList(Vec<u64>);
+
+/// `1-9`, `1,4,7` or a mix (`1-3,8`): at most 1000 seeds.
+fn parse_seeds(s: &str) -> Result<SeedList, String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let num = |x: &str| {
+            x.parse::<u64>()
+                .map_err(|_| format!("not a seed or a range of seeds: {part:?}"))
+        };
+        let (a, b) = (num(a)?, num(b)?);
+        if a > b {
+            return Err(format!("empty range {part:?}"));
+        }
+        if b - a >= 1000 || out.len() as u64 + (b - a) >= 1000 {
+            return Err("at most 1000 seeds".to_owned());
+        }
+        out.extend(a..=b);
+    }
+    Ok(SeedList(out))
+}
+
+/// Runs the cluster experiment once per seed, as many at once as there
+/// are CPUs; the runs come back in the order of `seeds`.
+fn cluster_seeds(
+    net: &NetArgs,
+    seeds: &[u64],
+    minutes: u32,
+) -> Result<Vec<experiments::ClusterReport>> {
+    let params = seeds
+        .iter()
+        .map(|&s| net.params_for(s, minutes))
+        .collect::<Result<Vec<_>>>()?;
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::Mutex::new(vec![None; params.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(params.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(p) = params.get(i) else {
+                        break;
+                    };
+                    let r = experiments::clusters(p);
+                    eprintln!("seed {}: done", p.seed);
+                    if let Ok(mut d) = done.lock() {
+                        d[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    let done = done
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a run panicked"))?;
+    done.into_iter()
+        .zip(seeds)
+        .map(|(r, s)| r.with_context(|| format!("seed {s} did not finish")))
+        .collect()
 }
 
 fn check(nodes: usize, loss: f64) -> Result<()> {
@@ -209,16 +288,13 @@ fn check(nodes: usize, loss: f64) -> Result<()> {
 /// Prints a finished experiment: the JSON object alone on stdout with
 /// `--json`, else the human summary; the wall time goes to stderr.
 fn report(
-    seed: u64,
+    what: &str,
     wall: std::time::Instant,
     json: bool,
     r: &impl serde::Serialize,
     human: String,
 ) -> Result<()> {
-    eprintln!(
-        "seed {seed}: done in {:.1} s wall",
-        wall.elapsed().as_secs_f64()
-    );
+    eprintln!("{what}: done in {:.1} s wall", wall.elapsed().as_secs_f64());
     if json {
         println!("{}", serde_json::to_string(r)?);
     } else {
@@ -256,7 +332,7 @@ fn main() -> Result<()> {
             );
             p.gets_per_node = gets_per_node.max(1);
             let r = experiments::lookup(&p).context("building the network")?;
-            report(seed, wall, json, &r, r.human())?;
+            report(&format!("seed {seed}"), wall, json, &r, r.human())?;
         }
         Cmd::Hotspot {
             nodes,
@@ -287,16 +363,29 @@ fn main() -> Result<()> {
             p.rate = rate;
             p.ttl = Duration::from_secs(ttl);
             let r = experiments::hotspot(&p).context("building the network")?;
-            report(seed, wall, json, &r, r.human())?;
+            report(&format!("seed {seed}"), wall, json, &r, r.human())?;
         }
-        Cmd::Clusters { net, minutes } => {
+        Cmd::Clusters {
+            net,
+            minutes,
+            seeds: Some(SeedList(seeds)),
+        } => {
+            let p = net.params_for(seeds[0], minutes)?;
+            eprintln!(
+                "coral-sim clusters: {} nodes, {minutes} minutes, latency {}, seeds {seeds:?}",
+                p.nodes, p.latency_name
+            );
+            let r = experiments::ClusterSeedsReport::new(cluster_seeds(&net, &seeds, minutes)?);
+            report(&format!("seeds {seeds:?}"), wall, net.json, &r, r.human())?;
+        }
+        Cmd::Clusters { net, minutes, .. } => {
             let p = net.params(minutes)?;
             eprintln!(
                 "coral-sim clusters: {} nodes, {minutes} minutes, latency {}, seed {}",
                 p.nodes, p.latency_name, net.seed
             );
             let r = experiments::clusters(&p);
-            report(net.seed, wall, net.json, &r, r.human())?;
+            report(&format!("seed {}", net.seed), wall, net.json, &r, r.human())?;
         }
         Cmd::Latency {
             net,
@@ -321,7 +410,7 @@ fn main() -> Result<()> {
             lp.gets_per_client = gets;
             lp.near_holder = Duration::from_millis(near_ms);
             let r = locality::latency(&lp);
-            report(net.seed, wall, net.json, &r, r.human())?;
+            report(&format!("seed {}", net.seed), wall, net.json, &r, r.human())?;
         }
         Cmd::Nodes {
             net,
@@ -336,7 +425,7 @@ fn main() -> Result<()> {
             let mut np = NodesParams::new(p);
             np.targets = targets;
             let r = locality::nodes(&np);
-            report(net.seed, wall, net.json, &r, r.human())?;
+            report(&format!("seed {}", net.seed), wall, net.json, &r, r.human())?;
         }
     }
     Ok(())
