@@ -470,6 +470,15 @@ struct Tracked {
     surveyed: Option<Instant>,
 }
 
+impl Tracked {
+    /// Whether this cluster may be surveyed at `now`: each is surveyed at
+    /// most once per half `sample_ttl`.
+    fn survey_due(&self, now: Instant, sample_ttl: Duration) -> bool {
+        self.surveyed
+            .is_none_or(|s| now.saturating_duration_since(s) >= sample_ttl / 2)
+    }
+}
+
 fn micros(t: Instant) -> i128 {
     i128::from(t.as_micros())
 }
@@ -1009,9 +1018,7 @@ impl LevelClusters {
             _ => self.worth_surveying(now)?,
         };
         let t = self.clusters.get_mut(&id)?;
-        if t.surveyed
-            .is_some_and(|s| now.saturating_duration_since(s) < ttl / 2)
-        {
+        if !t.survey_due(now, ttl) {
             return None;
         }
         let mut live: Vec<Contact> = t
@@ -1054,11 +1061,7 @@ impl LevelClusters {
         let own_pref = self.preference(now, &self.current, own_t);
         self.clusters
             .iter()
-            .filter(|(id, t)| {
-                **id != self.current
-                    && t.surveyed
-                        .is_none_or(|s| now.saturating_duration_since(s) >= ttl / 2)
-            })
+            .filter(|(id, t)| **id != self.current && t.survey_due(now, ttl))
             // Cheapest tests first: this runs at every evaluation, and most
             // candidates are small clusters that rank below ours.
             .filter(|(_, t)| t.members.len() < self.params.max_members)
