@@ -509,9 +509,14 @@ impl NodesParams {
 pub struct AskerSources {
     /// A random other member of the target's level-2 cluster.
     pub level2_cluster: usize,
-    /// A random other member of its level-1 cluster (level 2 was a singleton).
+    /// A random node within the level's RTT threshold of the target (its
+    /// level-2 cluster was a singleton).
+    pub within_threshold: usize,
+    /// A random other member of its level-1 cluster (level 2 was a
+    /// singleton and no node is within the threshold).
     pub level1_cluster: usize,
-    /// A random other node (both clusters were singletons).
+    /// A random other node (both clusters were singletons and no node is
+    /// within the threshold).
     pub random: usize,
 }
 
@@ -612,8 +617,12 @@ pub struct NodesReport {
 /// A target is a resolver at a node's host: its address is node `T`'s,
 /// and its RTT to any node is `T`'s. Coral's DNS referrals send a resolver
 /// to nameservers in its nearest cluster, so the node asked is a random
-/// other member of `T`'s level-2 cluster (level 1 if that is a singleton,
-/// any node if both are). After the network settles every node publishes
+/// other member of `T`'s level-2 cluster. When that cluster is a
+/// singleton, the asked node is a random node within the level's RTT
+/// threshold of `T`: a DNS server asks `nodes()` at level 2 only for a
+/// resolver that near (spec §6.2), and a level-2 referral leads there.
+/// With nobody that near, a member of `T`'s level-1 cluster asks (any node
+/// if that is a singleton too). After the network settles every node publishes
 /// its hints (its /24 and the routers the latency model puts on the last
 /// hops toward it, as an adapter's traceroute would find them), and one
 /// more virtual minute lets the puts land. The asked node then runs
@@ -651,6 +660,12 @@ pub fn nodes(p: &NodesParams) -> NodesReport {
     };
     let clusters: Vec<Vec<Option<Id>>> = (0..n).map(|i| cluster_ids(&sim, i, nl)).collect();
 
+    let threshold_us = p
+        .net
+        .levels
+        .get(usize::from(p.level))
+        .and_then(|l| l.diameter)
+        .map_or(u64::MAX, |d| d.as_micros() as u64);
     let mut askers = AskerSources::default();
     let (mut asker_ratio, mut random_ratio, mut colocated_ratio, mut local_ratio) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -686,6 +701,15 @@ pub fn nodes(p: &NodesParams) -> NodesReport {
         let from = if !l2.is_empty() {
             askers.level2_cluster += 1;
             l2
+        } else if let near = others
+            .iter()
+            .copied()
+            .filter(|&j| lat.rtt_us(t, j) < threshold_us)
+            .collect::<Vec<_>>()
+            && !near.is_empty()
+        {
+            askers.within_threshold += 1;
+            near
         } else if !l1.is_empty() {
             askers.level1_cluster += 1;
             l1
@@ -807,8 +831,11 @@ impl NodesReport {
         );
         let _ = writeln!(
             s,
-            "  asked node from: level-2 cluster {}, level-1 cluster {}, random {}",
-            self.askers.level2_cluster, self.askers.level1_cluster, self.askers.random
+            "  asked node from: level-2 cluster {}, within the threshold {}, level-1 cluster {}, random {}",
+            self.askers.level2_cluster,
+            self.askers.within_threshold,
+            self.askers.level1_cluster,
+            self.askers.random
         );
         let _ = writeln!(
             s,
