@@ -19,6 +19,10 @@ impl Services {
     pub const HTTP: Self = Self(1);
     /// The node runs a Coral DNS server.
     pub const DNS: Self = Self(2);
+    /// The node's HTTP proxy is non-recursive (spec §6.3): it has little
+    /// upstream bandwidth, so DNS servers name it only to resolvers in its
+    /// own network prefix.
+    pub const LOCAL_ONLY: Self = Self(4);
 
     /// Whether every service in `other` is offered.
     pub const fn contains(self, other: Self) -> bool {
@@ -40,6 +44,9 @@ impl fmt::Debug for Services {
         }
         if self.contains(Self::DNS) {
             names.push("dns");
+        }
+        if self.contains(Self::LOCAL_ONLY) {
+            names.push("local-only");
         }
         write!(f, "[{}]", names.join(","))
     }

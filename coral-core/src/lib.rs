@@ -74,6 +74,7 @@
 
 pub mod config;
 pub mod contact;
+pub mod dns;
 pub mod dsht;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
@@ -81,6 +82,8 @@ pub mod http;
 pub mod id;
 pub mod node;
 pub mod rng;
+#[cfg(test)]
+mod testnet;
 pub mod time;
 pub mod wire;
 

@@ -1,0 +1,1207 @@
+//! The DNS redirector (spec §6): an authoritative server that sends
+//! unmodified resolvers to Coral HTTP proxies near them, and hands them
+//! nameservers near them so their later queries stay local.
+//!
+//! # Names
+//!
+//! With the default zone `nyucd.net` and three levels, any name ending in
+//! `http.L2.L1.L0.nyucd.net` names a Coralized host, and the alias zone
+//! `nyud.net` means that same suffix (`www.x.com.nyud.net` ≡
+//! `www.x.com.http.L2.L1.L0.nyucd.net`). We are authoritative for both,
+//! so names under the alias are answered directly; the alias apex also
+//! serves a `DNAME` to the long suffix for resolvers that ask for it. SOA
+//! and NS are served at each apex and at the level zones `L0.nyucd.net`,
+//! `L1.L0.nyucd.net` and `L2.L1.L0.nyucd.net`. A Coral DNS node's
+//! nameserver host name is `ns-<first 16 hex digits of its id>.nyucd.net`.
+//!
+//! # Answers for a Coralized name (spec §6.2–6.4)
+//!
+//! The query's source address stands for the client. Its RTT (cached per
+//! /24 or /48, see [`limits::ResolverRtts`]) picks the tightest level whose
+//! diameter it is under; the answer holds A (or AAAA) records of live
+//! proxies of this node's cluster at that level, chosen by
+//! [`Node::nodes`] for the resolver (its prefix first, then measured
+//! RTT), and the authority section holds NS records, with glue, of DNS
+//! nodes of the same cluster for the level zone of that level: a far
+//! resolver gets `L0.nyucd.net`'s servers, a close one
+//! `L2.L1.L0.nyucd.net`'s, which it then prefers as the most specific zone
+//! it knows ("once local, stay local").
+//!
+//! **A resolver not yet measured** is answered at once at level 0, with
+//! the NS TTL cut to the A TTL, while the adapter probes it: waiting for
+//! the probe would add up to a probe budget to every first query, while a
+//! level-0 answer is always correct (every node is in the level-0 cluster)
+//! and the short TTL brings the resolver back within seconds, when the
+//! probe result is cached and the answer can lock it onto near servers.
+//!
+//! # Hygiene
+//!
+//! Answers are authoritative (AA), never recursive (RA clear); names
+//! outside our zones get REFUSED; missing names NXDOMAIN, missing types
+//! NODATA, both with the zone's SOA; malformed queries FORMERR, other
+//! opcodes NOTIMP; responses to responses are never sent. A UDP answer
+//! never exceeds what the query allows (512 bytes, or its EDNS(0) size up
+//! to ours) and is sent truncated when it does not fit; TCP carries up to
+//! 64 KiB. UDP answers are rate-limited per client prefix
+//! ([`limits::RateLimit`]).
+
+pub mod limits;
+pub mod wire;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::contact::{Contact, Level, Services};
+use crate::node::Node;
+use crate::time::Instant;
+
+use self::limits::{RateLimit, ResolverRtts, Verdict};
+use self::wire::{Data, Decoded, Owner, Qtype, Query, Rcode, Response, Rr};
+
+/// Configuration of the redirector.
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    /// The long zone (spec §6.1: `nyucd.net`).
+    pub zone: String,
+    /// The short alias meaning `http.L2.L1.L0.<zone>` (spec §6.1:
+    /// `nyud.net`); `None` serves the long form only.
+    pub alias: Option<String>,
+    /// The service label before the level labels (`http`).
+    pub service_label: String,
+    /// A records per answer (open question 11: two live proxies, so a
+    /// browser has a second address to try).
+    pub answer_count: usize,
+    /// TTL of A/AAAA records (open question 11: 30 s, for fast failover).
+    pub answer_ttl: Duration,
+    /// NS records per answer (open question 12: 3).
+    pub ns_count: usize,
+    /// TTL of NS records and their glue (open question 12: 6 h, long
+    /// enough to lock a resolver onto near servers).
+    pub ns_ttl: Duration,
+    /// Negative-caching TTL (the SOA minimum, RFC 2308): short, because
+    /// our names come and go with the network.
+    pub negative_ttl: Duration,
+    /// The responsible mailbox in the SOA, as a name.
+    pub hostmaster: String,
+    /// How long a resolver RTT is cached per prefix, and the least time
+    /// between two probes of a prefix (open question 13: 10 min).
+    pub rtt_ttl: Duration,
+    /// Most prefixes with a cached RTT.
+    pub max_prefixes: usize,
+    /// Most probes waiting for the adapter.
+    pub max_pending_probes: usize,
+    /// UDP responses per second per client prefix (0: unlimited). Over it,
+    /// responses are dropped, every `rrl_slip`-th sent as an empty
+    /// truncated answer.
+    pub rrl_rate: u32,
+    /// See `rrl_rate` (0: never slip; NSD and BIND use 2).
+    pub rrl_slip: u32,
+    /// Most prefixes the rate limiter tracks.
+    pub rrl_max_prefixes: usize,
+    /// Our EDNS(0) UDP payload size: 1232 bytes, the DNS flag day 2020
+    /// value that avoids IP fragmentation on common paths.
+    pub udp_payload: u16,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            zone: "nyucd.net".into(),
+            alias: Some("nyud.net".into()),
+            service_label: "http".into(),
+            answer_count: 2,
+            answer_ttl: Duration::from_secs(30),
+            ns_count: 3,
+            ns_ttl: Duration::from_secs(6 * 3600),
+            negative_ttl: Duration::from_secs(30),
+            hostmaster: "hostmaster.nyucd.net".into(),
+            rtt_ttl: Duration::from_secs(600),
+            max_prefixes: 65_536,
+            max_pending_probes: 1024,
+            // NSD's default rrl-ratelimit: far above what one resolver
+            // sends, low enough that a spoofed flood is not amplified.
+            rrl_rate: 200,
+            rrl_slip: 2,
+            rrl_max_prefixes: 65_536,
+            udp_payload: 1232,
+        }
+    }
+}
+
+/// A configuration the redirector cannot serve.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DnsConfigError {
+    /// A zone, alias or label is not a valid DNS name.
+    #[error("not a valid DNS name: {0:?}")]
+    BadName(String),
+    /// The alias lies inside the zone or the other way round.
+    #[error("the alias {alias:?} and the zone {zone:?} overlap")]
+    Overlap {
+        /// The zone.
+        zone: String,
+        /// The alias.
+        alias: String,
+    },
+    /// No level to serve.
+    #[error("the node has no cluster levels")]
+    NoLevels,
+}
+
+/// How a query arrived: it decides the size limit and rate limiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A UDP datagram.
+    Udp,
+    /// A length-prefixed TCP message.
+    Tcp,
+}
+
+/// Counters of the redirector, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsStats {
+    /// Messages handed in.
+    pub queries: u64,
+    /// Responses sent (all codes).
+    pub responses: u64,
+    /// Answers naming proxies, per level they were chosen at.
+    pub answered_at_level: [u64; 3],
+    /// Answers for which no recently heard proxy was known at any level,
+    /// so any known proxy was named.
+    pub fallback_answers: u64,
+    /// Coralized names with no proxy known at all (NODATA sent).
+    pub no_proxy: u64,
+    /// NXDOMAIN responses.
+    pub nxdomain: u64,
+    /// NODATA responses (name exists, type does not).
+    pub nodata: u64,
+    /// REFUSED responses (outside our zones, or not class IN).
+    pub refused: u64,
+    /// FORMERR responses.
+    pub formerr: u64,
+    /// NOTIMP responses.
+    pub notimp: u64,
+    /// Messages dropped unanswered: too short, or responses.
+    pub ignored: u64,
+    /// UDP responses sent truncated because they did not fit.
+    pub truncated: u64,
+    /// UDP responses dropped by the rate limit.
+    pub rate_limited: u64,
+    /// UDP responses replaced by an empty truncated one by the rate limit.
+    pub slipped: u64,
+    /// Resolver probes asked of the adapter.
+    pub probes: u64,
+    /// Probe results reported.
+    pub probe_results: u64,
+    /// Probes not asked for because a table was full.
+    pub probes_dropped: u64,
+}
+
+/// The zone a name falls in, after its labels are matched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Place {
+    /// The apex of the long zone (`nyucd.net`).
+    ZoneApex,
+    /// The apex of the alias (`nyud.net`).
+    AliasApex,
+    /// The apex of a level zone (`L1.L0.nyucd.net`).
+    LevelApex(Level),
+    /// A Coralized host name (the labels before the suffix, for logging).
+    Coralized,
+    /// A nameserver host name `ns-<hex>`.
+    Nameserver(String),
+    /// An empty non-terminal: an ancestor of our names with no data.
+    EmptyNonTerminal(Level),
+    /// Inside our zone (the apex of the zone it is in), but no such name.
+    Missing(Apex),
+    /// Not ours.
+    Outside,
+}
+
+/// An apex, for the SOA of negative answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Apex {
+    Zone,
+    Alias,
+    Level(Level),
+}
+
+/// Strips `suffix` (lowercase labels) from the end of `labels`.
+fn strip<'a>(labels: &'a [String], suffix: &[String]) -> Option<&'a [String]> {
+    let n = labels.len().checked_sub(suffix.len())?;
+    (labels[n..] == *suffix).then_some(&labels[..n])
+}
+
+fn split_labels(name: &str) -> Vec<String> {
+    name.trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
+/// The authoritative DNS server's decisions, driven by an adapter: bytes in
+/// through [`Self::handle_query`], probes out through
+/// [`Self::poll_probe`], probe results in through
+/// [`Self::handle_probe_result`]. It reads the [`Node`] for its contacts and
+/// clusters and never changes it.
+#[derive(Debug)]
+pub struct DnsServer {
+    config: DnsConfig,
+    zone: Vec<String>,
+    alias: Option<Vec<String>>,
+    /// `L0`, `L1`, ... (index = level).
+    level_labels: Vec<String>,
+    levels: usize,
+    rtts: ResolverRtts,
+    rrl: RateLimit,
+    stats: DnsStats,
+}
+
+impl DnsServer {
+    /// A redirector for a node with `levels` cluster levels.
+    pub fn new(config: DnsConfig, levels: usize) -> Result<Self, DnsConfigError> {
+        if levels == 0 {
+            return Err(DnsConfigError::NoLevels);
+        }
+        for n in [&config.zone, &config.hostmaster, &config.service_label]
+            .into_iter()
+            .chain(config.alias.as_ref())
+        {
+            if n.is_empty() || !wire::valid_name(n) {
+                return Err(DnsConfigError::BadName(n.clone()));
+            }
+        }
+        let zone = split_labels(&config.zone);
+        let alias = config.alias.as_deref().map(split_labels);
+        if let Some(a) = &alias
+            && (strip(a, &zone).is_some() || strip(&zone, a).is_some())
+        {
+            return Err(DnsConfigError::Overlap {
+                zone: config.zone.clone(),
+                alias: config.alias.clone().unwrap_or_default(),
+            });
+        }
+        let rtts = ResolverRtts::new(
+            config.rtt_ttl,
+            config.max_prefixes,
+            config.max_pending_probes,
+        );
+        let rrl = RateLimit::new(config.rrl_rate, config.rrl_slip, config.rrl_max_prefixes);
+        Ok(Self {
+            level_labels: (0..levels).map(|l| format!("l{l}")).collect(),
+            levels,
+            zone,
+            alias,
+            config,
+            rtts,
+            rrl,
+            stats: DnsStats::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DnsConfig {
+        &self.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> DnsStats {
+        DnsStats {
+            probes_dropped: self.rtts.dropped,
+            ..self.stats
+        }
+    }
+
+    /// The name of level `level`'s zone: `L0.nyucd.net`, `L1.L0.nyucd.net`.
+    pub fn level_zone(&self, level: Level) -> String {
+        let mut s = String::new();
+        for l in (0..=usize::from(level).min(self.levels - 1)).rev() {
+            s.push('L');
+            s.push_str(&l.to_string());
+            s.push('.');
+        }
+        s.push_str(&self.config.zone);
+        s
+    }
+
+    /// The suffix naming Coralized hosts: `http.L2.L1.L0.nyucd.net`.
+    pub fn coral_suffix(&self) -> String {
+        format!(
+            "{}.{}",
+            self.config.service_label,
+            self.level_zone((self.levels - 1) as Level)
+        )
+    }
+
+    /// The nameserver host name of a node: `ns-<16 hex>.nyucd.net`.
+    pub fn nameserver_name(&self, c: &Contact) -> String {
+        format!("ns-{}.{}", ns_label(c), self.config.zone)
+    }
+
+    /// The next resolver to probe: the adapter measures its RTT (for
+    /// example the time a UDP DNS query to its port 53, or a TCP connect
+    /// to it, takes to come back) and reports it with
+    /// [`Self::handle_probe_result`], `None` when nothing came back.
+    #[must_use]
+    pub fn poll_probe(&mut self) -> Option<IpAddr> {
+        let p = self.rtts.poll_probe();
+        if p.is_some() {
+            self.stats.probes += 1;
+        }
+        p
+    }
+
+    /// The outcome of a probe asked for by [`Self::poll_probe`].
+    pub fn handle_probe_result(&mut self, _now: Instant, target: IpAddr, rtt: Option<Duration>) {
+        self.stats.probe_results += 1;
+        self.rtts.record(target, rtt);
+    }
+
+    /// The level a resolver at `rtt` is answered at (spec §6.2): the
+    /// tightest level whose diameter `rtt` is under; level 0 when unknown.
+    pub fn level_for(&self, node: &Node, rtt: Option<Duration>) -> Level {
+        let Some(rtt) = rtt else { return 0 };
+        node.levels()
+            .iter()
+            .enumerate()
+            .take(self.levels)
+            .filter(|(_, l)| l.diameter.is_none_or(|d| rtt < d))
+            .map(|(i, _)| i as Level)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Answers one DNS message from `from`, writing the response into
+    /// `out`; returns `false` when nothing is to be sent (a message not
+    /// worth answering, or a response the rate limit dropped).
+    pub fn handle_query(
+        &mut self,
+        now: Instant,
+        node: &Node,
+        from: SocketAddr,
+        transport: Transport,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.stats.queries += 1;
+        let verdict = match transport {
+            Transport::Udp => self.rrl.check(now, from.ip()),
+            Transport::Tcp => Verdict::Send,
+        };
+        if verdict == Verdict::Drop {
+            self.stats.rate_limited += 1;
+            return false;
+        }
+        let q = match wire::decode(bytes) {
+            Decoded::Query(q) => q,
+            Decoded::Malformed { id, opcode } => {
+                self.stats.formerr += 1;
+                self.stats.responses += 1;
+                wire::encode_error(id, opcode, Rcode::FormErr, out);
+                return true;
+            }
+            Decoded::NotImplemented { id, opcode } => {
+                self.stats.notimp += 1;
+                self.stats.responses += 1;
+                wire::encode_error(id, opcode, Rcode::NotImp, out);
+                return true;
+            }
+            Decoded::Ignore => {
+                self.stats.ignored += 1;
+                return false;
+            }
+        };
+        let limit = match transport {
+            Transport::Tcp => wire::MAX_TCP_MESSAGE,
+            Transport::Udp => q.edns().map_or(wire::CLASSIC_UDP, |e| {
+                usize::from(e.payload.min(self.config.udp_payload)).max(wire::CLASSIC_UDP)
+            }),
+        };
+        let r = if verdict == Verdict::Slip {
+            self.stats.slipped += 1;
+            // Empty and truncated: a real client retries over TCP.
+            Response {
+                truncated: true,
+                ..Response::default()
+            }
+        } else {
+            self.respond(now, node, from.ip(), &q)
+        };
+        match wire::encode(&q, &r, limit, self.config.udp_payload, out) {
+            Ok(true) if verdict == Verdict::Send => self.stats.truncated += 1,
+            Ok(_) => {}
+            Err(_) => {
+                // Only a name built from an unchecked source could fail
+                // (configured names are validated): answer FORMERR rather
+                // than leave the client waiting.
+                wire::encode_error(q.id(), 0, Rcode::FormErr, out);
+            }
+        }
+        self.stats.responses += 1;
+        true
+    }
+
+    fn place(&self, labels: &[String]) -> Place {
+        if let Some(a) = &self.alias
+            && let Some(rest) = strip(labels, a)
+        {
+            return if rest.is_empty() {
+                Place::AliasApex
+            } else {
+                Place::Coralized
+            };
+        }
+        let Some(rest) = strip(labels, &self.zone) else {
+            return Place::Outside;
+        };
+        if rest.is_empty() {
+            return Place::ZoneApex;
+        }
+        // Level zones: rest ends with ..., l1, l0.
+        let mut level_depth = 0;
+        while level_depth < self.levels {
+            let i = rest.len().checked_sub(level_depth + 1);
+            match i {
+                Some(i) if rest[i] == self.level_labels[level_depth] => level_depth += 1,
+                _ => break,
+            }
+        }
+        if level_depth == 0 {
+            return match rest {
+                [l] if l.starts_with("ns-") => Place::Nameserver(l[3..].to_owned()),
+                _ => Place::Missing(Apex::Zone),
+            };
+        }
+        let apex_level = (level_depth - 1) as Level;
+        let inner = &rest[..rest.len() - level_depth];
+        if inner.is_empty() {
+            return Place::LevelApex(apex_level);
+        }
+        if level_depth == self.levels
+            && inner.last() == Some(&self.config.service_label.to_ascii_lowercase())
+        {
+            return if inner.len() == 1 {
+                Place::EmptyNonTerminal(apex_level)
+            } else {
+                Place::Coralized
+            };
+        }
+        Place::Missing(Apex::Level(apex_level))
+    }
+
+    fn respond(&mut self, now: Instant, node: &Node, resolver: IpAddr, q: &Query) -> Response {
+        if !q.class_in() {
+            self.stats.refused += 1;
+            return Response {
+                rcode: Some(Rcode::Refused),
+                ..Response::default()
+            };
+        }
+        if q.edns().is_some_and(|e| e.version > 0) {
+            return Response {
+                rcode: Some(Rcode::BadVers),
+                ..Response::default()
+            };
+        }
+        let labels = q.labels();
+        let mut r = Response {
+            authoritative: true,
+            ..Response::default()
+        };
+        match self.place(&labels) {
+            Place::Outside => {
+                self.stats.refused += 1;
+                return Response {
+                    rcode: Some(Rcode::Refused),
+                    ..Response::default()
+                };
+            }
+            Place::Coralized => self.coralized(now, node, resolver, q, &mut r),
+            Place::ZoneApex => self.apex(now, node, resolver, q, Apex::Zone, &mut r),
+            Place::AliasApex => self.apex(now, node, resolver, q, Apex::Alias, &mut r),
+            Place::LevelApex(l) => self.apex(now, node, resolver, q, Apex::Level(l), &mut r),
+            Place::EmptyNonTerminal(l) => self.nodata(Apex::Level(l), &mut r),
+            Place::Nameserver(label) => self.nameserver(node, &label, q, &mut r),
+            Place::Missing(apex) => {
+                self.stats.nxdomain += 1;
+                r.rcode = Some(Rcode::NxDomain);
+                r.authority.push(self.soa(apex));
+            }
+        }
+        r
+    }
+
+    fn apex_name(&self, apex: Apex) -> String {
+        match apex {
+            Apex::Zone => self.config.zone.clone(),
+            Apex::Alias => self.config.alias.clone().unwrap_or_default(),
+            Apex::Level(l) => self.level_zone(l),
+        }
+    }
+
+    fn soa(&self, apex: Apex) -> Rr {
+        let neg = secs(self.config.negative_ttl);
+        Rr {
+            owner: Owner::Name(self.apex_name(apex)),
+            ttl: neg,
+            data: Data::Soa {
+                mname: format!("ns.{}", self.config.zone),
+                rname: self.config.hostmaster.clone(),
+                // The zone's data is computed per query; nothing transfers
+                // it, so the serial never needs to move.
+                serial: 1,
+                refresh: 3600,
+                retry: 600,
+                expire: 86_400,
+                minimum: neg,
+            },
+        }
+    }
+
+    fn nodata(&mut self, apex: Apex, r: &mut Response) {
+        self.stats.nodata += 1;
+        r.authority.push(self.soa(apex));
+    }
+
+    /// The level a resolver is answered at, and the NS TTL for it.
+    fn resolver_level(&mut self, now: Instant, node: &Node, resolver: IpAddr) -> (Level, u32) {
+        let rtt = self.rtts.lookup(now, resolver);
+        let level = self.level_for(node, rtt);
+        let ns_ttl = if rtt.is_some() {
+            secs(self.config.ns_ttl)
+        } else {
+            secs(self.config.answer_ttl)
+        };
+        (level, ns_ttl)
+    }
+
+    /// NS records and their glue for level `level`'s zone, of DNS nodes
+    /// near the resolver; `owner` names the zone.
+    fn nameservers(
+        &self,
+        now: Instant,
+        node: &Node,
+        resolver: IpAddr,
+        level: Level,
+        ttl: u32,
+        owner: &Owner,
+    ) -> (Vec<Rr>, Vec<Rr>) {
+        let count = self.config.ns_count;
+        let servers = pick(now, node, level, count, resolver, Services::DNS, |_| true).0;
+        let mut ns = Vec::with_capacity(servers.len());
+        let mut glue = Vec::with_capacity(servers.len());
+        for c in servers {
+            let host = self.nameserver_name(&c);
+            ns.push(Rr {
+                owner: owner.clone(),
+                ttl,
+                data: Data::Ns(host.clone()),
+            });
+            glue.push(Rr {
+                owner: Owner::Name(host),
+                ttl,
+                data: address(c.addr.ip()),
+            });
+        }
+        (ns, glue)
+    }
+
+    fn coralized(
+        &mut self,
+        now: Instant,
+        node: &Node,
+        resolver: IpAddr,
+        q: &Query,
+        r: &mut Response,
+    ) {
+        let apex = Apex::Level((self.levels - 1) as Level);
+        let want_v4 = matches!(q.qtype(), Qtype::A | Qtype::Any);
+        let want_v6 = matches!(q.qtype(), Qtype::Aaaa | Qtype::Any);
+        if !want_v4 && !want_v6 {
+            self.nodata(apex, r);
+            return;
+        }
+        let (level, ns_ttl) = self.resolver_level(now, node, resolver);
+        let family = |c: &Contact| match c.addr.ip() {
+            IpAddr::V4(_) => want_v4,
+            IpAddr::V6(_) => want_v6,
+        };
+        // Non-recursive proxies serve only their own network (spec §6.3).
+        let allowed = |c: &Contact| {
+            family(c)
+                && (!c.services.contains(Services::LOCAL_ONLY)
+                    || limits::Prefix::of(c.addr.ip()) == limits::Prefix::of(resolver))
+        };
+        let (proxies, chosen_at, fallback) = pick(
+            now,
+            node,
+            level,
+            self.config.answer_count,
+            resolver,
+            Services::HTTP,
+            allowed,
+        );
+        if proxies.is_empty() {
+            self.stats.no_proxy += 1;
+            self.nodata(apex, r);
+            return;
+        }
+        if fallback {
+            self.stats.fallback_answers += 1;
+        }
+        if let Some(n) = self.stats.answered_at_level.get_mut(usize::from(chosen_at)) {
+            *n += 1;
+        }
+        let ttl = secs(self.config.answer_ttl);
+        for c in proxies {
+            r.answers.push(Rr {
+                owner: Owner::QueryName,
+                ttl,
+                data: address(c.addr.ip()),
+            });
+        }
+        let zone = Owner::Name(self.level_zone(level));
+        (r.authority, r.additional) = self.nameservers(now, node, resolver, level, ns_ttl, &zone);
+    }
+
+    fn apex(
+        &mut self,
+        now: Instant,
+        node: &Node,
+        resolver: IpAddr,
+        q: &Query,
+        apex: Apex,
+        r: &mut Response,
+    ) {
+        let owner = Owner::QueryName;
+        let ns_level = match apex {
+            Apex::Level(l) => l,
+            _ => 0,
+        };
+        match q.qtype() {
+            Qtype::Soa => r.answers.push(Rr {
+                owner,
+                ..self.soa(apex)
+            }),
+            Qtype::Ns => {
+                let ttl = secs(self.config.ns_ttl);
+                (r.answers, r.additional) =
+                    self.nameservers(now, node, resolver, ns_level, ttl, &owner);
+                if r.answers.is_empty() {
+                    self.nodata(apex, r);
+                }
+            }
+            Qtype::Dname if apex == Apex::Alias => r.answers.push(Rr {
+                owner,
+                ttl: secs(self.config.ns_ttl),
+                data: Data::Dname(self.coral_suffix()),
+            }),
+            Qtype::Any => {
+                r.answers.push(Rr {
+                    owner: owner.clone(),
+                    ..self.soa(apex)
+                });
+                if apex == Apex::Alias {
+                    r.answers.push(Rr {
+                        owner,
+                        ttl: secs(self.config.ns_ttl),
+                        data: Data::Dname(self.coral_suffix()),
+                    });
+                }
+            }
+            _ => self.nodata(apex, r),
+        }
+    }
+
+    fn nameserver(&mut self, node: &Node, label: &str, q: &Query, r: &mut Response) {
+        let found = known_dns_nodes(node)
+            .into_iter()
+            .find(|c| ns_label(c) == label);
+        let Some(c) = found else {
+            self.stats.nxdomain += 1;
+            r.rcode = Some(Rcode::NxDomain);
+            r.authority.push(self.soa(Apex::Zone));
+            return;
+        };
+        let ip = c.addr.ip();
+        let fits = matches!(
+            (q.qtype(), ip),
+            (Qtype::A | Qtype::Any, IpAddr::V4(_)) | (Qtype::Aaaa | Qtype::Any, IpAddr::V6(_))
+        );
+        if fits {
+            r.answers.push(Rr {
+                owner: Owner::QueryName,
+                ttl: secs(self.config.ns_ttl),
+                data: address(ip),
+            });
+        } else {
+            self.nodata(Apex::Zone, r);
+        }
+    }
+}
+
+fn secs(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+fn address(ip: IpAddr) -> Data {
+    match ip {
+        IpAddr::V4(a) => Data::A(a),
+        IpAddr::V6(a) => Data::Aaaa(a),
+    }
+}
+
+fn ns_label(c: &Contact) -> String {
+    let mut hex = c.id.to_string();
+    hex.truncate(16);
+    hex
+}
+
+/// Every DNS node this node knows, itself included, at any level.
+fn known_dns_nodes(node: &Node) -> Vec<Contact> {
+    let mut v: Vec<Contact> = Vec::new();
+    let me = node.contact();
+    if me.services.contains(Services::DNS) {
+        v.push(me);
+    }
+    for level in 0..node.levels().len() {
+        for c in node.contacts(level as Level) {
+            if c.services.contains(Services::DNS) && !v.iter().any(|d| d.id == c.id) {
+                v.push(c);
+            }
+        }
+    }
+    v
+}
+
+/// Up to `count` nodes offering `services` and passing `allowed`, chosen
+/// by [`Node::nodes`] for `target` at `level`; when the cluster has none
+/// heard from recently, the next lower level's, and at last any known node
+/// (the fallback). Returns the nodes, the level they came from, and
+/// whether the fallback was used.
+fn pick(
+    now: Instant,
+    node: &Node,
+    level: Level,
+    count: usize,
+    target: IpAddr,
+    services: Services,
+    allowed: impl Fn(&Contact) -> bool,
+) -> (Vec<Contact>, Level, bool) {
+    // Ask for more than needed: some may be filtered out.
+    let ask = count.saturating_mul(4).max(8);
+    for l in (0..=level).rev() {
+        let v: Vec<Contact> = node
+            .nodes(now, l, ask, Some(target), services)
+            .into_iter()
+            .filter(|c| allowed(c))
+            .take(count)
+            .collect();
+        if !v.is_empty() {
+            return (v, l, false);
+        }
+    }
+    let mut any: Vec<Contact> = Vec::new();
+    for l in 0..node.levels().len() {
+        for c in node.contacts(l as Level) {
+            if any.len() < count
+                && c.services.contains(services)
+                && allowed(&c)
+                && !any.iter().any(|d| d.id == c.id)
+            {
+                any.push(c);
+            }
+        }
+    }
+    (any, 0, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wire::testing::{Seen, query, seen};
+    use super::*;
+    use crate::config::Config;
+    use crate::testnet::{Net, addr};
+
+    const A: u16 = 1;
+    const NS: u16 = 2;
+    const SOA: u16 = 6;
+    const MX: u16 = 15;
+    const AAAA: u16 = 28;
+    const DNAME: u16 = 39;
+    const NOERROR: u16 = 0;
+    const FORMERR: u16 = 1;
+    const NXDOMAIN: u16 = 3;
+    const NOTIMP: u16 = 4;
+    const REFUSED: u16 = 5;
+
+    /// Five nodes running proxies and DNS servers, joined; node 0 serves.
+    fn net() -> Net {
+        net_of(5)
+    }
+
+    /// `n` nodes running proxies and DNS servers, joined and settled for
+    /// three minutes so every level's table is filled; node 0 serves.
+    fn net_of(n: usize) -> Net {
+        let config = Config {
+            services: Services::HTTP.with(Services::DNS),
+            ..Config::default()
+        };
+        let mut net = Net::new(n, &config);
+        net.join_all();
+        net.after(Duration::from_secs(180));
+        net
+    }
+
+    fn server() -> DnsServer {
+        DnsServer::new(DnsConfig::default(), 3).unwrap()
+    }
+
+    fn resolver() -> SocketAddr {
+        "192.0.2.53:5353".parse().unwrap()
+    }
+
+    fn ask(s: &mut DnsServer, net: &Net, from: SocketAddr, t: Transport, q: &[u8]) -> Option<Seen> {
+        let mut out = Vec::new();
+        s.handle_query(net.now, &net.nodes[0], from, t, q, &mut out)
+            .then(|| seen(&out))
+    }
+
+    fn udp(s: &mut DnsServer, net: &Net, name: &str, qtype: u16) -> Seen {
+        ask(
+            s,
+            net,
+            resolver(),
+            Transport::Udp,
+            &query(name, qtype, Some(1232)),
+        )
+        .unwrap()
+    }
+
+    fn node_ips(net: &Net) -> Vec<String> {
+        (0..net.nodes.len())
+            .map(|i| addr(i).ip().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_coralized_name_gets_live_proxies_and_level_0_servers_until_probed() {
+        let net = net();
+        let mut s = server();
+        let r = udp(&mut s, &net, "www.example.com.nyud.net.", A);
+        assert_eq!(r.rcode, NOERROR);
+        assert!(r.aa && !r.ra && !r.tc);
+        assert_eq!(r.answers.len(), 2);
+        for (owner, t, ttl, ip) in &r.answers {
+            assert_eq!(
+                (owner.as_str(), *t, *ttl),
+                ("www.example.com.nyud.net.", A, 30)
+            );
+            assert!(node_ips(&net).contains(ip), "{ip} is not a node");
+        }
+        assert_eq!(r.authority.len(), 3);
+        for (owner, t, ttl, host) in &r.authority {
+            assert_eq!((owner.as_str(), *t), ("L0.nyucd.net.", NS));
+            assert_eq!(*ttl, 30, "unmeasured: the NS TTL is the short one");
+            assert!(host.starts_with("ns-") && host.ends_with(".nyucd.net."));
+            assert!(
+                r.additional.iter().any(|g| &g.0 == host && g.1 == A),
+                "no glue for {host}"
+            );
+        }
+        // One probe for the resolver's prefix, however many queries.
+        udp(&mut s, &net, "www.example.com.nyud.net.", A);
+        assert_eq!(s.poll_probe(), Some(resolver().ip()));
+        assert_eq!(s.poll_probe(), None);
+    }
+
+    #[test]
+    fn the_resolvers_rtt_picks_the_level_and_its_zone() {
+        let net = net();
+        for (rtt_ms, zone, level) in [
+            (5, "L2.L1.L0.nyucd.net.", 2),
+            (40, "L1.L0.nyucd.net.", 1),
+            (150, "L0.nyucd.net.", 0),
+        ] {
+            let mut s = server();
+            udp(&mut s, &net, "x.nyud.net.", A);
+            let before = s.stats().answered_at_level[level];
+            let target = s.poll_probe().unwrap();
+            s.handle_probe_result(net.now, target, Some(Duration::from_millis(rtt_ms)));
+            let r = udp(&mut s, &net, "x.nyud.net.", A);
+            assert!(!r.authority.is_empty());
+            for (owner, _, ttl, _) in &r.authority {
+                assert_eq!(owner, zone, "rtt {rtt_ms} ms");
+                assert_eq!(*ttl, 6 * 3600);
+            }
+            assert_eq!(
+                s.stats().answered_at_level[level],
+                before + 1,
+                "rtt {rtt_ms} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn the_long_form_names_the_same_hosts() {
+        let net = net();
+        let mut s = server();
+        let r = udp(&mut s, &net, "www.example.com.http.L2.L1.L0.nyucd.net.", A);
+        assert_eq!((r.rcode, r.answers.len()), (NOERROR, 2));
+        // The level zones' own names, and names between them.
+        let r = udp(&mut s, &net, "http.L2.L1.L0.nyucd.net.", A);
+        assert_eq!(
+            (r.rcode, r.answers.len()),
+            (NOERROR, 0),
+            "an empty non-terminal is NODATA"
+        );
+        assert_eq!(r.authority[0].1, SOA);
+        let r = udp(&mut s, &net, "www.example.com.ftp.L2.L1.L0.nyucd.net.", A);
+        assert_eq!(r.rcode, NXDOMAIN);
+        assert_eq!(
+            (r.authority[0].0.as_str(), r.authority[0].1),
+            ("L2.L1.L0.nyucd.net.", SOA)
+        );
+    }
+
+    #[test]
+    fn the_case_of_the_query_name_is_kept() {
+        let net = net();
+        let mut s = server();
+        let r = udp(&mut s, &net, "wWw.ExAmPlE.cOm.NyUd.NeT.", A);
+        assert_eq!(r.question.as_deref(), Some("wWw.ExAmPlE.cOm.NyUd.NeT."));
+        assert!(r.answers.iter().all(|a| a.0 == "wWw.ExAmPlE.cOm.NyUd.NeT."));
+        assert_eq!(r.answers.len(), 2);
+    }
+
+    #[test]
+    fn apexes_serve_soa_ns_and_the_alias_its_dname() {
+        let net = net();
+        let mut s = server();
+        for apex in [
+            "nyucd.net.",
+            "nyud.net.",
+            "L0.nyucd.net.",
+            "L1.L0.nyucd.net.",
+            "L2.L1.L0.nyucd.net.",
+        ] {
+            let r = udp(&mut s, &net, apex, SOA);
+            assert_eq!(
+                (r.rcode, r.answers.len(), r.answers[0].1),
+                (NOERROR, 1, SOA),
+                "{apex}"
+            );
+            let r = udp(&mut s, &net, apex, NS);
+            assert_eq!(r.answers.len(), 3, "{apex}");
+            assert!(r.answers.iter().all(|a| a.1 == NS && a.0 == apex));
+            assert_eq!(r.additional.len(), 3, "glue at {apex}");
+            let r = udp(&mut s, &net, apex, MX);
+            assert_eq!(
+                (r.rcode, r.answers.len(), r.authority[0].1),
+                (NOERROR, 0, SOA),
+                "{apex}"
+            );
+        }
+        let r = udp(&mut s, &net, "nyud.net.", DNAME);
+        assert_eq!(r.answers[0].1, DNAME);
+        assert_eq!(r.answers[0].3, "http.L2.L1.L0.nyucd.net.");
+    }
+
+    #[test]
+    fn a_nameserver_host_name_resolves_to_its_node() {
+        let net = net();
+        let mut s = server();
+        let r = udp(&mut s, &net, "x.nyud.net.", A);
+        let (host, ip) = (&r.additional[0].0, &r.additional[0].3);
+        let a = udp(&mut s, &net, host, A);
+        assert_eq!(a.answers.len(), 1);
+        assert_eq!(&a.answers[0].3, ip);
+        let a = udp(&mut s, &net, host, AAAA);
+        assert_eq!((a.rcode, a.answers.len()), (NOERROR, 0));
+        let a = udp(&mut s, &net, "ns-0000000000000000.nyucd.net.", A);
+        assert_eq!(a.rcode, NXDOMAIN);
+    }
+
+    #[test]
+    fn hygiene_refused_nxdomain_nodata() {
+        let net = net();
+        let mut s = server();
+        let r = udp(&mut s, &net, "www.example.com.", A);
+        assert_eq!((r.rcode, r.aa, r.answers.len()), (REFUSED, false, 0));
+        let r = udp(&mut s, &net, "nyucd.net.example.", A);
+        assert_eq!(r.rcode, REFUSED);
+        let r = udp(&mut s, &net, "nothing.nyucd.net.", A);
+        assert_eq!((r.rcode, r.aa), (NXDOMAIN, true));
+        assert_eq!(
+            (r.authority[0].0.as_str(), r.authority[0].1),
+            ("nyucd.net.", SOA)
+        );
+        let r = udp(&mut s, &net, "www.example.com.nyud.net.", MX);
+        assert_eq!((r.rcode, r.answers.len()), (NOERROR, 0));
+        assert_eq!(r.authority[0].1, SOA);
+        assert!(!r.ra);
+    }
+
+    #[test]
+    fn malformed_and_unsupported_messages() {
+        let net = net();
+        let mut s = server();
+        let good = query("x.nyud.net.", A, None);
+        // Cut inside the question.
+        let r = ask(
+            &mut s,
+            &net,
+            resolver(),
+            Transport::Udp,
+            &good[..good.len() - 3],
+        )
+        .unwrap();
+        assert_eq!((r.id, r.rcode), (0x5a5a, FORMERR));
+        // Opcode NOTIFY (4).
+        let mut notify = good.clone();
+        notify[2] = (notify[2] & 0x87) | (4 << 3);
+        let r = ask(&mut s, &net, resolver(), Transport::Udp, &notify).unwrap();
+        assert_eq!(r.rcode, NOTIMP);
+        // A response is not answered; nor is a runt.
+        let mut response = good.clone();
+        response[2] |= 0x80;
+        assert!(ask(&mut s, &net, resolver(), Transport::Udp, &response).is_none());
+        assert!(ask(&mut s, &net, resolver(), Transport::Udp, &good[..5]).is_none());
+        // And the server still answers.
+        let r = ask(&mut s, &net, resolver(), Transport::Udp, &good).unwrap();
+        assert_eq!((r.rcode, r.answers.len()), (NOERROR, 2));
+    }
+
+    #[test]
+    fn udp_size_is_honoured_and_tcp_carries_it_whole() {
+        let net = net_of(16);
+        let config = DnsConfig {
+            ns_count: 12,
+            answer_count: 12,
+            ..DnsConfig::default()
+        };
+        let mut s = DnsServer::new(config, 3).unwrap();
+        let name = "a-rather-long-label-to-fill-the-answer.www.example.com.nyud.net.";
+        let plain = query(name, A, None);
+        let mut out = Vec::new();
+        assert!(s.handle_query(
+            net.now,
+            &net.nodes[0],
+            resolver(),
+            Transport::Udp,
+            &plain,
+            &mut out
+        ));
+        assert!(out.len() <= 512);
+        let r = seen(&out);
+        assert!(r.tc && r.answers.is_empty(), "{r:?}");
+        assert_eq!(s.stats().truncated, 1);
+        let tcp = ask(&mut s, &net, resolver(), Transport::Tcp, &plain).unwrap();
+        assert!(!tcp.tc);
+        assert_eq!((tcp.answers.len(), tcp.authority.len()), (12, 12));
+        assert!(tcp.additional.len() >= 12);
+        // With EDNS(0) at 1232 the same answer fits in UDP, with our OPT.
+        let big = ask(
+            &mut s,
+            &net,
+            resolver(),
+            Transport::Udp,
+            &query(name, A, Some(4096)),
+        )
+        .unwrap();
+        assert!(!big.tc);
+        assert_eq!(big.edns_payload, Some(1232));
+    }
+
+    #[test]
+    fn a_flood_from_one_prefix_is_limited_and_slips() {
+        let net = net();
+        let config = DnsConfig {
+            rrl_rate: 10,
+            ..DnsConfig::default()
+        };
+        let mut s = DnsServer::new(config, 3).unwrap();
+        let q = query("x.nyud.net.", A, None);
+        let answered: Vec<Option<Seen>> = (0..30)
+            .map(|_| ask(&mut s, &net, resolver(), Transport::Udp, &q))
+            .collect();
+        let full = answered.iter().flatten().filter(|r| !r.tc).count();
+        let slips = answered.iter().flatten().filter(|r| r.tc).count();
+        assert_eq!(full, 10);
+        assert_eq!(slips, 10);
+        assert!(
+            answered
+                .iter()
+                .flatten()
+                .filter(|r| r.tc)
+                .all(|r| r.answers.is_empty())
+        );
+        assert_eq!(s.stats().rate_limited, 10);
+        // TCP is not limited.
+        assert!(ask(&mut s, &net, resolver(), Transport::Tcp, &q).is_some_and(|r| !r.tc));
+    }
+
+    #[test]
+    fn local_only_proxies_serve_only_their_own_prefix() {
+        let config = Config {
+            services: Services::HTTP
+                .with(Services::DNS)
+                .with(Services::LOCAL_ONLY),
+            ..Config::default()
+        };
+        let mut net = Net::new(4, &config);
+        net.join_all();
+        net.after(Duration::from_secs(30));
+        let mut s = server();
+        let q = query("x.nyud.net.", A, None);
+        let far = ask(&mut s, &net, resolver(), Transport::Udp, &q).unwrap();
+        assert_eq!((far.rcode, far.answers.len()), (NOERROR, 0));
+        assert_eq!(s.stats().no_proxy, 1);
+        let local: SocketAddr = "10.0.0.200:5353".parse().unwrap();
+        let near = ask(&mut s, &net, local, Transport::Udp, &q).unwrap();
+        assert_eq!(near.answers.len(), 2);
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        let bad = |c: DnsConfig| DnsServer::new(c, 3).err();
+        assert!(matches!(
+            bad(DnsConfig {
+                zone: String::new(),
+                ..DnsConfig::default()
+            }),
+            Some(DnsConfigError::BadName(_))
+        ));
+        assert!(matches!(
+            bad(DnsConfig {
+                alias: Some("x.nyucd.net".into()),
+                ..DnsConfig::default()
+            }),
+            Some(DnsConfigError::Overlap { .. })
+        ));
+        assert_eq!(
+            DnsServer::new(DnsConfig::default(), 0).err(),
+            Some(DnsConfigError::NoLevels)
+        );
+        let s = DnsServer::new(DnsConfig::default(), 3).unwrap();
+        assert_eq!(s.coral_suffix(), "http.L2.L1.L0.nyucd.net");
+        assert_eq!(s.level_zone(1), "L1.L0.nyucd.net");
+    }
+
+    proptest::proptest! {
+        /// No input makes the server panic, and whatever it sends over UDP
+        /// fits in 512 bytes or the size the query's EDNS(0) allows.
+        #[test]
+        fn any_bytes_get_a_bounded_answer_or_none(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            static NET: std::sync::OnceLock<std::sync::Mutex<Net>> = std::sync::OnceLock::new();
+            let net = NET.get_or_init(|| std::sync::Mutex::new(net()));
+            let net = net.lock().unwrap();
+            let mut s = server();
+            let mut out = Vec::new();
+            if s.handle_query(net.now, &net.nodes[0], resolver(), Transport::Udp, &bytes, &mut out) {
+                proptest::prop_assert!(out.len() <= 1232);
+                proptest::prop_assert!(out.len() >= 12);
+            }
+        }
+    }
+}

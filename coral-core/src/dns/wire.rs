@@ -1,0 +1,591 @@
+//! DNS messages in and out, through `hickory-proto`: the one file that names
+//! it (convention 11). The redirector above works on [`Query`] and
+//! [`Response`], which say only what it needs.
+//!
+//! Decoding is strict and total: every input ends as a [`Decoded`] value,
+//! never a panic. Names are bounded and validated by hickory-proto (at most
+//! 255 octets, labels of at most 63); the query name keeps the case it was
+//! sent in, so answers echo it (the 0x20 trick resolvers use against
+//! spoofing).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as HQuery, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, NS, NULL, SOA};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+
+/// The largest DNS message over TCP (a 16-bit length prefix).
+pub const MAX_TCP_MESSAGE: usize = 65_535;
+
+/// The UDP size every DNS client accepts (RFC 1035 §2.3.4).
+pub const CLASSIC_UDP: usize = 512;
+
+/// Query types the redirector answers; the rest get NODATA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Qtype {
+    /// IPv4 address.
+    A,
+    /// IPv6 address.
+    Aaaa,
+    /// Name servers.
+    Ns,
+    /// Start of authority.
+    Soa,
+    /// Subtree alias (RFC 6672).
+    Dname,
+    /// Everything (`ANY`, type 255).
+    Any,
+    /// Anything else, by number.
+    Other(u16),
+}
+
+/// The EDNS(0) part of a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EdnsQuery {
+    /// The largest UDP response the client accepts (at least 512).
+    pub payload: u16,
+    /// The EDNS version the client speaks.
+    pub version: u8,
+}
+
+/// A decoded query with one question.
+#[derive(Clone, Debug)]
+pub struct Query {
+    id: u16,
+    recursion_desired: bool,
+    checking_disabled: bool,
+    name: Name,
+    qtype: Qtype,
+    class_in: bool,
+    edns: Option<EdnsQuery>,
+}
+
+impl Query {
+    /// The question's labels, lowercased, leftmost first.
+    pub fn labels(&self) -> Vec<String> {
+        self.name
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+            .collect()
+    }
+
+    /// The question's type.
+    pub fn qtype(&self) -> Qtype {
+        self.qtype
+    }
+
+    /// Whether the question's class is IN (or ANY).
+    pub fn class_in(&self) -> bool {
+        self.class_in
+    }
+
+    /// The query's EDNS(0) record, if it carried one.
+    pub fn edns(&self) -> Option<EdnsQuery> {
+        self.edns
+    }
+
+    /// The query id.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+}
+
+/// What a datagram or TCP message turned out to be.
+#[derive(Debug)]
+pub enum Decoded {
+    /// A standard query with one question.
+    Query(Query),
+    /// A message with a readable header whose body is malformed (or has
+    /// other than one question): answered FORMERR.
+    Malformed {
+        /// Its id.
+        id: u16,
+        /// Its opcode, as sent.
+        opcode: u8,
+    },
+    /// An opcode other than QUERY: answered NOTIMP.
+    NotImplemented {
+        /// Its id.
+        id: u16,
+        /// Its opcode, as sent.
+        opcode: u8,
+    },
+    /// Not worth an answer: shorter than a header, or itself a response
+    /// (answering responses would let two servers loop).
+    Ignore,
+}
+
+/// Decodes one DNS message.
+pub fn decode(bytes: &[u8]) -> Decoded {
+    let Ok(header) = hickory_proto::op::Header::read(&mut BinDecoder::new(bytes)) else {
+        return Decoded::Ignore;
+    };
+    let meta = header.metadata;
+    if meta.message_type == MessageType::Response {
+        return Decoded::Ignore;
+    }
+    let opcode = u8::from(meta.op_code);
+    if meta.op_code != OpCode::Query {
+        return Decoded::NotImplemented {
+            id: meta.id,
+            opcode,
+        };
+    }
+    let malformed = Decoded::Malformed {
+        id: meta.id,
+        opcode,
+    };
+    let Ok(msg) = Message::from_vec(bytes) else {
+        return malformed;
+    };
+    let [q] = msg.queries.as_slice() else {
+        return malformed;
+    };
+    let qtype = match q.query_type() {
+        RecordType::A => Qtype::A,
+        RecordType::AAAA => Qtype::Aaaa,
+        RecordType::NS => Qtype::Ns,
+        RecordType::SOA => Qtype::Soa,
+        RecordType::DNAME => Qtype::Dname,
+        RecordType::ANY => Qtype::Any,
+        other => Qtype::Other(u16::from(other)),
+    };
+    Decoded::Query(Query {
+        id: meta.id,
+        recursion_desired: meta.recursion_desired,
+        checking_disabled: meta.checking_disabled,
+        name: q.name().clone(),
+        qtype,
+        class_in: matches!(q.query_class(), DNSClass::IN | DNSClass::ANY),
+        edns: msg.edns.as_ref().map(|e| EdnsQuery {
+            payload: e.max_payload().max(CLASSIC_UDP as u16),
+            version: e.version(),
+        }),
+    })
+}
+
+/// Response codes the redirector sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rcode {
+    /// No error (also NODATA, with no answer).
+    NoError,
+    /// Malformed query.
+    FormErr,
+    /// The name does not exist.
+    NxDomain,
+    /// Opcode not implemented.
+    NotImp,
+    /// Not our zone, or not our class.
+    Refused,
+    /// EDNS version not supported (extended code 16).
+    BadVers,
+}
+
+/// Who a record is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// The query name, with the case it was sent in.
+    QueryName,
+    /// Another name, in presentation form (`ns-1.nyucd.net`).
+    Name(String),
+}
+
+/// Record data the redirector sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Data {
+    /// IPv4 address.
+    A(Ipv4Addr),
+    /// IPv6 address.
+    Aaaa(Ipv6Addr),
+    /// A name server's host name.
+    Ns(String),
+    /// The zone's start of authority.
+    Soa {
+        /// Primary name server.
+        mname: String,
+        /// Responsible mailbox, as a name.
+        rname: String,
+        /// Zone serial.
+        serial: u32,
+        /// Secondary refresh interval, s.
+        refresh: u32,
+        /// Secondary retry interval, s.
+        retry: u32,
+        /// Secondary expiry, s.
+        expire: u32,
+        /// Negative-caching TTL, s (RFC 2308).
+        minimum: u32,
+    },
+    /// The target of a subtree alias.
+    Dname(String),
+}
+
+/// One resource record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rr {
+    /// Owner name.
+    pub owner: Owner,
+    /// Time to live, s.
+    pub ttl: u32,
+    /// Data.
+    pub data: Data,
+}
+
+/// A response to describe and encode.
+#[derive(Clone, Debug, Default)]
+pub struct Response {
+    /// Response code.
+    pub rcode: Option<Rcode>,
+    /// Authoritative answer (AA).
+    pub authoritative: bool,
+    /// Answer section.
+    pub answers: Vec<Rr>,
+    /// Authority section.
+    pub authority: Vec<Rr>,
+    /// Additional section (glue); the OPT record is added by [`encode`].
+    pub additional: Vec<Rr>,
+    /// Send it truncated whatever its size (the rate limit's slip).
+    pub truncated: bool,
+}
+
+/// Why a response could not be encoded (a name we built is not a valid
+/// DNS name: a configuration error the caller reports).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode a DNS response: {0}")]
+pub struct EncodeError(String);
+
+fn name(s: &str) -> Result<Name, EncodeError> {
+    let mut n = Name::from_ascii(s).map_err(|e| EncodeError(e.to_string()))?;
+    n.set_fqdn(true);
+    Ok(n)
+}
+
+/// Whether `s` is a valid DNS name in presentation form.
+pub fn valid_name(s: &str) -> bool {
+    name(s).is_ok()
+}
+
+fn record(q: &Query, rr: &Rr) -> Result<Record, EncodeError> {
+    let owner = match &rr.owner {
+        Owner::QueryName => q.name.clone(),
+        Owner::Name(s) => name(s)?,
+    };
+    let data = match &rr.data {
+        Data::A(a) => RData::A(A(*a)),
+        Data::Aaaa(a) => RData::AAAA(AAAA(*a)),
+        Data::Ns(n) => RData::NS(NS(name(n)?)),
+        Data::Soa {
+            mname,
+            rname,
+            serial,
+            refresh,
+            retry,
+            expire,
+            minimum,
+        } => RData::SOA(SOA::new(
+            name(mname)?,
+            name(rname)?,
+            *serial,
+            i32::try_from(*refresh).unwrap_or(i32::MAX),
+            i32::try_from(*retry).unwrap_or(i32::MAX),
+            i32::try_from(*expire).unwrap_or(i32::MAX),
+            *minimum,
+        )),
+        Data::Dname(target) => {
+            // hickory-proto has no typed DNAME; its rdata is the target name
+            // in uncompressed wire form (RFC 6672 §2.5), which hickory's
+            // own name encoder writes.
+            let mut buf = Vec::new();
+            name(target)?
+                .emit(&mut BinEncoder::new(&mut buf))
+                .map_err(|e| EncodeError(e.to_string()))?;
+            RData::Unknown {
+                code: RecordType::DNAME,
+                rdata: NULL::with(buf),
+            }
+        }
+    };
+    Ok(Record::from_rdata(owner, rr.ttl, data))
+}
+
+fn response_message(id: u16, opcode: u8, rcode: Rcode) -> Message {
+    let mut m = Message::response(id, OpCode::from_u8(opcode));
+    m.metadata.response_code = match rcode {
+        Rcode::NoError => ResponseCode::NoError,
+        Rcode::FormErr => ResponseCode::FormErr,
+        Rcode::NxDomain => ResponseCode::NXDomain,
+        Rcode::NotImp => ResponseCode::NotImp,
+        Rcode::Refused => ResponseCode::Refused,
+        Rcode::BadVers => ResponseCode::BADVERS,
+    };
+    m
+}
+
+/// An error response to a message that was not a usable query: header
+/// only, no question, no recursion available.
+pub fn encode_error(id: u16, opcode: u8, rcode: Rcode, out: &mut Vec<u8>) {
+    out.clear();
+    let m = response_message(id, opcode, rcode);
+    // A header-only message always encodes.
+    if let Ok(bytes) = m.to_vec() {
+        out.extend_from_slice(&bytes);
+    }
+}
+
+/// Encodes `r` as the response to `q` into `out`, at most `limit` bytes.
+/// A response that does not fit is sent truncated (TC set, sections
+/// emptied, question and OPT kept) so the client retries over TCP. Returns
+/// whether it was truncated.
+pub fn encode(
+    q: &Query,
+    r: &Response,
+    limit: usize,
+    our_payload: u16,
+    out: &mut Vec<u8>,
+) -> Result<bool, EncodeError> {
+    let mut m = response_message(q.id, 0, r.rcode.unwrap_or(Rcode::NoError));
+    m.metadata.authoritative = r.authoritative;
+    m.metadata.recursion_desired = q.recursion_desired;
+    m.metadata.checking_disabled = q.checking_disabled;
+    m.metadata.recursion_available = false;
+    let mut hq = HQuery::query(q.name.clone(), RecordType::A);
+    hq.query_type = match q.qtype {
+        Qtype::A => RecordType::A,
+        Qtype::Aaaa => RecordType::AAAA,
+        Qtype::Ns => RecordType::NS,
+        Qtype::Soa => RecordType::SOA,
+        Qtype::Dname => RecordType::DNAME,
+        Qtype::Any => RecordType::ANY,
+        Qtype::Other(n) => RecordType::from(n),
+    };
+    hq.query_class = if q.class_in {
+        DNSClass::IN
+    } else {
+        DNSClass::CH
+    };
+    m.queries.push(hq);
+    if q.edns.is_some() {
+        let mut e = Edns::new();
+        // hickory-proto moves an extended code's high bits (BADVERS) into
+        // the OPT record as it encodes.
+        e.set_max_payload(our_payload.max(CLASSIC_UDP as u16));
+        m.edns = Some(e);
+    }
+    for rr in &r.answers {
+        m.answers.push(record(q, rr)?);
+    }
+    for rr in &r.authority {
+        m.authorities.push(record(q, rr)?);
+    }
+    for rr in &r.additional {
+        m.additionals.push(record(q, rr)?);
+    }
+    let bytes = m.to_vec().map_err(|e| EncodeError(e.to_string()))?;
+    out.clear();
+    if bytes.len() <= limit && !r.truncated {
+        out.extend_from_slice(&bytes);
+        return Ok(false);
+    }
+    let mut t = m.truncate();
+    let mut bytes = t.to_vec().map_err(|e| EncodeError(e.to_string()))?;
+    if bytes.len() > limit {
+        // Even the question does not fit: the header alone, TC set.
+        t.queries.clear();
+        t.edns = None;
+        bytes = t.to_vec().map_err(|e| EncodeError(e.to_string()))?;
+    }
+    out.extend_from_slice(&bytes);
+    Ok(true)
+}
+
+/// Queries and readable responses for the redirector's tests, through the
+/// same crate.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A query for `name` of type `qtype` (a number), with EDNS(0) at
+    /// `edns` bytes when given.
+    pub(crate) fn query(name: &str, qtype: u16, edns: Option<u16>) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = 0x5a5a;
+        m.metadata.recursion_desired = true;
+        m.add_query(HQuery::query(
+            Name::from_ascii(name).unwrap(),
+            RecordType::from(qtype),
+        ));
+        if let Some(p) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(p);
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    /// One record: owner (as sent), type number, TTL, data as text.
+    pub(crate) type Rec = (String, u16, u32, String);
+
+    /// What a test looks at in a response.
+    #[derive(Debug)]
+    pub(crate) struct Seen {
+        pub(crate) id: u16,
+        pub(crate) rcode: u16,
+        pub(crate) aa: bool,
+        pub(crate) tc: bool,
+        pub(crate) ra: bool,
+        pub(crate) question: Option<String>,
+        pub(crate) answers: Vec<Rec>,
+        pub(crate) authority: Vec<Rec>,
+        pub(crate) additional: Vec<Rec>,
+        pub(crate) edns_payload: Option<u16>,
+    }
+
+    fn rec(r: &Record) -> Rec {
+        let data = match &r.data {
+            RData::A(a) => a.0.to_string(),
+            RData::AAAA(a) => a.0.to_string(),
+            RData::NS(n) => n.0.to_ascii(),
+            RData::SOA(s) => s.mname.to_ascii(),
+            RData::Unknown { rdata, .. } => {
+                let b = rdata.anything.clone();
+                Name::read(&mut BinDecoder::new(&b)).unwrap().to_ascii()
+            }
+            other => format!("{other:?}"),
+        };
+        (r.name.to_ascii(), u16::from(r.record_type()), r.ttl, data)
+    }
+
+    /// Decodes a response.
+    pub(crate) fn seen(bytes: &[u8]) -> Seen {
+        let m = Message::from_vec(bytes).unwrap();
+        Seen {
+            id: m.metadata.id,
+            rcode: u16::from(m.metadata.response_code),
+            aa: m.metadata.authoritative,
+            tc: m.metadata.truncation,
+            ra: m.metadata.recursion_available,
+            question: m.queries.first().map(|q| q.name().to_ascii()),
+            answers: m.answers.iter().map(rec).collect(),
+            authority: m.authorities.iter().map(rec).collect(),
+            additional: m.additionals.iter().map(rec).collect(),
+            edns_payload: m.edns.as_ref().map(Edns::max_payload),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query_bytes(name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = 7;
+        m.metadata.recursion_desired = true;
+        m.add_query(HQuery::query(Name::from_ascii(name).unwrap(), rtype));
+        if let Some(p) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(p);
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn a_query_decodes_with_its_case_kept() {
+        let b = query_bytes("WwW.Example.COM.nyud.net.", RecordType::AAAA, Some(1400));
+        let Decoded::Query(q) = decode(&b) else {
+            panic!("not a query")
+        };
+        assert_eq!(q.id(), 7);
+        assert_eq!(q.qtype(), Qtype::Aaaa);
+        assert_eq!(q.labels(), ["www", "example", "com", "nyud", "net"]);
+        assert_eq!(q.edns().map(|e| e.payload), Some(1400));
+        let r = Response {
+            answers: vec![Rr {
+                owner: Owner::QueryName,
+                ttl: 30,
+                data: Data::A(Ipv4Addr::new(10, 0, 0, 1)),
+            }],
+            authoritative: true,
+            ..Response::default()
+        };
+        let mut out = Vec::new();
+        assert!(!encode(&q, &r, 1400, 1232, &mut out).unwrap());
+        let m = Message::from_vec(&out).unwrap();
+        assert!(m.metadata.authoritative && !m.metadata.recursion_available);
+        assert!(
+            m.answers[0]
+                .name
+                .eq_case(&Name::from_ascii("WwW.Example.COM.nyud.net.").unwrap())
+        );
+        assert!(
+            m.queries[0]
+                .name()
+                .eq_case(&Name::from_ascii("WwW.Example.COM.nyud.net.").unwrap())
+        );
+    }
+
+    #[test]
+    fn junk_never_panics_and_short_input_is_ignored() {
+        assert!(matches!(decode(&[]), Decoded::Ignore));
+        assert!(matches!(decode(&[1, 2, 3]), Decoded::Ignore));
+        // A header claiming one question, and no question.
+        let b = [0, 9, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        assert!(matches!(decode(&b), Decoded::Malformed { id: 9, .. }));
+        // A response is never answered.
+        let b = [0, 9, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(matches!(decode(&b), Decoded::Ignore));
+        // Opcode 2 (STATUS).
+        let b = [0, 9, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(matches!(
+            decode(&b),
+            Decoded::NotImplemented { id: 9, opcode: 2 }
+        ));
+    }
+
+    #[test]
+    fn an_answer_too_large_is_truncated_within_the_limit() {
+        let b = query_bytes("x.nyud.net.", RecordType::A, None);
+        let Decoded::Query(q) = decode(&b) else {
+            panic!("not a query")
+        };
+        let answers = (0..100)
+            .map(|i| Rr {
+                owner: Owner::QueryName,
+                ttl: 30,
+                data: Data::A(Ipv4Addr::new(10, 0, 0, i)),
+            })
+            .collect();
+        let r = Response {
+            answers,
+            ..Response::default()
+        };
+        let mut out = Vec::new();
+        assert!(encode(&q, &r, CLASSIC_UDP, 1232, &mut out).unwrap());
+        assert!(out.len() <= CLASSIC_UDP);
+        let m = Message::from_vec(&out).unwrap();
+        assert!(m.metadata.truncation);
+        assert!(m.answers.is_empty());
+    }
+
+    #[test]
+    fn dname_rdata_is_the_target_name() {
+        let b = query_bytes("nyud.net.", RecordType::DNAME, None);
+        let Decoded::Query(q) = decode(&b) else {
+            panic!("not a query")
+        };
+        let r = Response {
+            answers: vec![Rr {
+                owner: Owner::QueryName,
+                ttl: 60,
+                data: Data::Dname("http.L2.L1.L0.nyucd.net".into()),
+            }],
+            ..Response::default()
+        };
+        let mut out = Vec::new();
+        encode(&q, &r, 512, 1232, &mut out).unwrap();
+        let m = Message::from_vec(&out).unwrap();
+        assert_eq!(m.answers[0].record_type(), RecordType::DNAME);
+    }
+}
