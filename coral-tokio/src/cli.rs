@@ -31,6 +31,9 @@ pub struct NodeArgs {
     /// HTTP proxy address to listen on (overrides node.http).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
+    /// DNS server address, UDP and TCP (overrides node.dns).
+    #[arg(long, value_name = "ADDR")]
+    pub dns: Option<SocketAddr>,
 }
 
 impl NodeArgs {
@@ -47,7 +50,7 @@ impl NodeArgs {
     }
 
     /// Overrides the keys the flags given name (`node.data_dir`,
-    /// `node.rpc`, `node.admin`, `node.http`); a flag not given leaves its
+    /// `node.rpc`, `node.admin`, `node.http`, `node.dns`); a flag not given leaves its
     /// key as the file has it. `--join` is not applied here: the daemons
     /// take it apart and add it to `node.join`.
     pub fn apply(&self, cfg: &mut FileConfig) {
@@ -62,6 +65,9 @@ impl NodeArgs {
         }
         if let Some(addr) = self.http {
             cfg.node.http = addr;
+        }
+        if let Some(addr) = self.dns {
+            cfg.node.dns = addr;
         }
     }
 }
@@ -117,6 +123,9 @@ mod tests {
         assert_eq!(cfg.node.http, "0.0.0.0:80".parse().unwrap());
         assert_eq!(cfg.node.dns, "127.0.0.1:53".parse().unwrap());
         assert!(cfg.node.join.is_empty(), "--join is the daemon's to add");
+        let mut cfg = FileConfig::default();
+        args(&["--dns", "0.0.0.0:53"]).apply(&mut cfg);
+        assert_eq!(cfg.node.dns, "0.0.0.0:53".parse().unwrap());
 
         let only_rpc = args(&["--rpc", "127.0.0.1:1"]);
         let mut cfg = FileConfig::default();

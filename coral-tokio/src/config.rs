@@ -65,6 +65,8 @@ pub struct FileConfig {
     pub socket: SocketSection,
     /// The HTTP proxy's cache and connection limits.
     pub proxy: ProxySection,
+    /// The DNS redirector.
+    pub dns: DnsSection,
     /// Logging.
     pub log: LogSection,
 }
@@ -79,7 +81,7 @@ pub struct NodeSection {
     pub admin: SocketAddr,
     /// TCP address of the HTTP proxy (served once the proxy issue lands).
     pub http: SocketAddr,
-    /// UDP address of the DNS server (served once the DNS issue lands).
+    /// UDP and TCP address of the DNS server (`[dns]` configures it).
     pub dns: SocketAddr,
     /// RPC addresses of nodes to join through; empty starts a new network.
     pub join: Vec<SocketAddr>,
@@ -179,6 +181,10 @@ pub struct ProxySection {
     pub upstream_idle_total: usize,
     /// Seconds an idle upstream connection is kept.
     pub upstream_idle_timeout_secs: u64,
+    /// A non-recursive proxy (spec §6.3): DNS servers name it only to
+    /// resolvers in its own /24 (/48), for a node with little upstream
+    /// bandwidth.
+    pub local_only: bool,
 }
 
 impl Default for ProxySection {
@@ -201,6 +207,59 @@ impl Default for ProxySection {
             upstream_idle_per_address: opts.pool.per_addr,
             upstream_idle_total: opts.pool.total,
             upstream_idle_timeout_secs: opts.pool.idle_timeout.as_secs(),
+            local_only: false,
+        }
+    }
+}
+
+/// `[dns]`: the DNS redirector (spec §6) on `node.dns`, UDP and TCP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsSection {
+    /// Serve DNS at all.
+    pub enabled: bool,
+    /// The long zone; names end `http.L2.L1.L0.<zone>`.
+    pub zone: String,
+    /// Proxies (A/AAAA records) per answer.
+    pub answer_count: usize,
+    /// TTL of proxy records, s.
+    pub answer_ttl_secs: u64,
+    /// Nameservers (NS records, with glue) per answer.
+    pub ns_count: usize,
+    /// TTL of NS records, s, once the resolver is measured.
+    pub ns_ttl_secs: u64,
+    /// How long a resolver's RTT is kept per /24, s; also the least time
+    /// between two probes of one prefix.
+    pub rtt_cache_secs: u64,
+    /// How long a probe waits for the resolver, ms.
+    pub probe_timeout_ms: u64,
+    /// UDP responses per second per client /24 (0: unlimited).
+    pub rrl_rate: u32,
+    /// Every this many limited responses one goes out truncated (0: none).
+    pub rrl_slip: u32,
+    /// Most TCP connections served at once.
+    pub tcp_max_connections: usize,
+    /// Seconds a TCP connection may sit idle.
+    pub tcp_idle_timeout_secs: u64,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        let c = coral_core::dns::DnsConfig::default();
+        let o = crate::dns::DnsOptions::new(SocketAddr::from(([127, 0, 0, 1], 5353)));
+        Self {
+            enabled: true,
+            zone: c.zone,
+            answer_count: c.answer_count,
+            answer_ttl_secs: c.answer_ttl.as_secs(),
+            ns_count: c.ns_count,
+            ns_ttl_secs: c.ns_ttl.as_secs(),
+            rtt_cache_secs: c.rtt_ttl.as_secs(),
+            probe_timeout_ms: o.probe_timeout.as_millis() as u64,
+            rrl_rate: c.rrl_rate,
+            rrl_slip: c.rrl_slip,
+            tcp_max_connections: o.tcp_max_connections,
+            tcp_idle_timeout_secs: o.tcp_idle_timeout.as_secs(),
         }
     }
 }
@@ -361,6 +420,21 @@ impl FileConfig {
             });
         }
         self.http_config()?;
+        for (key, v) in [
+            ("dns.answer_count", self.dns.answer_count as u64),
+            ("dns.ns_count", self.dns.ns_count as u64),
+            ("dns.answer_ttl_secs", self.dns.answer_ttl_secs),
+            ("dns.rtt_cache_secs", self.dns.rtt_cache_secs),
+            ("dns.probe_timeout_ms", self.dns.probe_timeout_ms),
+            (
+                "dns.tcp_max_connections",
+                self.dns.tcp_max_connections as u64,
+            ),
+            ("dns.tcp_idle_timeout_secs", self.dns.tcp_idle_timeout_secs),
+        ] {
+            positive(key, v)?;
+        }
+        self.dns_options()?;
         if self.node.coral_domain.trim_matches('.').is_empty() {
             return Err(ConfigError::Invalid {
                 key: "node.coral_domain",
@@ -540,6 +614,60 @@ impl FileConfig {
             dsht,
             ..Config::default()
         }
+    }
+
+    /// The services a node run from this file advertises: its HTTP proxy
+    /// (non-recursive when `proxy.local_only`), and its DNS server when
+    /// `dns` is served.
+    pub fn services(&self, dns: bool) -> coral_core::contact::Services {
+        use coral_core::contact::Services;
+        let mut s = Services::HTTP;
+        if self.proxy.local_only {
+            s = s.with(Services::LOCAL_ONLY);
+        }
+        if dns {
+            s = s.with(Services::DNS);
+        }
+        s
+    }
+
+    /// The DNS server's options, `None` when `dns.enabled` is off. The
+    /// alias zone is `node.coral_domain`.
+    pub fn dns_options(&self) -> Result<Option<crate::dns::DnsOptions>, ConfigError> {
+        let d = &self.dns;
+        if !d.enabled {
+            return Ok(None);
+        }
+        let mut o = crate::dns::DnsOptions::new(self.node.dns);
+        let alias = self
+            .node
+            .coral_domain
+            .trim_matches('.')
+            .to_ascii_lowercase();
+        o.server = coral_core::dns::DnsConfig {
+            zone: d.zone.trim_matches('.').to_ascii_lowercase(),
+            hostmaster: format!("hostmaster.{}", d.zone.trim_matches('.')),
+            alias: Some(alias),
+            answer_count: d.answer_count,
+            answer_ttl: Duration::from_secs(d.answer_ttl_secs),
+            ns_count: d.ns_count,
+            ns_ttl: Duration::from_secs(d.ns_ttl_secs),
+            rtt_ttl: Duration::from_secs(d.rtt_cache_secs),
+            rrl_rate: d.rrl_rate,
+            rrl_slip: d.rrl_slip,
+            ..o.server
+        };
+        o.probe_timeout = Duration::from_millis(d.probe_timeout_ms);
+        o.tcp_max_connections = d.tcp_max_connections;
+        o.tcp_idle_timeout = Duration::from_secs(d.tcp_idle_timeout_secs);
+        let levels = self.levels.diameters_ms.len() + 1;
+        coral_core::dns::DnsServer::new(o.server.clone(), levels).map_err(|e| {
+            ConfigError::Invalid {
+                key: "dns.zone",
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Some(o))
     }
 
     /// The adapter's options for the node's RPC socket, with the given seed.

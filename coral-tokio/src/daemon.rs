@@ -46,10 +46,8 @@ pub async fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<(
     cfg.node.join.extend(join);
     let (seed, seed_from) = resolve_seed(&cfg)?;
     let mut options = cfg.node_options(seed);
-    options.core.services = options
-        .core
-        .services
-        .with(coral_core::contact::Services::HTTP);
+    let dns_options = cfg.dns_options()?;
+    options.core.services = cfg.services(dns_options.is_some());
     // Bind everything before starting anything, so a busy port fails fast
     // and names the address (node.rpc / node.admin in the config).
     let socket = runtime::bind_udp(
@@ -61,8 +59,12 @@ pub async fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<(
     let listener = httpd::bind("admin TCP listener", cfg.node.admin)
         .await
         .context("check `node.admin` in the config (is another coral node running?)")?;
+    let dns = dns_options
+        .map(crate::dns::DnsService::bind)
+        .transpose()
+        .context("check `node.dns` in the config (is another DNS server running?)")?;
     info!(seed, from = seed_from, "RNG seed");
-    let node = runtime::spawn_on_socket(options.core, socket, options.command_queue)?;
+    let node = runtime::spawn_with_dns(options.core, socket, options.command_queue, dns)?;
     let handle = node.handle.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy = proxy::start(cfg.proxy_options()?, handle.clone(), stop_rx.clone())
@@ -76,10 +78,6 @@ pub async fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<(
         Some(std::sync::Arc::clone(&proxy.shared)),
     ));
     info!(admin = %cfg.node.admin, "admin endpoint: /, /metrics, /status.json");
-    info!(
-        dns = %cfg.node.dns,
-        "DNS server address reserved (not served yet: a later issue)"
-    );
     if cfg.node.join.is_empty() {
         info!("no bootstrap peers: this node starts a new network of one");
     }

@@ -7,7 +7,7 @@
 //! protocol decides happens in the core. Around it sit the pieces of a
 //! process: the TOML configuration ([`config`]) and the `node` flags that
 //! override it ([`cli`], shared with `coral-mio`), the node's persistent
-//! identity ([`identity`]), logs ([`logging`]), the admin endpoint with
+//! identity ([`identity`]), the DNS server's sockets ([`dns`]), logs ([`logging`]), the admin endpoint with
 //! Prometheus metrics and a status page ([`admin`], [`status`]), the URL
 //! rewrite publishers use ([`coralize`]), and a whole network on loopback
 //! for trying it out ([`testnet`]).
@@ -20,6 +20,7 @@ pub mod config;
 pub mod coralize;
 pub mod daemon;
 pub mod dispatch;
+pub mod dns;
 pub mod httpd;
 pub mod identity;
 pub mod logging;

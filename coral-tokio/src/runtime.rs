@@ -33,7 +33,9 @@ use tracing::{debug, info, warn};
 
 use crate::dispatch::{self, Dispatch, Replies};
 pub use crate::dispatch::{GetResult, Joined, NodeError, NodesResult, PutResult};
+use crate::dns::{self, DnsInputs, DnsService, DnsState, TcpQuery};
 use crate::status::{self, NodeStatus};
+use coral_core::dns::Transport;
 
 /// Largest datagram the receive buffer holds. Coral's own datagrams are far
 /// smaller; a larger one is truncated by the kernel and then counted as
@@ -43,6 +45,32 @@ const RECV_BUFFER: usize = 64 * 1024;
 /// Most queued datagrams handled after a wake-up before the loop looks at
 /// commands and the timer again (so neither waits behind a flood).
 const RECV_BATCH: usize = 32;
+
+/// Largest DNS query read over UDP: EDNS(0) clients may send up to their
+/// own payload size, and 4096 is the largest any common resolver uses.
+const DNS_RECV_BUFFER: usize = 4096;
+
+/// The next value of an optional receiver; never, when there is none.
+async fn next_of<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A datagram on the DNS socket; never, without a DNS server.
+async fn dns_recv(d: Option<&DnsState>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    match d {
+        Some(d) => d.udp.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn send_dns(udp: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    if let Err(e) = udp.send_to(bytes, to).await {
+        debug!(%to, error = %e, "DNS send_to failed");
+    }
+}
 
 /// How the adapter binds and sizes its socket; everything else is the core's [`Config`].
 #[derive(Clone, Debug)]
@@ -336,6 +364,17 @@ pub fn spawn_on_socket(
     std_socket: std::net::UdpSocket,
     command_queue: usize,
 ) -> Result<RunningNode, BindError> {
+    spawn_with_dns(core, std_socket, command_queue, None)
+}
+
+/// [`spawn_on_socket`], with the DNS server on `dns`'s sockets answered
+/// by the same task (it reads the node's contacts and clusters).
+pub fn spawn_with_dns(
+    core: Config,
+    std_socket: std::net::UdpSocket,
+    command_queue: usize,
+    dns: Option<DnsService>,
+) -> Result<RunningNode, BindError> {
     let fallback: SocketAddr = ([0, 0, 0, 0], 0).into();
     let addr = std_socket.local_addr().map_err(|source| BindError {
         what: "RPC UDP socket",
@@ -352,8 +391,19 @@ pub fn spawn_on_socket(
     let node = Node::new(core, addr, CoreInstant::ZERO);
     let id = node.id();
     info!(%addr, id = %id, seed, "node started (replay with this seed)");
+    let levels = node.levels().len();
+    let (dns, inputs) = match dns {
+        Some(service) => {
+            let dns_addr = service.addr();
+            let (state, inputs) = dns::start(service, levels)?;
+            info!(dns = %dns_addr, "DNS server listening (UDP and TCP)");
+            (Some(state), Some(inputs))
+        }
+        None => (None, None),
+    };
     let (tx, rx) = mpsc::channel(command_queue.max(1));
     let driver = Driver {
+        dns,
         node,
         socket,
         epoch,
@@ -362,7 +412,7 @@ pub fn spawn_on_socket(
         counters: status::AdapterCounters::default(),
         seed,
     };
-    let task = tokio::spawn(driver.run(rx));
+    let task = tokio::spawn(driver.run(rx, inputs));
     Ok(RunningNode {
         handle: NodeHandle {
             commands: tx,
@@ -376,6 +426,7 @@ pub fn spawn_on_socket(
 
 struct Driver {
     node: Node,
+    dns: Option<DnsState>,
     socket: UdpSocket,
     epoch: TokioInstant,
     out: Vec<u8>,
@@ -397,8 +448,13 @@ impl Driver {
             .map_or(far, |t| t.min(far))
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, dns: Option<DnsInputs>) {
         let mut buf = vec![0u8; RECV_BUFFER];
+        let mut dns_buf = vec![0u8; DNS_RECV_BUFFER];
+        let (mut tcp_queries, mut probe_results) = match dns {
+            Some(d) => (Some(d.tcp), Some(d.probes)),
+            None => (None, None),
+        };
         let sleep = tokio::time::sleep_until(self.to_tokio(None));
         tokio::pin!(sleep);
         let mut armed: Option<Option<CoreInstant>> = None;
@@ -425,6 +481,18 @@ impl Driver {
                         self.counters.recv_errors += 1;
                         debug!(error = %e, "recv_from failed");
                     }
+                },
+                r = dns_recv(self.dns.as_ref(), &mut dns_buf) => match r {
+                    Ok((n, from)) => self.dns_udp(from, &dns_buf[..n]).await,
+                    Err(e) => debug!(error = %e, "DNS recv_from failed"),
+                },
+                q = next_of(tcp_queries.as_mut()) => match q {
+                    Some(q) => self.dns_tcp(q),
+                    None => tcp_queries = None,
+                },
+                p = next_of(probe_results.as_mut()) => match p {
+                    Some((target, rtt)) => self.probe_done(target, rtt),
+                    None => probe_results = None,
                 },
                 () = &mut sleep => {
                     let now = self.now();
@@ -455,7 +523,69 @@ impl Driver {
             }
         }
         let stopped = self.dispatch.cancel_all();
+        drop(tcp_queries);
         info!(addr = %self.node.contact().addr, operations_cancelled = stopped, "node stopped");
+    }
+
+    /// Answers one DNS datagram, and the ones already queued behind it.
+    async fn dns_udp(&mut self, from: SocketAddr, first: &[u8]) {
+        let now = self.now();
+        let Some(d) = self.dns.as_mut() else { return };
+        if d.server
+            .handle_query(now, &self.node, from, Transport::Udp, first, &mut d.out)
+        {
+            send_dns(&d.udp, &d.out, from).await;
+        }
+        let mut buf = [0u8; DNS_RECV_BUFFER];
+        for _ in 0..RECV_BATCH {
+            match d.udp.try_recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let now = CoreInstant::from_duration(self.epoch.elapsed());
+                    if d.server.handle_query(
+                        now,
+                        &self.node,
+                        from,
+                        Transport::Udp,
+                        &buf[..n],
+                        &mut d.out,
+                    ) {
+                        send_dns(&d.udp, &d.out, from).await;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        d.start_probes();
+    }
+
+    fn dns_tcp(&mut self, q: TcpQuery) {
+        let now = self.now();
+        let Some(d) = self.dns.as_mut() else {
+            let _ = q.reply.send(None);
+            return;
+        };
+        let answer = d
+            .server
+            .handle_query(
+                now,
+                &self.node,
+                q.from,
+                Transport::Tcp,
+                &q.bytes,
+                &mut d.out,
+            )
+            .then(|| d.out.clone());
+        let _ = q.reply.send(answer);
+        d.start_probes();
+    }
+
+    fn probe_done(&mut self, target: IpAddr, rtt: Option<Duration>) {
+        let now = self.now();
+        if let Some(d) = self.dns.as_mut() {
+            d.probes_in_flight = d.probes_in_flight.saturating_sub(1);
+            d.server.handle_probe_result(now, target, rtt);
+            d.start_probes();
+        }
     }
 
     /// Every transmit, then every event (the core's drive contract).

@@ -143,6 +143,8 @@ fn a_node_serves_its_admin_endpoint_and_stops_on_sigterm() {
         "127.0.0.151:8092",
         "--http",
         "127.0.0.151:8090",
+        "--dns",
+        "127.0.0.151:5353",
         "--data-dir",
         dir.to_str().unwrap(),
     ])
@@ -270,6 +272,8 @@ fn two_node_processes_join_through_join_flag() {
         "127.0.0.153:8092",
         "--http",
         "127.0.0.153:8090",
+        "--dns",
+        "127.0.0.153:5353",
     ])
     .spawn()
     .unwrap();
@@ -281,6 +285,8 @@ fn two_node_processes_join_through_join_flag() {
         "127.0.0.154:8092",
         "--http",
         "127.0.0.154:8090",
+        "--dns",
+        "127.0.0.154:5353",
         "--join",
         "127.0.0.153:8091",
     ])

@@ -7,6 +7,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure is a bug to see
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -1067,28 +1069,10 @@ async fn an_idle_keep_alive_connection_is_closed_after_its_timeout() {
     .unwrap();
 }
 
-/// The path of `curl`, installing Debian's package first when it is missing
-/// (as root, with the package registry reachable). The issue asks for the
-/// loopback flows to be driven by curl as well as by a Rust client, so a
-/// machine without curl fails here, saying why, rather than skipping.
+/// The path of `curl` (the issue asks for the loopback flows to be driven
+/// by curl as well as by a Rust client).
 fn curl() -> &'static str {
-    let have = || {
-        std::process::Command::new("curl")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !have() {
-        let _ = std::process::Command::new("apt-get")
-            .args(["install", "-y", "-qq", "curl"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-    }
-    assert!(
-        have(),
-        "curl is needed by this test and `apt-get install -y curl` did not provide it"
-    );
-    "curl"
+    common::tool("curl", "--version", "curl")
 }
 
 /// Runs curl with `args` (bounded by `-m 10`), returning (status code, body).

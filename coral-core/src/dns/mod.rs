@@ -775,10 +775,12 @@ fn known_dns_nodes(node: &Node) -> Vec<Contact> {
 }
 
 /// Up to `count` nodes offering `services` and passing `allowed`, chosen
-/// by [`Node::nodes`] for `target` at `level`; when the cluster has none
-/// heard from recently, the next lower level's, and at last any known node
-/// (the fallback). Returns the nodes, the level they came from, and
-/// whether the fallback was used.
+/// by [`Node::nodes`] for `target` from this node's cluster at `level`,
+/// completed from the next looser levels when that cluster has fewer
+/// (a small cluster, or a table still filling, still yields `count`
+/// addresses to fail over between); when no level has any heard from
+/// recently, any known node (the fallback). Returns the nodes, the level
+/// the first came from, and whether the fallback was used.
 fn pick(
     now: Instant,
     node: &Node,
@@ -790,30 +792,34 @@ fn pick(
 ) -> (Vec<Contact>, Level, bool) {
     // Ask for more than needed: some may be filtered out.
     let ask = count.saturating_mul(4).max(8);
+    let mut v: Vec<Contact> = Vec::with_capacity(count);
+    let mut first_level = None;
     for l in (0..=level).rev() {
-        let v: Vec<Contact> = node
-            .nodes(now, l, ask, Some(target), services)
-            .into_iter()
-            .filter(|c| allowed(c))
-            .take(count)
-            .collect();
-        if !v.is_empty() {
-            return (v, l, false);
+        for c in node.nodes(now, l, ask, Some(target), services) {
+            if v.len() < count && allowed(&c) && !v.iter().any(|d| d.id == c.id) {
+                first_level.get_or_insert(l);
+                v.push(c);
+            }
+        }
+        if v.len() >= count {
+            break;
         }
     }
-    let mut any: Vec<Contact> = Vec::new();
+    if let Some(l) = first_level {
+        return (v, l, false);
+    }
     for l in 0..node.levels().len() {
         for c in node.contacts(l as Level) {
-            if any.len() < count
+            if v.len() < count
                 && c.services.contains(services)
                 && allowed(&c)
-                && !any.iter().any(|d| d.id == c.id)
+                && !v.iter().any(|d| d.id == c.id)
             {
-                any.push(c);
+                v.push(c);
             }
         }
     }
-    (any, 0, true)
+    (v, 0, true)
 }
 
 #[cfg(test)]

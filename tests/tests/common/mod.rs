@@ -23,3 +23,36 @@ pub(crate) fn announce(test: &str) -> u64 {
     eprintln!("{test}: seed {s} (replay with CORAL_SIM_SEED={s})");
     s
 }
+
+/// The path of command-line tool `name`, installing Debian's `package`
+/// first when it is missing (as root, with the package registry
+/// reachable; the package lists are refreshed once if the first try
+/// fails). The issues ask for some flows to be driven by standard tools as
+/// well as by a Rust client, so a machine without the tool fails here,
+/// saying why, rather than skipping.
+pub(crate) fn tool(name: &'static str, version_arg: &str, package: &str) -> &'static str {
+    let have = || {
+        std::process::Command::new(name)
+            .arg(version_arg)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let install = || {
+        std::process::Command::new("apt-get")
+            .args(["install", "-y", "-qq", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !have() && !install() {
+        let _ = std::process::Command::new("apt-get")
+            .args(["update", "-qq"])
+            .status();
+        install();
+    }
+    assert!(
+        have(),
+        "{name} is needed by this test and `apt-get install -y {package}` did not provide it"
+    );
+    name
+}
