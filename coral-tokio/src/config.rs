@@ -79,7 +79,7 @@ pub struct NodeSection {
     pub rpc: SocketAddr,
     /// TCP address of the admin endpoint (`/`, `/metrics`, `/status.json`).
     pub admin: SocketAddr,
-    /// TCP address of the HTTP proxy (served once the proxy issue lands).
+    /// TCP address of the HTTP proxy.
     pub http: SocketAddr,
     /// UDP and TCP address of the DNS server (`[dns]` configures it).
     pub dns: SocketAddr,

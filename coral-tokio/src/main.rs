@@ -85,6 +85,9 @@ enum Command {
         /// HTTP proxy port of every node.
         #[arg(long, default_value_t = 8090)]
         http_port: u16,
+        /// DNS server port of every node (UDP and TCP).
+        #[arg(long, default_value_t = 5353)]
+        dns_port: u16,
         /// Port of the origin web server.
         #[arg(long, default_value_t = 8080)]
         origin_port: u16,
@@ -153,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rpc_port,
             admin_port,
             http_port,
+            dns_port,
             origin_port,
             seed,
             config,
@@ -167,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 rpc_port,
                 admin_port,
                 http_port,
+                dns_port,
                 origin_port,
                 objects,
                 flash_crowd: flash_crowd.map(Duration::from_secs),

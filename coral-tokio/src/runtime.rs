@@ -637,12 +637,17 @@ impl Driver {
     }
 
     fn status(&self, now: CoreInstant) -> NodeStatus {
-        status::snapshot(
+        let mut s = status::snapshot(
             &self.node,
             now,
             self.seed,
             self.counters,
             self.dispatch.waiting(),
-        )
+        );
+        s.dns = self
+            .dns
+            .as_ref()
+            .map(|d| status::dns_counters(&d.server.stats()));
+        s
     }
 }

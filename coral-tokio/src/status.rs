@@ -44,6 +44,33 @@ pub struct NodeStatus {
     pub waiting_callers: usize,
     /// Values this node keeps alive (hints included).
     pub publications: usize,
+    /// The DNS server's counters, when the node serves DNS.
+    #[serde(default)]
+    pub dns: Option<Vec<DnsCounter>>,
+}
+
+/// One of the DNS server's counters (the core's `DnsStats::counters`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsCounter {
+    /// Its name, e.g. `queries` or `answers_level_2`.
+    pub name: String,
+    /// What it counts.
+    pub help: String,
+    /// Its value.
+    pub value: u64,
+}
+
+/// The DNS server's counters, as the core lists them.
+pub fn dns_counters(d: &coral_core::dns::DnsStats) -> Vec<DnsCounter> {
+    d.counters()
+        .into_iter()
+        .map(|(name, help, value)| DnsCounter {
+            name: name.to_owned(),
+            help: help.to_owned(),
+            value,
+        })
+        .collect()
 }
 
 /// One level of the hierarchy as this node sees it.
@@ -296,6 +323,7 @@ pub fn snapshot(
         ops_in_flight: node.ops_in_flight(),
         waiting_callers: waiting,
         publications: node.publications(),
+        dns: None,
     }
 }
 
@@ -522,6 +550,14 @@ pub fn prometheus(s: &NodeStatus) -> String {
     ] {
         p.one(name, "counter", help, v);
     }
+    for c in s.dns.iter().flatten() {
+        p.one(
+            &format!("coral_dns_{}_total", c.name),
+            "counter",
+            &c.help,
+            c.value,
+        );
+    }
     out
 }
 
@@ -687,6 +723,20 @@ pub fn text(s: &NodeStatus) -> String {
         "lookups   {} ({} hops), refused full {} / loaded {}, cluster switches {}",
         c.lookups, c.lookup_hops, c.refused_full, c.refused_loaded, c.cluster_switches
     );
-    let _ = writeln!(o, "cache     none yet (the HTTP proxy is a later issue)");
+    if let Some(d) = &s.dns {
+        let count = |name: &str| d.iter().find(|c| c.name == name).map_or(0, |c| c.value);
+        let _ = writeln!(
+            o,
+            "dns       {} queries, answers at level 0/1/2 {}/{}/{}, {} fallback, {} refused, {} rate-limited, {} probes",
+            count("queries"),
+            count("answers_level_0"),
+            count("answers_level_1"),
+            count("answers_level_2"),
+            count("fallback_answers"),
+            count("refused"),
+            count("rate_limited"),
+            count("probes")
+        );
+    }
     o
 }

@@ -8,9 +8,8 @@
 //! each level are listed. With a flash crowd it runs a bounded load of DSHT
 //! gets (and the puts a proxy would make after a miss) and summarizes it.
 //!
-//! The HTTP proxy and the DNS server are later issues: no request reaches
-//! the origin through Coral yet, and the summary says so rather than
-//! pretending otherwise.
+//! Every node also runs its HTTP proxy and its DNS server, and the report
+//! ends with a `dig` line and a `curl` line that use them together.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,9 +27,9 @@ use tokio::sync::{Mutex, watch};
 use tracing::info;
 
 use crate::config::FileConfig;
+use crate::dns::DnsService;
 use crate::runtime::{self, NodeHandle, RunningNode};
 use crate::{admin, coralize, httpd, identity, origin, proxy};
-use coral_core::contact::Services;
 use coral_core::http::HttpConfig;
 use coral_core::http::ssrf::IpNet;
 
@@ -54,6 +53,8 @@ pub struct TestnetOptions {
     pub admin_port: u16,
     /// HTTP proxy port of every node.
     pub http_port: u16,
+    /// DNS server port of every node (UDP and TCP).
+    pub dns_port: u16,
     /// Port of the origin web server (at 127.0.0.(first_ip-1)).
     pub origin_port: u16,
     /// Generated objects the origin serves besides the sample files.
@@ -82,6 +83,7 @@ impl Default for TestnetOptions {
             rpc_port: 8091,
             admin_port: 8092,
             http_port: 8090,
+            dns_port: 5353,
             origin_port: 8080,
             objects: 20,
             flash_crowd: None,
@@ -136,6 +138,8 @@ pub struct Summary {
 struct TestNode {
     node: RunningNode,
     admin: SocketAddr,
+    /// Where its DNS server listens, when it serves one.
+    dns: Option<SocketAddr>,
 }
 
 fn node_ip(first_ip: u8, i: usize) -> Option<Ipv4Addr> {
@@ -198,10 +202,17 @@ pub async fn run(opts: TestnetOptions) -> anyhow::Result<()> {
         cfg.node.rpc = SocketAddr::from((ip, opts.rpc_port));
         cfg.node.admin = SocketAddr::from((ip, opts.admin_port));
         cfg.node.http = SocketAddr::from((ip, opts.http_port));
+        cfg.node.dns = SocketAddr::from((ip, opts.dns_port));
         let mut options = cfg.node_options(seed.wrapping_add(i as u64));
-        options.core.services = options.core.services.with(Services::HTTP);
+        let dns = cfg.dns_options()?.map(DnsService::bind).transpose()?;
+        options.core.services = cfg.services(dns.is_some());
         let listener = httpd::bind("admin TCP listener", cfg.node.admin).await?;
-        let node = runtime::spawn(options)?;
+        let rpc = runtime::bind_udp(
+            options.rpc_addr,
+            options.recv_buffer_bytes,
+            options.send_buffer_bytes,
+        )?;
+        let node = runtime::spawn_with_dns(options.core, rpc, options.command_queue, dns)?;
         let http = HttpConfig {
             // The testnet's origin lives on loopback; nothing else private is allowed.
             allow_origins: vec![IpNet {
@@ -230,6 +241,7 @@ pub async fn run(opts: TestnetOptions) -> anyhow::Result<()> {
         nodes.push(TestNode {
             node,
             admin: cfg.node.admin,
+            dns: cfg.dns.enabled.then_some(cfg.node.dns),
         });
     }
     let handles: Vec<NodeHandle> = nodes.iter().map(|n| n.node.handle.clone()).collect();
@@ -329,7 +341,13 @@ pub async fn run(opts: TestnetOptions) -> anyhow::Result<()> {
         print!("{}", levels_table(&nodes).await);
         print!(
             "{}",
-            try_this(&nodes, &origin, &opts.coral_domain, opts.flash_crowd)
+            try_this(
+                &nodes,
+                &origin,
+                &opts.coral_domain,
+                opts.http_port,
+                opts.flash_crowd
+            )
         );
     }
 
@@ -494,6 +512,7 @@ fn try_this(
     nodes: &[TestNode],
     origin: &origin::Origin,
     domain: &str,
+    http_port: u16,
     flash: Option<Duration>,
 ) -> String {
     let mut out = String::from("\nTry:\n");
@@ -527,18 +546,26 @@ fn try_this(
         "  coral node --config my.toml --join {}   # add a node (set node.rpc/admin to a free 127.0.0.x)",
         first.node.handle.addr()
     );
-    out.push_str("Coralized URLs of the origin's files (served once the HTTP proxy lands):\n");
+    out.push_str("Coralized URLs of the origin's files (any node's proxy serves them):\n");
     for url in origin.urls().iter().filter(|u| !u.contains("/obj/")) {
-        if let Ok(c) = coralize::coralize(url, domain, coralize::DEFAULT_PROXY_PORT) {
+        if let Ok(c) = coralize::coralize(url, domain, http_port) {
             let _ = writeln!(out, "  {c}");
         }
     }
-    let _ = writeln!(
-        out,
-        "  (after the DNS issue: dig @127.0.0.1 -p 5353 {}.{}.{domain})",
-        origin.addr.ip(),
-        origin.addr.port()
-    );
+    if let Some(dns) = first.dns {
+        // The Coralized host of the origin, as a browser would look it up.
+        let host = format!("{}.{}.{domain}", origin.addr.ip(), origin.addr.port());
+        let dig = format!("dig @{} -p {} +short {host}", dns.ip(), dns.port());
+        let _ = writeln!(
+            out,
+            "Ask Coral's DNS for proxies near you, then fetch through the first it names:"
+        );
+        let _ = writeln!(out, "  {dig}");
+        let _ = writeln!(
+            out,
+            "  curl --resolve \"{host}:{http_port}:$({dig} | head -n 1)\" http://{host}:{http_port}/index.html"
+        );
+    }
     if flash.is_none() {
         out.push_str("  coral testnet --flash-crowd 10   # a bounded load with a summary\n");
     }

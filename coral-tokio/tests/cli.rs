@@ -322,3 +322,80 @@ fn two_node_processes_join_through_join_flag() {
         assert!(o.status.success(), "{}", stderr(&o));
     }
 }
+
+#[path = "../../tests/tests/common/mod.rs"]
+mod common;
+
+/// The testnet's `dig` and `curl` lines work together: the address dig
+/// returns is a proxy that serves the Coralized URL with the origin's
+/// bytes.
+#[test]
+fn testnet_prints_a_dig_line_and_a_curl_line_that_work_together() {
+    common::tool("dig", "-v", "bind9-dnsutils");
+    common::tool("curl", "--version", "curl");
+    let mut child = coral(&["testnet", "--nodes", "3", "--first-ip", "170"])
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // Read the report until both lines are there (bounded).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n]);
+            let s = String::from_utf8_lossy(&text).into_owned();
+            if s.contains("  curl --resolve")
+                && s[s.find("  curl --resolve").unwrap()..].contains('\n')
+            {
+                let _ = tx.send(s);
+                break;
+            }
+        }
+    });
+    let report = rx.recv_timeout(Duration::from_secs(60));
+    let line = |report: &str, start: &str| -> String {
+        report
+            .lines()
+            .find(|l| l.trim_start().starts_with(start))
+            .unwrap_or_else(|| panic!("no `{start}` line in:\n{report}"))
+            .trim()
+            .to_owned()
+    };
+    let outcome = report.map(|report| {
+        let dig = line(&report, "dig @");
+        let curl = line(&report, "curl --resolve");
+        let sh = |cmd: &str| {
+            Command::new("bash")
+                .args(["-c", &format!("timeout 20 {cmd}")])
+                .output()
+                .unwrap()
+        };
+        let d = sh(&dig);
+        let addrs = String::from_utf8_lossy(&d.stdout).into_owned();
+        let c = sh(&format!("{curl} -s -w '\\n%{{http_code}}'"));
+        (
+            report,
+            addrs,
+            String::from_utf8_lossy(&c.stdout).into_owned(),
+        )
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+    let (report, addrs, body) = outcome.expect("the testnet printed its dig and curl lines");
+    let proxies: Vec<&str> = addrs.lines().collect();
+    assert_eq!(
+        proxies.len(),
+        2,
+        "dig names two proxies: {addrs:?}\n{report}"
+    );
+    assert!(
+        proxies.iter().all(|a| a.starts_with("127.0.0.17")),
+        "testnet nodes are 127.0.0.170-172: {addrs:?}"
+    );
+    assert!(body.ends_with("\n200"), "curl through the proxy: {body}");
+    assert!(body.contains("<html"), "the origin's index page: {body}");
+}

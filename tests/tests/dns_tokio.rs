@@ -211,6 +211,19 @@ async fn a_coralized_name_names_proxies_that_answer_http_and_near_servers() {
             level2,
             "a resolver on the same host never got level-2 servers"
         );
+        let st = net.nodes[0].handle.status().await.unwrap();
+        let d = st.dns.clone().expect("a DNS node reports DNS counters");
+        let count = |name: &str| d.iter().find(|c| c.name == name).map_or(0, |c| c.value);
+        assert!(
+            count("queries") >= 2 && count("probes") >= 1 && count("probe_results") >= 1,
+            "{d:?}"
+        );
+        assert!(
+            count("answers_level_0") >= 1 && count("answers_level_2") >= 1,
+            "{d:?}"
+        );
+        let text = coral_tokio::status::prometheus(&st);
+        assert!(text.contains("coral_dns_answers_level_2_total 1"), "{text}");
     })
     .await
     .unwrap();

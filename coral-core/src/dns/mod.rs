@@ -196,6 +196,90 @@ pub struct DnsStats {
     pub probes_dropped: u64,
 }
 
+impl DnsStats {
+    /// Every counter as (name, what it counts, value), for metrics.
+    pub fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let [l0, l1, l2] = self.answered_at_level;
+        vec![
+            ("queries", "DNS messages received.", self.queries),
+            ("responses", "DNS responses sent.", self.responses),
+            (
+                "answers_level_0",
+                "Answers naming proxies of the level-0 cluster.",
+                l0,
+            ),
+            (
+                "answers_level_1",
+                "Answers naming proxies of the level-1 cluster.",
+                l1,
+            ),
+            (
+                "answers_level_2",
+                "Answers naming proxies of the level-2 cluster.",
+                l2,
+            ),
+            (
+                "fallback_answers",
+                "Answers naming any known proxy: none heard from recently.",
+                self.fallback_answers,
+            ),
+            (
+                "no_proxy",
+                "Coralized names answered with no proxy known.",
+                self.no_proxy,
+            ),
+            ("nxdomain", "NXDOMAIN responses.", self.nxdomain),
+            ("nodata", "NODATA responses.", self.nodata),
+            (
+                "refused",
+                "REFUSED responses (outside our zones).",
+                self.refused,
+            ),
+            (
+                "formerr",
+                "FORMERR responses (malformed queries).",
+                self.formerr,
+            ),
+            (
+                "notimp",
+                "NOTIMP responses (opcodes other than QUERY).",
+                self.notimp,
+            ),
+            (
+                "ignored",
+                "Messages dropped unanswered (runts, responses).",
+                self.ignored,
+            ),
+            (
+                "truncated",
+                "UDP responses sent truncated (too large).",
+                self.truncated,
+            ),
+            (
+                "rate_limited",
+                "UDP responses dropped by the rate limit.",
+                self.rate_limited,
+            ),
+            (
+                "slipped",
+                "UDP responses sent empty and truncated by the rate limit.",
+                self.slipped,
+            ),
+            ("probes", "Resolver RTT probes asked for.", self.probes),
+            (
+                "probe_results",
+                "Resolver RTT probe results.",
+                self.probe_results,
+            ),
+            (
+                "probes_dropped",
+                "Resolver probes not asked for: a table was full.",
+                self.probes_dropped,
+            ),
+        ]
+    }
+}
+
 /// The zone a name falls in, after its labels are matched.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Place {
