@@ -305,6 +305,9 @@ struct NodesQuery {
     routers_left: SmallVec<[Id; 5]>,
     /// Hint values found so far: the prefix's, then each router's in order.
     found: Vec<Bytes>,
+    /// Return every node the hints name, not only live members this node
+    /// knows ([`Node::find_hinted`]).
+    trust_hints: bool,
 }
 
 /// Most router hints one `find_nodes` looks up (spec §5: the last five
@@ -1053,6 +1056,40 @@ impl Node {
         routers: &[IpAddr],
         services: Services,
     ) -> Result<OpId, OpError> {
+        self.start_find_nodes(now, level, count, target, routers, services, false)
+    }
+
+    /// The nodes the DSHT's network hints at `level` name as near `target`
+    /// (its prefix's, then each of `routers`' in order), offering
+    /// `services`, whether or not this node has heard from them: a hint is
+    /// a node's own claim, refreshed while it lives (spec §5). The DNS
+    /// server uses them to point a far resolver's later queries at
+    /// nameservers near it; answers that send clients to proxies still
+    /// come from [`Self::find_nodes_via`]. The answer arrives as
+    /// [`Event::NodesFound`], every node counted as hinted.
+    pub fn find_hinted(
+        &mut self,
+        now: Instant,
+        level: Level,
+        count: usize,
+        target: IpAddr,
+        routers: &[IpAddr],
+        services: Services,
+    ) -> Result<OpId, OpError> {
+        self.start_find_nodes(now, level, count, target, routers, services, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_find_nodes(
+        &mut self,
+        now: Instant,
+        level: Level,
+        count: usize,
+        target: IpAddr,
+        routers: &[IpAddr],
+        services: Services,
+        trust_hints: bool,
+    ) -> Result<OpId, OpError> {
         self.check_capacity()?;
         let op = self.alloc_op();
         let level = level.min(self.levels.len().saturating_sub(1) as Level);
@@ -1078,6 +1115,7 @@ impl Node {
             services,
             routers_left,
             found: Vec::new(),
+            trust_hints,
         };
         self.ops.insert(
             op,
@@ -1172,6 +1210,27 @@ impl Node {
                 })),
             );
             self.start_get_level(now, op);
+            return;
+        }
+        if q.trust_hints {
+            let mut nodes: Vec<Contact> = Vec::new();
+            for c in q
+                .found
+                .iter()
+                .filter_map(|v| wire::contact_from_value(v).ok())
+            {
+                if c.services.contains(q.services)
+                    && nodes.len() < q.count
+                    && !nodes.iter().any(|n| n.id == c.id)
+                {
+                    nodes.push(c);
+                }
+            }
+            self.events.push_back(Event::NodesFound {
+                op,
+                hinted: nodes.len(),
+                nodes,
+            });
             return;
         }
         let local = self.local_ranking(now, q.level, Some(q.target), q.services);

@@ -7,11 +7,13 @@
 //! Every decision (what to answer, when to probe, rate limits) is the
 //! core's; this file moves bytes, bounds connections and keeps time.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use coral_core::OpId;
 use coral_core::dns::{DnsConfig, DnsServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -109,6 +111,11 @@ pub(crate) struct DnsState {
     pub(crate) max_probes: usize,
     pub(crate) probes_in_flight: usize,
     pub(crate) probe_results: mpsc::Sender<ProbeResult>,
+    /// TCP clients whose query is held, by the token given with it.
+    pub(crate) tcp_waiting: BTreeMap<u64, oneshot::Sender<Option<Vec<u8>>>>,
+    pub(crate) next_token: u64,
+    /// Hint lookups running in the node, by operation.
+    pub(crate) lookups: BTreeMap<OpId, IpAddr>,
 }
 
 /// The receiving ends the node task's loop waits on.
@@ -150,6 +157,9 @@ pub(crate) fn start(
             max_probes: service.options.max_probes_in_flight.max(1),
             probes_in_flight: 0,
             probe_results: probe_tx,
+            tcp_waiting: BTreeMap::new(),
+            next_token: 0,
+            lookups: BTreeMap::new(),
         },
         DnsInputs {
             tcp: tcp_rx,

@@ -35,7 +35,7 @@ use crate::dispatch::{self, Dispatch, Replies};
 pub use crate::dispatch::{GetResult, Joined, NodeError, NodesResult, PutResult};
 use crate::dns::{self, DnsInputs, DnsService, DnsState, TcpQuery};
 use crate::status::{self, NodeStatus};
-use coral_core::dns::Transport;
+use coral_core::dns::{Handled, Transport};
 
 /// Largest datagram the receive buffer holds. Coral's own datagrams are far
 /// smaller; a larger one is truncated by the kernel and then counted as
@@ -459,7 +459,11 @@ impl Driver {
         tokio::pin!(sleep);
         let mut armed: Option<Option<CoreInstant>> = None;
         loop {
-            let next = self.node.poll_timeout();
+            let dns_next = self.dns.as_ref().and_then(|d| d.server.poll_timeout());
+            let next = match (self.node.poll_timeout(), dns_next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if armed != Some(next) {
                 sleep.as_mut().reset(self.to_tokio(next));
                 armed = Some(next);
@@ -498,11 +502,15 @@ impl Driver {
                     let now = self.now();
                     self.counters.timer_wakeups += 1;
                     self.node.handle_timeout(now);
+                    if let Some(d) = self.dns.as_mut() {
+                        d.server.handle_timeout(now, &self.node);
+                    }
                     // The same deadline may come back; force a re-arm.
                     armed = None;
                 }
             }
             self.drain().await;
+            self.dns_after().await;
             // Datagrams already queued in the kernel are taken without going
             // back through select!: a burst costs one wake-up, not one each.
             for _ in 0..RECV_BATCH {
@@ -531,9 +539,10 @@ impl Driver {
     async fn dns_udp(&mut self, from: SocketAddr, first: &[u8]) {
         let now = self.now();
         let Some(d) = self.dns.as_mut() else { return };
-        if d.server
-            .handle_query(now, &self.node, from, Transport::Udp, first, &mut d.out)
-        {
+        let h = d
+            .server
+            .handle_query(now, &self.node, from, Transport::Udp, 0, first, &mut d.out);
+        if h == Handled::Reply {
             send_dns(&d.udp, &d.out, from).await;
         }
         let mut buf = [0u8; DNS_RECV_BUFFER];
@@ -541,21 +550,22 @@ impl Driver {
             match d.udp.try_recv_from(&mut buf) {
                 Ok((n, from)) => {
                     let now = CoreInstant::from_duration(self.epoch.elapsed());
-                    if d.server.handle_query(
+                    let h = d.server.handle_query(
                         now,
                         &self.node,
                         from,
                         Transport::Udp,
+                        0,
                         &buf[..n],
                         &mut d.out,
-                    ) {
+                    );
+                    if h == Handled::Reply {
                         send_dns(&d.udp, &d.out, from).await;
                     }
                 }
                 Err(_) => break,
             }
         }
-        d.start_probes();
     }
 
     fn dns_tcp(&mut self, q: TcpQuery) {
@@ -564,27 +574,72 @@ impl Driver {
             let _ = q.reply.send(None);
             return;
         };
-        let answer = d
-            .server
-            .handle_query(
-                now,
-                &self.node,
-                q.from,
-                Transport::Tcp,
-                &q.bytes,
-                &mut d.out,
-            )
-            .then(|| d.out.clone());
-        let _ = q.reply.send(answer);
-        d.start_probes();
+        d.next_token += 1;
+        let token = d.next_token;
+        match d.server.handle_query(
+            now,
+            &self.node,
+            q.from,
+            Transport::Tcp,
+            token,
+            &q.bytes,
+            &mut d.out,
+        ) {
+            Handled::Reply => {
+                let _ = q.reply.send(Some(d.out.clone()));
+            }
+            Handled::Held => {
+                d.tcp_waiting.insert(token, q.reply);
+            }
+            Handled::Nothing => {
+                let _ = q.reply.send(None);
+            }
+        }
     }
 
     fn probe_done(&mut self, target: IpAddr, rtt: Option<Duration>) {
         let now = self.now();
         if let Some(d) = self.dns.as_mut() {
             d.probes_in_flight = d.probes_in_flight.saturating_sub(1);
-            d.server.handle_probe_result(now, target, rtt);
-            d.start_probes();
+            // A TCP connect traces no route: no router hints.
+            d.server
+                .handle_probe_result(now, &self.node, target, rtt, &[]);
+        }
+    }
+
+    /// After every input: the DNS server's probes and hint lookups start,
+    /// and the answers to held queries go out.
+    async fn dns_after(&mut self) {
+        let now = self.now();
+        let Some(d) = self.dns.as_mut() else { return };
+        d.start_probes();
+        let mut started = false;
+        while let Some(l) = d.server.poll_lookup() {
+            match self
+                .node
+                .find_hinted(now, l.level, l.count, l.target, &l.routers, Services::NONE)
+            {
+                Ok(op) => {
+                    d.lookups.insert(op, l.target);
+                    started = true;
+                }
+                Err(_) => d
+                    .server
+                    .handle_lookup_result(now, &self.node, l.target, Vec::new()),
+            }
+        }
+        while let Some(a) = d.server.poll_answer() {
+            match a.transport {
+                Transport::Udp => send_dns(&d.udp, &a.bytes, a.to).await,
+                Transport::Tcp => {
+                    if let Some(reply) = d.tcp_waiting.remove(&a.token) {
+                        let _ = reply.send(Some(a.bytes));
+                    }
+                }
+            }
+        }
+        if started {
+            self.drain().await;
         }
     }
 
@@ -621,6 +676,15 @@ impl Driver {
     }
 
     fn event(&mut self, event: Event) {
+        if let Event::NodesFound { op, nodes, .. } = &event
+            && let Some(d) = self.dns.as_mut()
+            && let Some(target) = d.lookups.remove(op)
+        {
+            let now = CoreInstant::from_duration(self.epoch.elapsed());
+            d.server
+                .handle_lookup_result(now, &self.node, target, nodes.clone());
+            return;
+        }
         let Some(event) = self.dispatch.event(event) else {
             return;
         };

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::contact::Contact;
 use crate::time::Instant;
 
 /// A client's network prefix: IPv4 /24 or IPv6 /48.
@@ -28,15 +29,31 @@ impl Prefix {
 }
 
 /// What is known of one prefix's RTT.
-#[derive(Clone, Copy, Debug)]
-struct RttEntry {
-    /// The measured RTT; `None` while unmeasured or when the probe failed.
-    rtt: Option<Duration>,
-    /// When the last probe was asked for: at most one per `ttl`.
-    probed_at: Instant,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rtt {
+    /// A probe was asked for and has not come back.
+    Pending,
+    /// The probe measured this.
+    Measured(Duration),
+    /// The probe got nothing back.
+    Unmeasurable,
 }
 
-/// Resolver RTTs cached per prefix, and the probes still to send.
+/// One prefix's entry.
+#[derive(Clone, Debug)]
+struct RttEntry {
+    rtt: Rtt,
+    /// When the last probe was asked for: at most one per `ttl`.
+    probed_at: Instant,
+    /// Nodes the DSHT's hints name as near the prefix; `None` until a hint
+    /// lookup came back.
+    near: Option<Vec<Contact>>,
+    /// A hint lookup was asked for and has not come back.
+    looking: bool,
+}
+
+/// Resolver RTTs and the nodes hints name near them, cached per prefix,
+/// and the probes still to send.
 #[derive(Debug)]
 pub struct ResolverRtts {
     entries: BTreeMap<Prefix, RttEntry>,
@@ -61,11 +78,11 @@ impl ResolverRtts {
         }
     }
 
-    /// The cached RTT of `ip`'s prefix, or `None` when unknown, stale or
-    /// unmeasurable. Asks for a probe when the prefix has not been probed
-    /// within `ttl`: a prefix is never probed more often than that, however
-    /// many queries come from it.
-    pub fn lookup(&mut self, now: Instant, ip: IpAddr) -> Option<Duration> {
+    /// What is known of `ip`'s prefix's RTT. Asks for a probe when the
+    /// prefix has not been probed within `ttl` (answering `Unmeasurable`
+    /// when no probe can be asked for): a prefix is never probed more
+    /// often than that, however many queries come from it.
+    pub fn lookup(&mut self, now: Instant, ip: IpAddr) -> Rtt {
         let p = Prefix::of(ip);
         if let Some(e) = self.entries.get(&p)
             && now.saturating_duration_since(e.probed_at) < self.ttl
@@ -74,7 +91,7 @@ impl ResolverRtts {
         }
         if self.queue.len() >= self.queue_cap {
             self.dropped += 1;
-            return None;
+            return Rtt::Unmeasurable;
         }
         if !self.entries.contains_key(&p) && self.entries.len() >= self.cap {
             let ttl = self.ttl;
@@ -82,18 +99,20 @@ impl ResolverRtts {
                 .retain(|_, e| now.saturating_duration_since(e.probed_at) < ttl);
             if self.entries.len() >= self.cap {
                 self.dropped += 1;
-                return None;
+                return Rtt::Unmeasurable;
             }
         }
         self.entries.insert(
             p,
             RttEntry {
-                rtt: None,
+                rtt: Rtt::Pending,
                 probed_at: now,
+                near: None,
+                looking: false,
             },
         );
         self.queue.push_back(ip);
-        None
+        Rtt::Pending
     }
 
     /// The next address to probe.
@@ -106,9 +125,38 @@ impl ResolverRtts {
         if let Some(e) = self.entries.get_mut(&Prefix::of(target)) {
             e.rtt = match (e.rtt, rtt) {
                 // Several probes of one prefix: keep the nearest host's.
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => b.or(a),
+                (Rtt::Measured(a), Some(b)) => Rtt::Measured(a.min(b)),
+                (_, Some(b)) => Rtt::Measured(b),
+                (Rtt::Measured(a), None) => Rtt::Measured(a),
+                (_, None) => Rtt::Unmeasurable,
             };
+        }
+    }
+
+    /// The nodes hints name near `ip`'s prefix, once looked up.
+    pub fn near(&self, ip: IpAddr) -> Option<&[Contact]> {
+        self.entries
+            .get(&Prefix::of(ip))
+            .and_then(|e| e.near.as_deref())
+    }
+
+    /// Marks a hint lookup for `ip`'s prefix as asked for; false when one
+    /// is running or done, or the prefix is not tracked.
+    pub fn start_near(&mut self, ip: IpAddr) -> bool {
+        match self.entries.get_mut(&Prefix::of(ip)) {
+            Some(e) if !e.looking && e.near.is_none() => {
+                e.looking = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A hint lookup's outcome for `ip`'s prefix (empty when it failed).
+    pub fn set_near(&mut self, ip: IpAddr, nodes: Vec<Contact>) {
+        if let Some(e) = self.entries.get_mut(&Prefix::of(ip)) {
+            e.looking = false;
+            e.near = Some(nodes);
         }
     }
 
@@ -219,16 +267,27 @@ mod tests {
         let mut r = ResolverRtts::new(Duration::from_secs(600), 100, 10);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.200".parse().unwrap();
-        assert_eq!(r.lookup(at(0), a), None);
-        assert_eq!(r.lookup(at(10), b), None);
+        assert_eq!(r.lookup(at(0), a), Rtt::Pending);
+        assert_eq!(r.lookup(at(10), b), Rtt::Pending);
         assert_eq!(r.poll_probe(), Some(a));
         assert_eq!(r.poll_probe(), None, "one /24, one probe");
         r.record(a, Some(Duration::from_millis(12)));
-        assert_eq!(r.lookup(at(20), b), Some(Duration::from_millis(12)));
+        assert_eq!(
+            r.lookup(at(20), b),
+            Rtt::Measured(Duration::from_millis(12))
+        );
+        // Hints are looked up once per prefix.
+        assert!(r.start_near(b));
+        assert!(!r.start_near(a), "one lookup per prefix");
+        r.set_near(a, Vec::new());
+        assert_eq!(r.near(b), Some(&[][..]));
         // After the period the prefix is probed again; the old value is
         // not used meanwhile.
-        assert_eq!(r.lookup(at(600_001), b), None);
+        assert_eq!(r.lookup(at(600_001), b), Rtt::Pending);
+        assert_eq!(r.near(b), None);
         assert_eq!(r.poll_probe(), Some(b));
+        r.record(b, None);
+        assert_eq!(r.lookup(at(600_002), b), Rtt::Unmeasurable);
     }
 
     #[test]

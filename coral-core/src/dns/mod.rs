@@ -48,6 +48,7 @@
 pub mod limits;
 pub mod wire;
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -55,7 +56,7 @@ use crate::contact::{Contact, Level, Services};
 use crate::node::Node;
 use crate::time::Instant;
 
-use self::limits::{RateLimit, ResolverRtts, Verdict};
+use self::limits::{Prefix, RateLimit, ResolverRtts, Rtt, Verdict};
 use self::wire::{Data, Decoded, Owner, Qtype, Query, Rcode, Response, Rr};
 
 /// Configuration of the redirector.
@@ -101,6 +102,15 @@ pub struct DnsConfig {
     /// Our EDNS(0) UDP payload size: 1232 bytes, the DNS flag day 2020
     /// value that avoids IP fragmentation on common paths.
     pub udp_payload: u16,
+    /// How long the first query from a resolver not yet measured may wait
+    /// for its probe (and, for a resolver not near us, for the hint lookup
+    /// of nodes near it) before it is answered with what is known (open
+    /// question 13: 500 ms). 0 answers at once.
+    pub hold_budget: Duration,
+    /// Most queries waiting at once; more are answered at once.
+    pub max_held: usize,
+    /// Nodes asked of a hint lookup.
+    pub hint_count: usize,
 }
 
 impl Default for DnsConfig {
@@ -124,6 +134,9 @@ impl Default for DnsConfig {
             rrl_slip: 2,
             rrl_max_prefixes: 65_536,
             udp_payload: 1232,
+            hold_budget: Duration::from_millis(500),
+            max_held: 1024,
+            hint_count: 8,
         }
     }
 }
@@ -154,6 +167,55 @@ pub enum Transport {
     Udp,
     /// A length-prefixed TCP message.
     Tcp,
+}
+
+/// What [`DnsServer::handle_query`] did with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// The response is in the output buffer: send it.
+    Reply,
+    /// The query waits for a probe or a hint lookup; its response comes
+    /// out of [`DnsServer::poll_answer`] with the same token.
+    Held,
+    /// Nothing to send.
+    Nothing,
+}
+
+/// A response to a held query, for the adapter to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The client.
+    pub to: SocketAddr,
+    /// How the query came.
+    pub transport: Transport,
+    /// The token the adapter gave with the query.
+    pub token: u64,
+    /// The response.
+    pub bytes: Vec<u8>,
+}
+
+/// A hint lookup for the adapter to start with [`Node::find_hinted`] at
+/// `level` and report with [`DnsServer::handle_lookup_result`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HintLookup {
+    /// The resolver.
+    pub target: IpAddr,
+    /// The last hops toward it, nearest it first, as the probe found them.
+    pub routers: Vec<IpAddr>,
+    /// The level whose hints to read (0: the whole network).
+    pub level: Level,
+    /// How many nodes to ask for.
+    pub count: usize,
+}
+
+/// A query waiting for what is known of its resolver.
+#[derive(Debug)]
+struct Held {
+    deadline: Instant,
+    from: SocketAddr,
+    transport: Transport,
+    token: u64,
+    bytes: Vec<u8>,
 }
 
 /// Counters of the redirector, for `/metrics`.
@@ -194,6 +256,12 @@ pub struct DnsStats {
     pub probe_results: u64,
     /// Probes not asked for because a table was full.
     pub probes_dropped: u64,
+    /// Queries that waited for a probe or a hint lookup.
+    pub held: u64,
+    /// Held queries answered at their deadline, before all was known.
+    pub held_expired: u64,
+    /// Hint lookups asked for.
+    pub hint_lookups: u64,
 }
 
 impl DnsStats {
@@ -276,6 +344,21 @@ impl DnsStats {
                 "Resolver probes not asked for: a table was full.",
                 self.probes_dropped,
             ),
+            (
+                "held",
+                "Queries that waited for a probe or a hint lookup.",
+                self.held,
+            ),
+            (
+                "held_expired",
+                "Held queries answered at the deadline, before all was known.",
+                self.held_expired,
+            ),
+            (
+                "hint_lookups",
+                "Lookups of nodes that hints name near a resolver.",
+                self.hint_lookups,
+            ),
         ]
     }
 }
@@ -339,6 +422,9 @@ pub struct DnsServer {
     rtts: ResolverRtts,
     rrl: RateLimit,
     stats: DnsStats,
+    held: Vec<Held>,
+    answers: VecDeque<Answer>,
+    lookups: VecDeque<HintLookup>,
 }
 
 impl DnsServer {
@@ -380,6 +466,9 @@ impl DnsServer {
             rtts,
             rrl,
             stats: DnsStats::default(),
+            held: Vec::new(),
+            answers: VecDeque::new(),
+            lookups: VecDeque::new(),
         })
     }
 
@@ -435,10 +524,72 @@ impl DnsServer {
         p
     }
 
-    /// The outcome of a probe asked for by [`Self::poll_probe`].
-    pub fn handle_probe_result(&mut self, _now: Instant, target: IpAddr, rtt: Option<Duration>) {
+    /// The outcome of a probe asked for by [`Self::poll_probe`]: the RTT
+    /// (`None` when nothing came back) and the last hops toward the target
+    /// when the probe traced them (nearest the target first; empty when it
+    /// did not). Answers held queries that now have all they wait for.
+    pub fn handle_probe_result(
+        &mut self,
+        now: Instant,
+        node: &Node,
+        target: IpAddr,
+        rtt: Option<Duration>,
+        routers: &[IpAddr],
+    ) {
         self.stats.probe_results += 1;
         self.rtts.record(target, rtt);
+        let level = self.level_for(node, rtt);
+        // A resolver outside our tightest cluster is better served by
+        // nodes near it than near us: ask the hints who those are.
+        if usize::from(level) + 1 < self.levels && self.rtts.start_near(target) {
+            if self.lookups.len() < self.config.max_pending_probes {
+                self.stats.hint_lookups += 1;
+                self.lookups.push_back(HintLookup {
+                    target,
+                    routers: routers.to_vec(),
+                    level: 0,
+                    count: self.config.hint_count,
+                });
+            } else {
+                self.rtts.set_near(target, Vec::new());
+            }
+        }
+        self.release(now, node, Some(Prefix::of(target)));
+    }
+
+    /// The next hint lookup to start.
+    #[must_use]
+    pub fn poll_lookup(&mut self) -> Option<HintLookup> {
+        self.lookups.pop_front()
+    }
+
+    /// The nodes a [`HintLookup`] found (empty when it failed).
+    pub fn handle_lookup_result(
+        &mut self,
+        now: Instant,
+        node: &Node,
+        target: IpAddr,
+        nodes: Vec<Contact>,
+    ) {
+        self.rtts.set_near(target, nodes);
+        self.release(now, node, Some(Prefix::of(target)));
+    }
+
+    /// Answers the held queries whose deadline has passed.
+    pub fn handle_timeout(&mut self, now: Instant, node: &Node) {
+        self.release(now, node, None);
+    }
+
+    /// When [`Self::handle_timeout`] is next due.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.held.iter().map(|h| h.deadline).min()
+    }
+
+    /// The next response to a held query.
+    #[must_use]
+    pub fn poll_answer(&mut self) -> Option<Answer> {
+        self.answers.pop_front()
     }
 
     /// The level a resolver at `rtt` is answered at (spec §6.2): the
@@ -455,18 +606,82 @@ impl DnsServer {
             .unwrap_or(0)
     }
 
+    /// Whether all that an answer for `resolver` could use is known: its
+    /// RTT, and for a resolver outside our tightest cluster the nodes hints
+    /// name near it. Asks for a probe when none was.
+    fn ready(&mut self, now: Instant, node: &Node, resolver: IpAddr) -> bool {
+        match self.rtts.lookup(now, resolver) {
+            Rtt::Pending => false,
+            Rtt::Measured(d) => {
+                usize::from(self.level_for(node, Some(d))) + 1 >= self.levels
+                    || self.rtts.near(resolver).is_some()
+            }
+            Rtt::Unmeasurable => self.rtts.near(resolver).is_some() || !self.looking(resolver),
+        }
+    }
+
+    fn looking(&self, resolver: IpAddr) -> bool {
+        self.lookups
+            .iter()
+            .any(|l| Prefix::of(l.target) == Prefix::of(resolver))
+    }
+
+    /// Answers held queries: those of `prefix` that are ready, and every
+    /// one whose deadline has passed.
+    fn release(&mut self, now: Instant, node: &Node, prefix: Option<Prefix>) {
+        let mut i = 0;
+        while i < self.held.len() {
+            let h = &self.held[i];
+            let mine = prefix.is_some_and(|p| p == Prefix::of(h.from.ip()));
+            let expired = h.deadline <= now;
+            let from = h.from.ip();
+            if !(expired || (mine && self.ready(now, node, from))) {
+                i += 1;
+                continue;
+            }
+            let h = self.held.swap_remove(i);
+            if expired && !self.ready(now, node, h.from.ip()) {
+                self.stats.held_expired += 1;
+            }
+            let mut out = Vec::new();
+            if let Decoded::Query(q) = wire::decode(&h.bytes) {
+                self.answer(now, node, h.from, h.transport, &q, Verdict::Send, &mut out);
+                self.answers.push_back(Answer {
+                    to: h.from,
+                    transport: h.transport,
+                    token: h.token,
+                    bytes: out,
+                });
+            }
+        }
+    }
+
+    /// Whether `q` should wait for what is known of its resolver.
+    fn should_hold(&mut self, now: Instant, node: &Node, from: IpAddr, q: &Query) -> bool {
+        !self.config.hold_budget.is_zero()
+            && self.held.len() < self.config.max_held
+            && q.class_in()
+            && matches!(q.qtype(), Qtype::A | Qtype::Aaaa | Qtype::Any)
+            && self.place(&q.labels()) == Place::Coralized
+            && !self.ready(now, node, from)
+    }
+
     /// Answers one DNS message from `from`, writing the response into
-    /// `out`; returns `false` when nothing is to be sent (a message not
-    /// worth answering, or a response the rate limit dropped).
+    /// `out`. A query from a resolver not measured yet may be held (up to
+    /// `hold_budget`) and answered later through [`Self::poll_answer`],
+    /// carrying `token` (the adapter's handle for the client, for example
+    /// its TCP connection).
+    #[allow(clippy::too_many_arguments)]
     pub fn handle_query(
         &mut self,
         now: Instant,
         node: &Node,
         from: SocketAddr,
         transport: Transport,
+        token: u64,
         bytes: &[u8],
         out: &mut Vec<u8>,
-    ) -> bool {
+    ) -> Handled {
         self.stats.queries += 1;
         let verdict = match transport {
             Transport::Udp => self.rrl.check(now, from.ip()),
@@ -474,7 +689,7 @@ impl DnsServer {
         };
         if verdict == Verdict::Drop {
             self.stats.rate_limited += 1;
-            return false;
+            return Handled::Nothing;
         }
         let q = match wire::decode(bytes) {
             Decoded::Query(q) => q,
@@ -482,19 +697,46 @@ impl DnsServer {
                 self.stats.formerr += 1;
                 self.stats.responses += 1;
                 wire::encode_error(id, opcode, Rcode::FormErr, out);
-                return true;
+                return Handled::Reply;
             }
             Decoded::NotImplemented { id, opcode } => {
                 self.stats.notimp += 1;
                 self.stats.responses += 1;
                 wire::encode_error(id, opcode, Rcode::NotImp, out);
-                return true;
+                return Handled::Reply;
             }
             Decoded::Ignore => {
                 self.stats.ignored += 1;
-                return false;
+                return Handled::Nothing;
             }
         };
+        if verdict == Verdict::Send && self.should_hold(now, node, from.ip(), &q) {
+            self.stats.held += 1;
+            self.held.push(Held {
+                deadline: now + self.config.hold_budget,
+                from,
+                transport,
+                token,
+                bytes: bytes.to_vec(),
+            });
+            return Handled::Held;
+        }
+        self.answer(now, node, from, transport, &q, verdict, out);
+        Handled::Reply
+    }
+
+    /// Encodes the response to `q` into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &mut self,
+        now: Instant,
+        node: &Node,
+        from: SocketAddr,
+        transport: Transport,
+        q: &Query,
+        verdict: Verdict,
+        out: &mut Vec<u8>,
+    ) {
         let limit = match transport {
             Transport::Tcp => wire::MAX_TCP_MESSAGE,
             Transport::Udp => q.edns().map_or(wire::CLASSIC_UDP, |e| {
@@ -509,9 +751,9 @@ impl DnsServer {
                 ..Response::default()
             }
         } else {
-            self.respond(now, node, from.ip(), &q)
+            self.respond(now, node, from.ip(), q)
         };
-        match wire::encode(&q, &r, limit, self.config.udp_payload, out) {
+        match wire::encode(q, &r, limit, self.config.udp_payload, out) {
             Ok(true) if verdict == Verdict::Send => self.stats.truncated += 1,
             Ok(_) => {}
             Err(_) => {
@@ -522,7 +764,6 @@ impl DnsServer {
             }
         }
         self.stats.responses += 1;
-        true
     }
 
     fn place(&self, labels: &[String]) -> Place {
@@ -647,20 +888,38 @@ impl DnsServer {
         r.authority.push(self.soa(apex));
     }
 
-    /// The level a resolver is answered at, and the NS TTL for it.
-    fn resolver_level(&mut self, now: Instant, node: &Node, resolver: IpAddr) -> (Level, u32) {
-        let rtt = self.rtts.lookup(now, resolver);
+    /// The level a resolver is answered at, the NS TTL for it, and the
+    /// nodes hints name near it. The TTL is the long one only once all is
+    /// known: a resolver answered on partial knowledge comes back soon.
+    fn resolver_level(
+        &mut self,
+        now: Instant,
+        node: &Node,
+        resolver: IpAddr,
+    ) -> (Level, u32, Vec<Contact>) {
+        let ready = self.ready(now, node, resolver);
+        let rtt = match self.rtts.lookup(now, resolver) {
+            Rtt::Measured(d) => Some(d),
+            Rtt::Pending | Rtt::Unmeasurable => None,
+        };
         let level = self.level_for(node, rtt);
-        let ns_ttl = if rtt.is_some() {
+        let ns_ttl = if ready {
             secs(self.config.ns_ttl)
         } else {
             secs(self.config.answer_ttl)
         };
-        (level, ns_ttl)
+        let near = self
+            .rtts
+            .near(resolver)
+            .map(<[Contact]>::to_vec)
+            .unwrap_or_default();
+        (level, ns_ttl, near)
     }
 
     /// NS records and their glue for level `level`'s zone, of DNS nodes
-    /// near the resolver; `owner` names the zone.
+    /// near the resolver: those in `near` (named by hints) first, then
+    /// [`pick`]'s; `owner` names the zone.
+    #[allow(clippy::too_many_arguments)]
     fn nameservers(
         &self,
         now: Instant,
@@ -669,9 +928,26 @@ impl DnsServer {
         level: Level,
         ttl: u32,
         owner: &Owner,
+        near: &[Contact],
     ) -> (Vec<Rr>, Vec<Rr>) {
         let count = self.config.ns_count;
-        let servers = pick(now, node, level, count, resolver, Services::DNS, |_| true).0;
+        let first: Vec<Contact> = near
+            .iter()
+            .filter(|c| c.services.contains(Services::DNS))
+            .take(count)
+            .copied()
+            .collect();
+        let servers = pick(
+            now,
+            node,
+            first,
+            level,
+            count,
+            resolver,
+            Services::DNS,
+            |_| true,
+        )
+        .0;
         let mut ns = Vec::with_capacity(servers.len());
         let mut glue = Vec::with_capacity(servers.len());
         for c in servers {
@@ -705,7 +981,7 @@ impl DnsServer {
             self.nodata(apex, r);
             return;
         }
-        let (level, ns_ttl) = self.resolver_level(now, node, resolver);
+        let (level, ns_ttl, near) = self.resolver_level(now, node, resolver);
         let family = |c: &Contact| match c.addr.ip() {
             IpAddr::V4(_) => want_v4,
             IpAddr::V6(_) => want_v6,
@@ -714,11 +990,25 @@ impl DnsServer {
         let allowed = |c: &Contact| {
             family(c)
                 && (!c.services.contains(Services::LOCAL_ONLY)
-                    || limits::Prefix::of(c.addr.ip()) == limits::Prefix::of(resolver))
+                    || Prefix::of(c.addr.ip()) == Prefix::of(resolver))
+        };
+        // Proxies hints name near the resolver, if we have heard from them
+        // ourselves (a dead proxy is what browsers handle worst).
+        let first: Vec<Contact> = if near.is_empty() {
+            Vec::new()
+        } else {
+            let fresh = fresh_nodes(now, node, Services::HTTP);
+            near.iter()
+                .filter(|c| c.services.contains(Services::HTTP) && allowed(c))
+                .filter(|c| fresh.iter().any(|f| f.id == c.id))
+                .take(self.config.answer_count)
+                .copied()
+                .collect()
         };
         let (proxies, chosen_at, fallback) = pick(
             now,
             node,
+            first,
             level,
             self.config.answer_count,
             resolver,
@@ -745,7 +1035,8 @@ impl DnsServer {
             });
         }
         let zone = Owner::Name(self.level_zone(level));
-        (r.authority, r.additional) = self.nameservers(now, node, resolver, level, ns_ttl, &zone);
+        (r.authority, r.additional) =
+            self.nameservers(now, node, resolver, level, ns_ttl, &zone, &near);
     }
 
     fn apex(
@@ -770,7 +1061,7 @@ impl DnsServer {
             Qtype::Ns => {
                 let ttl = secs(self.config.ns_ttl);
                 (r.answers, r.additional) =
-                    self.nameservers(now, node, resolver, ns_level, ttl, &owner);
+                    self.nameservers(now, node, resolver, ns_level, ttl, &owner, &[]);
                 if r.answers.is_empty() {
                     self.nodata(apex, r);
                 }
@@ -858,16 +1149,32 @@ fn known_dns_nodes(node: &Node) -> Vec<Contact> {
     v
 }
 
-/// Up to `count` nodes offering `services` and passing `allowed`, chosen
-/// by [`Node::nodes`] for `target` from this node's cluster at `level`,
-/// completed from the next looser levels when that cluster has fewer
-/// (a small cluster, or a table still filling, still yields `count`
-/// addresses to fail over between); when no level has any heard from
-/// recently, any known node (the fallback). Returns the nodes, the level
-/// the first came from, and whether the fallback was used.
+/// Every node heard from recently offering `services`, at any level.
+fn fresh_nodes(now: Instant, node: &Node, services: Services) -> Vec<Contact> {
+    let mut v: Vec<Contact> = Vec::new();
+    for l in 0..node.levels().len() {
+        for c in node.nodes(now, l as Level, usize::MAX, None, services) {
+            if !v.iter().any(|d| d.id == c.id) {
+                v.push(c);
+            }
+        }
+    }
+    v
+}
+
+/// `first`, then up to `count` nodes in all offering `services` and
+/// passing `allowed`, chosen by [`Node::nodes`] for `target` from this
+/// node's cluster at `level`, completed from the next looser levels when
+/// that cluster has fewer (a small cluster, or a table still filling,
+/// still yields `count` addresses to fail over between); when no level
+/// has any heard from recently, any known node (the fallback). Returns the
+/// nodes, the level the first chosen by rank came from (`level` when
+/// `first` filled the answer), and whether the fallback was used.
+#[allow(clippy::too_many_arguments)]
 fn pick(
     now: Instant,
     node: &Node,
+    first: Vec<Contact>,
     level: Level,
     count: usize,
     target: IpAddr,
@@ -876,17 +1183,18 @@ fn pick(
 ) -> (Vec<Contact>, Level, bool) {
     // Ask for more than needed: some may be filtered out.
     let ask = count.saturating_mul(4).max(8);
-    let mut v: Vec<Contact> = Vec::with_capacity(count);
-    let mut first_level = None;
+    let mut v = first;
+    v.truncate(count);
+    let mut first_level = (!v.is_empty()).then_some(level);
     for l in (0..=level).rev() {
+        if v.len() >= count {
+            break;
+        }
         for c in node.nodes(now, l, ask, Some(target), services) {
             if v.len() < count && allowed(&c) && !v.iter().any(|d| d.id == c.id) {
                 first_level.get_or_insert(l);
                 v.push(c);
             }
-        }
-        if v.len() >= count {
-            break;
         }
     }
     if let Some(l) = first_level {
@@ -943,8 +1251,16 @@ mod tests {
         net
     }
 
+    /// A server that answers at once (most tests look at one answer).
     fn server() -> DnsServer {
-        DnsServer::new(DnsConfig::default(), 3).unwrap()
+        DnsServer::new(immediate(), 3).unwrap()
+    }
+
+    fn immediate() -> DnsConfig {
+        DnsConfig {
+            hold_budget: Duration::ZERO,
+            ..DnsConfig::default()
+        }
     }
 
     fn resolver() -> SocketAddr {
@@ -953,7 +1269,7 @@ mod tests {
 
     fn ask(s: &mut DnsServer, net: &Net, from: SocketAddr, t: Transport, q: &[u8]) -> Option<Seen> {
         let mut out = Vec::new();
-        s.handle_query(net.now, &net.nodes[0], from, t, q, &mut out)
+        (s.handle_query(net.now, &net.nodes[0], from, t, 0, q, &mut out) == Handled::Reply)
             .then(|| seen(&out))
     }
 
@@ -1017,7 +1333,20 @@ mod tests {
             udp(&mut s, &net, "x.nyud.net.", A);
             let before = s.stats().answered_at_level[level];
             let target = s.poll_probe().unwrap();
-            s.handle_probe_result(net.now, target, Some(Duration::from_millis(rtt_ms)));
+            s.handle_probe_result(
+                net.now,
+                &net.nodes[0],
+                target,
+                Some(Duration::from_millis(rtt_ms)),
+                &[],
+            );
+            // A resolver outside the tightest cluster gets a hint lookup.
+            let lookup = s.poll_lookup();
+            assert_eq!(lookup.is_some(), level < 2, "rtt {rtt_ms} ms");
+            if let Some(l) = lookup {
+                assert_eq!((l.target, l.level), (target, 0));
+                s.handle_lookup_result(net.now, &net.nodes[0], l.target, Vec::new());
+            }
             let r = udp(&mut s, &net, "x.nyud.net.", A);
             assert!(!r.authority.is_empty());
             for (owner, _, ttl, _) in &r.authority {
@@ -1030,6 +1359,103 @@ mod tests {
                 "rtt {rtt_ms} ms"
             );
         }
+    }
+
+    #[test]
+    fn a_first_query_waits_for_the_probe_and_is_answered_with_its_token() {
+        let net = net();
+        let mut s = DnsServer::new(DnsConfig::default(), 3).unwrap();
+        let q = query("x.nyud.net.", A, None);
+        let mut out = Vec::new();
+        let node = &net.nodes[0];
+        let h = s.handle_query(net.now, node, resolver(), Transport::Tcp, 77, &q, &mut out);
+        assert_eq!(h, Handled::Held);
+        assert_eq!(s.poll_timeout(), Some(net.now + Duration::from_millis(500)));
+        assert!(s.poll_answer().is_none());
+        let target = s.poll_probe().unwrap();
+        s.handle_probe_result(net.now, node, target, Some(Duration::from_millis(3)), &[]);
+        let a = s.poll_answer().expect("answered once the probe is in");
+        assert_eq!(
+            (a.to, a.transport, a.token),
+            (resolver(), Transport::Tcp, 77)
+        );
+        let r = seen(&a.bytes);
+        assert_eq!(r.answers.len(), 2);
+        assert!(
+            r.authority
+                .iter()
+                .all(|ns| ns.0 == "L2.L1.L0.nyucd.net." && ns.2 == 6 * 3600)
+        );
+        assert_eq!(s.poll_timeout(), None);
+        // The next query from that prefix is answered at once.
+        let h = s.handle_query(net.now, node, resolver(), Transport::Udp, 0, &q, &mut out);
+        assert_eq!(h, Handled::Reply);
+        assert_eq!(s.stats().held, 1);
+    }
+
+    #[test]
+    fn a_held_query_is_answered_at_its_deadline_with_what_is_known() {
+        let net = net();
+        let mut s = DnsServer::new(DnsConfig::default(), 3).unwrap();
+        let q = query("x.nyud.net.", A, None);
+        let node = &net.nodes[0];
+        let mut out = Vec::new();
+        assert_eq!(
+            s.handle_query(net.now, node, resolver(), Transport::Udp, 0, &q, &mut out),
+            Handled::Held
+        );
+        s.handle_timeout(net.now + Duration::from_millis(499), node);
+        assert!(s.poll_answer().is_none(), "not before the deadline");
+        s.handle_timeout(net.now + Duration::from_millis(500), node);
+        let r = seen(&s.poll_answer().unwrap().bytes);
+        assert_eq!(r.answers.len(), 2);
+        assert!(
+            r.authority
+                .iter()
+                .all(|ns| ns.0 == "L0.nyucd.net." && ns.2 == 30)
+        );
+        assert_eq!(s.stats().held_expired, 1);
+    }
+
+    #[test]
+    fn a_far_resolver_gets_the_nameservers_hints_name_near_it() {
+        let net = net();
+        let mut s = DnsServer::new(DnsConfig::default(), 3).unwrap();
+        let q = query("x.nyud.net.", A, None);
+        let node = &net.nodes[0];
+        let mut out = Vec::new();
+        s.handle_query(net.now, node, resolver(), Transport::Udp, 0, &q, &mut out);
+        let target = s.poll_probe().unwrap();
+        let routers: Vec<IpAddr> = vec!["100.64.0.1".parse().unwrap()];
+        s.handle_probe_result(
+            net.now,
+            node,
+            target,
+            Some(Duration::from_millis(150)),
+            &routers,
+        );
+        assert!(s.poll_answer().is_none(), "still waiting for the hints");
+        let l = s.poll_lookup().unwrap();
+        assert_eq!(l.routers, routers);
+        let near: Vec<Contact> = [3, 4].iter().map(|&i| net.nodes[i].contact()).collect();
+        s.handle_lookup_result(net.now, node, l.target, near.clone());
+        let r = seen(&s.poll_answer().unwrap().bytes);
+        let hosts: Vec<&str> = r.authority.iter().map(|ns| ns.3.as_str()).collect();
+        for (c, host) in near.iter().zip(&hosts) {
+            assert_eq!(
+                *host,
+                format!("{}.", s.nameserver_name(c)),
+                "hinted servers first"
+            );
+        }
+        assert!(
+            r.authority
+                .iter()
+                .all(|ns| ns.0 == "L0.nyucd.net." && ns.2 == 6 * 3600)
+        );
+        let answers: Vec<&str> = r.answers.iter().map(|a| a.3.as_str()).collect();
+        let hinted_ips: Vec<String> = near.iter().map(|c| c.addr.ip().to_string()).collect();
+        assert_eq!(answers, hinted_ips, "live hinted proxies first");
     }
 
     #[test]
@@ -1168,20 +1594,24 @@ mod tests {
         let config = DnsConfig {
             ns_count: 12,
             answer_count: 12,
-            ..DnsConfig::default()
+            ..immediate()
         };
         let mut s = DnsServer::new(config, 3).unwrap();
         let name = "a-rather-long-label-to-fill-the-answer.www.example.com.nyud.net.";
         let plain = query(name, A, None);
         let mut out = Vec::new();
-        assert!(s.handle_query(
-            net.now,
-            &net.nodes[0],
-            resolver(),
-            Transport::Udp,
-            &plain,
-            &mut out
-        ));
+        assert_eq!(
+            s.handle_query(
+                net.now,
+                &net.nodes[0],
+                resolver(),
+                Transport::Udp,
+                0,
+                &plain,
+                &mut out
+            ),
+            Handled::Reply
+        );
         assert!(out.len() <= 512);
         let r = seen(&out);
         assert!(r.tc && r.answers.is_empty(), "{r:?}");
@@ -1208,7 +1638,7 @@ mod tests {
         let net = net();
         let config = DnsConfig {
             rrl_rate: 10,
-            ..DnsConfig::default()
+            ..immediate()
         };
         let mut s = DnsServer::new(config, 3).unwrap();
         let q = query("x.nyud.net.", A, None);
@@ -1288,7 +1718,7 @@ mod tests {
             let net = net.lock().unwrap();
             let mut s = server();
             let mut out = Vec::new();
-            if s.handle_query(net.now, &net.nodes[0], resolver(), Transport::Udp, &bytes, &mut out) {
+            if s.handle_query(net.now, &net.nodes[0], resolver(), Transport::Udp, 0, &bytes, &mut out) == Handled::Reply {
                 proptest::prop_assert!(out.len() <= 1232);
                 proptest::prop_assert!(out.len() >= 12);
             }
