@@ -48,7 +48,7 @@
 pub mod limits;
 pub mod wire;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -111,6 +111,14 @@ pub struct DnsConfig {
     pub max_held: usize,
     /// Nodes asked of a hint lookup.
     pub hint_count: usize,
+    /// How long the records chosen for one resolver prefix at one level
+    /// are reused (0: chosen anew for every query). The level itself is
+    /// selected for every query; what is reused is the choice of proxies
+    /// and nameservers for it, which changes on the scale of the routing
+    /// tables' refresh, not per query.
+    pub answer_cache: Duration,
+    /// Most answers kept in that cache.
+    pub answer_cache_entries: usize,
 }
 
 impl Default for DnsConfig {
@@ -137,6 +145,8 @@ impl Default for DnsConfig {
             hold_budget: Duration::from_millis(500),
             max_held: 1024,
             hint_count: 8,
+            answer_cache: Duration::from_secs(1),
+            answer_cache_entries: 4096,
         }
     }
 }
@@ -208,6 +218,59 @@ pub struct HintLookup {
     pub count: usize,
 }
 
+/// What an answer to a Coralized name depends on besides the node's
+/// tables: the resolver's prefix, the level selected for it, whether all
+/// was known of it, and the address families asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct CacheKey {
+    prefix: Prefix,
+    level: Level,
+    ready: bool,
+    qtype: u16,
+}
+
+/// A cached answer and the counters it moved when it was made, moved again
+/// whenever it is reused.
+#[derive(Debug)]
+struct Cached {
+    until: Instant,
+    prepared: wire::Prepared,
+    counted: Counted,
+}
+
+/// The counters one answer to a Coralized name moves.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counted {
+    answered_at_level: [u64; 3],
+    fallback_answers: u64,
+    no_proxy: u64,
+    nodata: u64,
+}
+
+impl Counted {
+    fn between(before: &DnsStats, after: &DnsStats) -> Self {
+        let mut c = Self {
+            fallback_answers: after.fallback_answers - before.fallback_answers,
+            no_proxy: after.no_proxy - before.no_proxy,
+            nodata: after.nodata - before.nodata,
+            ..Self::default()
+        };
+        for (i, n) in c.answered_at_level.iter_mut().enumerate() {
+            *n = after.answered_at_level[i] - before.answered_at_level[i];
+        }
+        c
+    }
+
+    fn add_to(&self, s: &mut DnsStats) {
+        for (i, n) in self.answered_at_level.iter().enumerate() {
+            s.answered_at_level[i] += n;
+        }
+        s.fallback_answers += self.fallback_answers;
+        s.no_proxy += self.no_proxy;
+        s.nodata += self.nodata;
+    }
+}
+
 /// A query waiting for what is known of its resolver.
 #[derive(Debug)]
 struct Held {
@@ -262,6 +325,8 @@ pub struct DnsStats {
     pub held_expired: u64,
     /// Hint lookups asked for.
     pub hint_lookups: u64,
+    /// Answers whose records came from the answer cache.
+    pub cached_answers: u64,
 }
 
 impl DnsStats {
@@ -359,6 +424,11 @@ impl DnsStats {
                 "Lookups of nodes that hints name near a resolver.",
                 self.hint_lookups,
             ),
+            (
+                "cached_answers",
+                "Answers whose records were reused from the answer cache.",
+                self.cached_answers,
+            ),
         ]
     }
 }
@@ -393,9 +463,17 @@ enum Apex {
 }
 
 /// Strips `suffix` (lowercase labels) from the end of `labels`.
-fn strip<'a>(labels: &'a [String], suffix: &[String]) -> Option<&'a [String]> {
+fn strip<'a, L: AsRef<[u8]>>(labels: &'a [L], suffix: &[String]) -> Option<&'a [L]> {
     let n = labels.len().checked_sub(suffix.len())?;
-    (labels[n..] == *suffix).then_some(&labels[..n])
+    labels[n..]
+        .iter()
+        .zip(suffix)
+        .all(|(l, s)| l.as_ref().eq_ignore_ascii_case(s.as_bytes()))
+        .then_some(&labels[..n])
+}
+
+fn label_is(label: &[u8], lower: &str) -> bool {
+    label.eq_ignore_ascii_case(lower.as_bytes())
 }
 
 fn split_labels(name: &str) -> Vec<String> {
@@ -416,8 +494,10 @@ pub struct DnsServer {
     config: DnsConfig,
     zone: Vec<String>,
     alias: Option<Vec<String>>,
-    /// `L0`, `L1`, ... (index = level).
+    /// `l0`, `l1`, ... (index = level), lowercase.
     level_labels: Vec<String>,
+    /// The service label, lowercase.
+    service_label: String,
     levels: usize,
     rtts: ResolverRtts,
     rrl: RateLimit,
@@ -425,6 +505,7 @@ pub struct DnsServer {
     held: Vec<Held>,
     answers: VecDeque<Answer>,
     lookups: VecDeque<HintLookup>,
+    cache: BTreeMap<CacheKey, Cached>,
 }
 
 impl DnsServer {
@@ -459,6 +540,7 @@ impl DnsServer {
         let rrl = RateLimit::new(config.rrl_rate, config.rrl_slip, config.rrl_max_prefixes);
         Ok(Self {
             level_labels: (0..levels).map(|l| format!("l{l}")).collect(),
+            service_label: config.service_label.to_ascii_lowercase(),
             levels,
             zone,
             alias,
@@ -469,6 +551,7 @@ impl DnsServer {
             held: Vec::new(),
             answers: VecDeque::new(),
             lookups: VecDeque::new(),
+            cache: BTreeMap::new(),
         })
     }
 
@@ -656,6 +739,41 @@ impl DnsServer {
         }
     }
 
+    /// The answer-cache key of `q` from `resolver`: for Coralized A, AAAA
+    /// and ANY questions, when the cache is on. Selects the level.
+    fn cache_key(
+        &mut self,
+        now: Instant,
+        node: &Node,
+        resolver: IpAddr,
+        q: &Query,
+    ) -> Option<CacheKey> {
+        let qtype = match q.qtype() {
+            Qtype::A => 1,
+            Qtype::Aaaa => 28,
+            Qtype::Any => 255,
+            _ => return None,
+        };
+        if self.config.answer_cache.is_zero()
+            || !q.class_in()
+            || q.edns().is_some_and(|e| e.version > 0)
+            || self.place(&q.labels()) != Place::Coralized
+        {
+            return None;
+        }
+        let ready = self.ready(now, node, resolver);
+        let rtt = match self.rtts.lookup(now, resolver) {
+            Rtt::Measured(d) => Some(d),
+            Rtt::Pending | Rtt::Unmeasurable => None,
+        };
+        Some(CacheKey {
+            prefix: Prefix::of(resolver),
+            level: self.level_for(node, rtt),
+            ready,
+            qtype,
+        })
+    }
+
     /// Whether `q` should wait for what is known of its resolver.
     fn should_hold(&mut self, now: Instant, node: &Node, from: IpAddr, q: &Query) -> bool {
         !self.config.hold_budget.is_zero()
@@ -743,6 +861,20 @@ impl DnsServer {
                 usize::from(e.payload.min(self.config.udp_payload)).max(wire::CLASSIC_UDP)
             }),
         };
+        let key = (verdict == Verdict::Send)
+            .then(|| self.cache_key(now, node, from.ip(), q))
+            .flatten();
+        if let Some(key) = key
+            && let Some(c) = self.cache.get(&key)
+            && now < c.until
+        {
+            c.counted.add_to(&mut self.stats);
+            self.stats.cached_answers += 1;
+            let encoded =
+                wire::encode_prepared(q, &c.prepared, limit, self.config.udp_payload, out);
+            self.finish(q, verdict, encoded, out);
+            return;
+        }
         let r = if verdict == Verdict::Slip {
             self.stats.slipped += 1;
             // Empty and truncated: a real client retries over TCP.
@@ -751,9 +883,43 @@ impl DnsServer {
                 ..Response::default()
             }
         } else {
-            self.respond(now, node, from.ip(), q)
+            let before = self.stats;
+            let r = self.respond(now, node, from.ip(), q);
+            if let Some(key) = key
+                && let Ok(prepared) = wire::prepare(&r)
+            {
+                let counted = Counted::between(&before, &self.stats);
+                if self.cache.len() >= self.config.answer_cache_entries {
+                    self.cache.retain(|_, c| now < c.until);
+                }
+                if self.cache.len() < self.config.answer_cache_entries {
+                    let until = now + self.config.answer_cache;
+                    self.cache.insert(
+                        key,
+                        Cached {
+                            until,
+                            prepared,
+                            counted,
+                        },
+                    );
+                }
+            }
+            r
         };
-        match wire::encode(q, &r, limit, self.config.udp_payload, out) {
+        let encoded = wire::encode(q, &r, limit, self.config.udp_payload, out);
+        self.finish(q, verdict, encoded, out);
+    }
+
+    /// Counts an encoded response (or answers FORMERR when it could not be
+    /// encoded).
+    fn finish(
+        &mut self,
+        q: &Query,
+        verdict: Verdict,
+        encoded: Result<bool, wire::EncodeError>,
+        out: &mut Vec<u8>,
+    ) {
+        match encoded {
             Ok(true) if verdict == Verdict::Send => self.stats.truncated += 1,
             Ok(_) => {}
             Err(_) => {
@@ -766,7 +932,7 @@ impl DnsServer {
         self.stats.responses += 1;
     }
 
-    fn place(&self, labels: &[String]) -> Place {
+    fn place(&self, labels: &[&[u8]]) -> Place {
         if let Some(a) = &self.alias
             && let Some(rest) = strip(labels, a)
         {
@@ -785,15 +951,16 @@ impl DnsServer {
         // Level zones: rest ends with ..., l1, l0.
         let mut level_depth = 0;
         while level_depth < self.levels {
-            let i = rest.len().checked_sub(level_depth + 1);
-            match i {
-                Some(i) if rest[i] == self.level_labels[level_depth] => level_depth += 1,
+            match rest.len().checked_sub(level_depth + 1) {
+                Some(i) if label_is(rest[i], &self.level_labels[level_depth]) => level_depth += 1,
                 _ => break,
             }
         }
         if level_depth == 0 {
             return match rest {
-                [l] if l.starts_with("ns-") => Place::Nameserver(l[3..].to_owned()),
+                [l] if l.len() > 3 && l[..3].eq_ignore_ascii_case(b"ns-") => {
+                    Place::Nameserver(String::from_utf8_lossy(&l[3..]).to_ascii_lowercase())
+                }
                 _ => Place::Missing(Apex::Zone),
             };
         }
@@ -803,7 +970,9 @@ impl DnsServer {
             return Place::LevelApex(apex_level);
         }
         if level_depth == self.levels
-            && inner.last() == Some(&self.config.service_label.to_ascii_lowercase())
+            && inner
+                .last()
+                .is_some_and(|l| label_is(l, &self.service_label))
         {
             return if inner.len() == 1 {
                 Place::EmptyNonTerminal(apex_level)
@@ -1456,6 +1625,47 @@ mod tests {
         let answers: Vec<&str> = r.answers.iter().map(|a| a.3.as_str()).collect();
         let hinted_ips: Vec<String> = near.iter().map(|c| c.addr.ip().to_string()).collect();
         assert_eq!(answers, hinted_ips, "live hinted proxies first");
+    }
+
+    #[test]
+    fn answers_for_one_prefix_and_level_are_reused_for_a_second_and_still_counted() {
+        let net = net();
+        let config = DnsConfig {
+            answer_cache: Duration::from_secs(1),
+            ..immediate()
+        };
+        let mut s = DnsServer::new(config, 3).unwrap();
+        let node = &net.nodes[0];
+        let mut out = Vec::new();
+        let mut ask_at = |s: &mut DnsServer, t: Instant, name: &str| {
+            let q = query(name, A, None);
+            assert_eq!(
+                s.handle_query(t, node, resolver(), Transport::Udp, 0, &q, &mut out),
+                Handled::Reply
+            );
+            seen(&out)
+        };
+        let a = ask_at(&mut s, net.now, "one.nyud.net.");
+        let b = ask_at(&mut s, net.now, "Two.Example.nyud.net.");
+        assert_eq!(s.stats().cached_answers, 1);
+        assert_eq!(
+            s.stats().answered_at_level[0],
+            2,
+            "a reused answer still counts"
+        );
+        // Same records, each under its own query name.
+        let ips = |r: &Seen| r.answers.iter().map(|a| a.3.clone()).collect::<Vec<_>>();
+        assert_eq!(ips(&a), ips(&b));
+        assert!(b.answers.iter().all(|r| r.0 == "Two.Example.nyud.net."));
+        assert_eq!(b.question.as_deref(), Some("Two.Example.nyud.net."));
+        // A second later the records are chosen again.
+        ask_at(&mut s, net.now + Duration::from_secs(1), "three.nyud.net.");
+        assert_eq!(s.stats().cached_answers, 1);
+        // Another prefix has its own entry.
+        let other: SocketAddr = "198.51.100.9:53".parse().unwrap();
+        let q = query("one.nyud.net.", A, None);
+        s.handle_query(net.now, node, other, Transport::Udp, 0, &q, &mut Vec::new());
+        assert_eq!(s.stats().cached_answers, 1);
     }
 
     #[test]

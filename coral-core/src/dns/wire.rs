@@ -10,10 +10,13 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as HQuery, ResponseCode};
+use hickory_proto::op::{
+    Edns, Message, MessageType, Metadata, OpCode, Query as HQuery, ResponseCode, emit_message_parts,
+};
 use hickory_proto::rr::rdata::{A, AAAA, NS, NULL, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
+use smallvec::SmallVec;
 
 /// The largest DNS message over TCP (a 16-bit length prefix).
 pub const MAX_TCP_MESSAGE: usize = 65_535;
@@ -57,17 +60,15 @@ pub struct Query {
     checking_disabled: bool,
     name: Name,
     qtype: Qtype,
-    class_in: bool,
+    qclass: DNSClass,
     edns: Option<EdnsQuery>,
 }
 
 impl Query {
-    /// The question's labels, lowercased, leftmost first.
-    pub fn labels(&self) -> Vec<String> {
-        self.name
-            .iter()
-            .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
-            .collect()
+    /// The question's labels as sent (case kept), leftmost first; compare
+    /// them with `eq_ignore_ascii_case`.
+    pub fn labels(&self) -> SmallVec<[&[u8]; 12]> {
+        self.name.iter().collect()
     }
 
     /// The question's type.
@@ -77,7 +78,7 @@ impl Query {
 
     /// Whether the question's class is IN (or ANY).
     pub fn class_in(&self) -> bool {
-        self.class_in
+        matches!(self.qclass, DNSClass::IN | DNSClass::ANY)
     }
 
     /// The query's EDNS(0) record, if it carried one.
@@ -116,9 +117,12 @@ pub enum Decoded {
     Ignore,
 }
 
-/// Decodes one DNS message.
+/// Decodes one DNS message: the header, the one question, and every
+/// record after it (a query normally carries only its OPT record), each
+/// read by hickory-proto, without building a whole `Message`.
 pub fn decode(bytes: &[u8]) -> Decoded {
-    let Ok(header) = hickory_proto::op::Header::read(&mut BinDecoder::new(bytes)) else {
+    let mut d = BinDecoder::new(bytes);
+    let Ok(header) = hickory_proto::op::Header::read(&mut d) else {
         return Decoded::Ignore;
     };
     let meta = header.metadata;
@@ -136,12 +140,35 @@ pub fn decode(bytes: &[u8]) -> Decoded {
         id: meta.id,
         opcode,
     };
-    let Ok(msg) = Message::from_vec(bytes) else {
+    let counts = header.counts;
+    if counts.queries != 1 {
+        return malformed;
+    }
+    let Ok(q) = HQuery::read(&mut d) else {
         return malformed;
     };
-    let [q] = msg.queries.as_slice() else {
+    let mut edns = None;
+    let records = u32::from(counts.answers) + u32::from(counts.authorities);
+    for i in 0..records + u32::from(counts.additionals) {
+        let Ok(r) = Record::read(&mut d) else {
+            return malformed;
+        };
+        if r.record_type() == RecordType::OPT {
+            // Only one OPT, and only in the additional section (RFC 6891).
+            if i < records || edns.is_some() {
+                return malformed;
+            }
+            let e = Edns::from(&r);
+            edns = Some(EdnsQuery {
+                payload: e.max_payload().max(CLASSIC_UDP as u16),
+                version: e.version(),
+            });
+        }
+    }
+    if !d.is_empty() {
+        // Bytes after the last record: not a well-formed message.
         return malformed;
-    };
+    }
     let qtype = match q.query_type() {
         RecordType::A => Qtype::A,
         RecordType::AAAA => Qtype::Aaaa,
@@ -155,13 +182,10 @@ pub fn decode(bytes: &[u8]) -> Decoded {
         id: meta.id,
         recursion_desired: meta.recursion_desired,
         checking_disabled: meta.checking_disabled,
-        name: q.name().clone(),
+        qclass: q.query_class(),
+        name: q.name,
         qtype,
-        class_in: matches!(q.query_class(), DNSClass::IN | DNSClass::ANY),
-        edns: msg.edns.as_ref().map(|e| EdnsQuery {
-            payload: e.max_payload().max(CLASSIC_UDP as u16),
-            version: e.version(),
-        }),
+        edns,
     })
 }
 
@@ -266,10 +290,13 @@ pub fn valid_name(s: &str) -> bool {
     name(s).is_ok()
 }
 
-fn record(q: &Query, rr: &Rr) -> Result<Record, EncodeError> {
-    let owner = match &rr.owner {
-        Owner::QueryName => q.name.clone(),
-        Owner::Name(s) => name(s)?,
+/// `rr` as hickory-proto's record; an owner that is the query name is
+/// `q`'s, or the root as a placeholder when no query is given.
+fn record(q: Option<&Query>, rr: &Rr) -> Result<Record, EncodeError> {
+    let owner = match (&rr.owner, q) {
+        (Owner::QueryName, Some(q)) => q.name.clone(),
+        (Owner::QueryName, None) => Name::root(),
+        (Owner::Name(s), _) => name(s)?,
     };
     let data = match &rr.data {
         Data::A(a) => RData::A(A(*a)),
@@ -309,16 +336,32 @@ fn record(q: &Query, rr: &Rr) -> Result<Record, EncodeError> {
     Ok(Record::from_rdata(owner, rr.ttl, data))
 }
 
-fn response_message(id: u16, opcode: u8, rcode: Rcode) -> Message {
-    let mut m = Message::response(id, OpCode::from_u8(opcode));
-    m.metadata.response_code = match rcode {
+fn response_code(rcode: Rcode) -> ResponseCode {
+    match rcode {
         Rcode::NoError => ResponseCode::NoError,
         Rcode::FormErr => ResponseCode::FormErr,
         Rcode::NxDomain => ResponseCode::NXDomain,
         Rcode::NotImp => ResponseCode::NotImp,
         Rcode::Refused => ResponseCode::Refused,
         Rcode::BadVers => ResponseCode::BADVERS,
-    };
+    }
+}
+
+fn record_type(t: Qtype) -> RecordType {
+    match t {
+        Qtype::A => RecordType::A,
+        Qtype::Aaaa => RecordType::AAAA,
+        Qtype::Ns => RecordType::NS,
+        Qtype::Soa => RecordType::SOA,
+        Qtype::Dname => RecordType::DNAME,
+        Qtype::Any => RecordType::ANY,
+        Qtype::Other(n) => RecordType::from(n),
+    }
+}
+
+fn response_message(id: u16, opcode: u8, rcode: Rcode) -> Message {
+    let mut m = Message::response(id, OpCode::from_u8(opcode));
+    m.metadata.response_code = response_code(rcode);
     m
 }
 
@@ -333,10 +376,39 @@ pub fn encode_error(id: u16, opcode: u8, rcode: Rcode, out: &mut Vec<u8>) {
     }
 }
 
-/// Encodes `r` as the response to `q` into `out`, at most `limit` bytes.
-/// A response that does not fit is sent truncated (TC set, sections
-/// emptied, question and OPT kept) so the client retries over TCP. Returns
-/// whether it was truncated.
+/// A response's records converted to hickory-proto's form once, so that
+/// answers reused across queries (see the redirector's answer cache) are
+/// not converted again for every query.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    rcode: Rcode,
+    authoritative: bool,
+    truncated: bool,
+    /// Per section, each record and whether its owner is the query name.
+    sections: [Vec<(bool, Record)>; 3],
+}
+
+/// Converts `r`'s names and records.
+pub fn prepare(r: &Response) -> Result<Prepared, EncodeError> {
+    let convert = |rrs: &[Rr]| -> Result<Vec<(bool, Record)>, EncodeError> {
+        rrs.iter()
+            .map(|rr| Ok((rr.owner == Owner::QueryName, record(None, rr)?)))
+            .collect()
+    };
+    Ok(Prepared {
+        rcode: r.rcode.unwrap_or(Rcode::NoError),
+        authoritative: r.authoritative,
+        truncated: r.truncated,
+        sections: [
+            convert(&r.answers)?,
+            convert(&r.authority)?,
+            convert(&r.additional)?,
+        ],
+    })
+}
+
+/// Encodes `r` as the response to `q` into `out`, at most `limit` bytes
+/// (see [`encode_prepared`]).
 pub fn encode(
     q: &Query,
     r: &Response,
@@ -344,58 +416,86 @@ pub fn encode(
     our_payload: u16,
     out: &mut Vec<u8>,
 ) -> Result<bool, EncodeError> {
-    let mut m = response_message(q.id, 0, r.rcode.unwrap_or(Rcode::NoError));
-    m.metadata.authoritative = r.authoritative;
-    m.metadata.recursion_desired = q.recursion_desired;
-    m.metadata.checking_disabled = q.checking_disabled;
-    m.metadata.recursion_available = false;
-    let mut hq = HQuery::query(q.name.clone(), RecordType::A);
-    hq.query_type = match q.qtype {
-        Qtype::A => RecordType::A,
-        Qtype::Aaaa => RecordType::AAAA,
-        Qtype::Ns => RecordType::NS,
-        Qtype::Soa => RecordType::SOA,
-        Qtype::Dname => RecordType::DNAME,
-        Qtype::Any => RecordType::ANY,
-        Qtype::Other(n) => RecordType::from(n),
-    };
-    hq.query_class = if q.class_in {
-        DNSClass::IN
-    } else {
-        DNSClass::CH
-    };
-    m.queries.push(hq);
-    if q.edns.is_some() {
+    encode_prepared(q, &prepare(r)?, limit, our_payload, out)
+}
+
+/// Encodes `p` as the response to `q` into `out`, at most `limit` bytes.
+/// A response that does not fit is sent truncated (TC set, sections
+/// emptied, question and OPT kept) so the client retries over TCP. Returns
+/// whether it was truncated.
+pub fn encode_prepared(
+    q: &Query,
+    p: &Prepared,
+    limit: usize,
+    our_payload: u16,
+    out: &mut Vec<u8>,
+) -> Result<bool, EncodeError> {
+    let mut meta = Metadata::new(q.id, MessageType::Response, OpCode::Query);
+    meta.response_code = response_code(p.rcode);
+    meta.authoritative = p.authoritative;
+    meta.recursion_desired = q.recursion_desired;
+    meta.checking_disabled = q.checking_disabled;
+    let mut hq = HQuery::query(q.name.clone(), record_type(q.qtype));
+    hq.query_class = q.qclass;
+    // hickory-proto moves an extended code's high bits (BADVERS) into the
+    // OPT record as it encodes.
+    let edns = q.edns.map(|_| {
         let mut e = Edns::new();
-        // hickory-proto moves an extended code's high bits (BADVERS) into
-        // the OPT record as it encodes.
         e.set_max_payload(our_payload.max(CLASSIC_UDP as u16));
-        m.edns = Some(e);
+        e
+    });
+    let owned = |section: &[(bool, Record)]| -> SmallVec<[Record; 4]> {
+        section
+            .iter()
+            .map(|(mine, r)| {
+                let mut r = r.clone();
+                if *mine {
+                    r.name = q.name.clone();
+                }
+                r
+            })
+            .collect()
+    };
+    let [an, ns, ad] = &p.sections;
+    let (an, ns, ad) = (owned(an), owned(ns), owned(ad));
+    let emit = |out: &mut Vec<u8>, meta: &Metadata, full: bool, question: bool| {
+        out.clear();
+        let none: [Record; 0] = [];
+        let (a, n, d): (&[Record], &[Record], &[Record]) = if full {
+            (&an, &ns, &ad)
+        } else {
+            (&none, &none, &none)
+        };
+        let q: &[HQuery] = if question {
+            std::slice::from_ref(&hq)
+        } else {
+            &[]
+        };
+        emit_message_parts(
+            meta,
+            &mut q.iter(),
+            &mut a.iter(),
+            &mut n.iter(),
+            &mut d.iter(),
+            if question { edns.as_ref() } else { None },
+            None,
+            &mut BinEncoder::new(out),
+        )
+        .map(|_| ())
+        .map_err(|e| EncodeError(e.to_string()))
+    };
+    if !p.truncated {
+        emit(out, &meta, true, true)?;
+        if out.len() <= limit {
+            return Ok(false);
+        }
     }
-    for rr in &r.answers {
-        m.answers.push(record(q, rr)?);
-    }
-    for rr in &r.authority {
-        m.authorities.push(record(q, rr)?);
-    }
-    for rr in &r.additional {
-        m.additionals.push(record(q, rr)?);
-    }
-    let bytes = m.to_vec().map_err(|e| EncodeError(e.to_string()))?;
-    out.clear();
-    if bytes.len() <= limit && !r.truncated {
-        out.extend_from_slice(&bytes);
-        return Ok(false);
-    }
-    let mut t = m.truncate();
-    let mut bytes = t.to_vec().map_err(|e| EncodeError(e.to_string()))?;
-    if bytes.len() > limit {
+    meta.truncation = true;
+    emit(out, &meta, false, true)?;
+    if out.len() > limit {
         // Even the question does not fit: the header alone, TC set.
-        t.queries.clear();
-        t.edns = None;
-        bytes = t.to_vec().map_err(|e| EncodeError(e.to_string()))?;
+        emit(out, &meta, false, false)?;
     }
-    out.extend_from_slice(&bytes);
     Ok(true)
 }
 
@@ -499,7 +599,8 @@ mod tests {
         };
         assert_eq!(q.id(), 7);
         assert_eq!(q.qtype(), Qtype::Aaaa);
-        assert_eq!(q.labels(), ["www", "example", "com", "nyud", "net"]);
+        let labels: Vec<&[u8]> = q.labels().into_iter().collect();
+        assert_eq!(labels, [&b"WwW"[..], b"Example", b"COM", b"nyud", b"net"]);
         assert_eq!(q.edns().map(|e| e.payload), Some(1400));
         let r = Response {
             answers: vec![Rr {
