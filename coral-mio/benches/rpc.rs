@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use coral_core::id::Id;
 use coral_core::time::Instant as CoreInstant;
 use coral_core::{Event, Levels, Node};
-use coral_mio::udp::{RecvBatch, SendQueue};
+use coral_mio::udp::{Headers, RecvBatch, SendQueue};
 use coral_tokio::bench_support::{
     NodeRun, PAYLOAD, ServerNode, WINDOW, bench_config, current_thread, measure,
 };
@@ -140,8 +140,9 @@ fn plain_client(c: UdpSocket, server: SocketAddr, measure: Duration) -> f64 {
 
 fn batched_server(s: UdpSocket, stop: &AtomicBool) {
     let (mut r, mut q) = (RecvBatch::new(), SendQueue::new());
+    let (mut rh, mut sh) = (Headers::new(), Headers::new());
     while !stop.load(Ordering::Relaxed) {
-        let Ok(n) = r.recv(&s) else { continue };
+        let Ok(n) = r.recv(&s, &mut rh) else { continue };
         for i in 0..n {
             if let (Some((from, bytes)), Some(slot)) = (r.get(i), q.slot()) {
                 slot.clear();
@@ -149,7 +150,7 @@ fn batched_server(s: UdpSocket, stop: &AtomicBool) {
                 q.commit(from, bytes.len());
             }
         }
-        q.flush(&s);
+        q.flush(&s, &mut sh);
     }
 }
 
@@ -161,6 +162,7 @@ fn batched_client(c: UdpSocket, server: SocketAddr, measure: Duration) -> f64 {
 /// `payloads`, with recvmmsg/sendmmsg; counts every datagram that comes back.
 fn replay_client(c: UdpSocket, server: SocketAddr, payloads: &[Vec<u8>], measure: Duration) -> f64 {
     let (mut r, mut q) = (RecvBatch::new(), SendQueue::new());
+    let (mut rh, mut sh) = (Headers::new(), Headers::new());
     let mut next = 0usize;
     let mut send = |q: &mut SendQueue, n: usize| {
         for _ in 0..n {
@@ -172,15 +174,15 @@ fn replay_client(c: UdpSocket, server: SocketAddr, payloads: &[Vec<u8>], measure
                 q.commit(server, p.len());
             }
             if q.is_full() {
-                q.flush(&c);
+                q.flush(&c, &mut sh);
             }
         }
-        q.flush(&c);
+        q.flush(&c, &mut sh);
     };
     send(&mut q, WINDOW);
     let mut m = Meter::new(measure);
     loop {
-        let Ok(n) = r.recv(&c) else {
+        let Ok(n) = r.recv(&c, &mut rh) else {
             send(&mut q, 1);
             continue;
         };

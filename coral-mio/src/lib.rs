@@ -6,7 +6,7 @@
 //! What it adds is the loop ([`runtime`]): edge-triggered sources drained
 //! until `WouldBlock` under a per-turn budget, UDP received and sent in
 //! batches of up to 32 datagrams per system call (`recvmmsg`/`sendmmsg`,
-//! [`udp`]), buffers allocated once, a bounded send queue flushed on
+//! [`coral_tokio::batch_udp`]), buffers allocated once, a bounded send queue flushed on
 //! writability, and no timer of its own: the core's
 //! [`coral_core::Node::poll_timeout`] is the `epoll_wait` timeout, so an
 //! idle node sleeps. The admin endpoint ([`admin`]) is served on the same
@@ -27,7 +27,8 @@ mod admin;
 pub mod daemon;
 pub mod proxy;
 pub mod runtime;
-pub mod udp;
+/// Batched UDP, shared with coral-tokio's DNS socket.
+pub use coral_tokio::batch_udp as udp;
 
 pub use runtime::{
     App, Driver, Handle, Listeners, RunningNode, spawn, spawn_listeners, spawn_with,

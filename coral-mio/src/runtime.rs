@@ -56,7 +56,7 @@ use tracing::{debug, info, warn};
 
 use crate::admin::Admin;
 use crate::proxy::{FIRST_PROXY_CONN, HttpProxy};
-use crate::udp::{RecvBatch, SendQueue};
+use crate::udp::{Headers, RecvBatch, SendQueue};
 
 const UDP: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -374,6 +374,11 @@ pub struct Driver {
     epoch: StdInstant,
     recv: RecvBatch,
     send: SendQueue,
+    /// The kernel headers of each batch, kept for the loop's life (one
+    /// per direction: `sendmmsg` repoints the address fields that
+    /// `recvmmsg` fills).
+    recv_headers: Headers,
+    send_headers: Headers,
     scratch: Vec<u8>,
     dispatch: Dispatch<StdChannel>,
     counters: AdapterCounters,
@@ -471,6 +476,8 @@ impl Driver {
             epoch,
             recv: RecvBatch::new(),
             send: SendQueue::new(),
+            recv_headers: Headers::new(),
+            send_headers: Headers::new(),
             scratch: Vec::with_capacity(crate::udp::SLOT),
             dispatch: Dispatch::default(),
             counters: AdapterCounters::default(),
@@ -638,7 +645,7 @@ impl Driver {
     /// Up to [`RECV_TURNS`] `recvmmsg` batches; stops early on `WouldBlock`.
     fn recv_turn(&mut self) {
         for _ in 0..RECV_TURNS {
-            let n = match self.recv.recv(&self.socket) {
+            let n = match self.recv.recv(&self.socket, &mut self.recv_headers) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.udp_more = false;
@@ -697,7 +704,7 @@ impl Driver {
         if self.send.is_empty() && !self.want_writable {
             return;
         }
-        let f = self.send.flush(&self.socket);
+        let f = self.send.flush(&self.socket, &mut self.send_headers);
         self.counters.datagrams_out += f.sent as u64;
         self.counters.send_errors += f.failed as u64;
         let want = !self.send.is_empty();

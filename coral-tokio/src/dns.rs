@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
 
+use crate::batch_udp::{RecvBatch, SendQueue};
 use crate::runtime::BindError;
 
 /// How the adapter runs the DNS server; the answers are [`DnsConfig`]'s.
@@ -107,6 +108,9 @@ pub(crate) struct DnsState {
     pub(crate) server: DnsServer,
     pub(crate) udp: UdpSocket,
     pub(crate) out: Vec<u8>,
+    /// Batches of queries in and responses out (`recvmmsg`/`sendmmsg`).
+    pub(crate) rx: RecvBatch,
+    pub(crate) tx: SendQueue,
     pub(crate) probe_timeout: Duration,
     pub(crate) max_probes: usize,
     pub(crate) probes_in_flight: usize,
@@ -153,6 +157,8 @@ pub(crate) fn start(
             server,
             udp,
             out: Vec::with_capacity(1500),
+            rx: RecvBatch::new(),
+            tx: SendQueue::new(),
             probe_timeout: service.options.probe_timeout,
             max_probes: service.options.max_probes_in_flight.max(1),
             probes_in_flight: 0,

@@ -13,6 +13,7 @@
 //! for trying it out ([`testnet`]).
 
 pub mod admin;
+pub mod batch_udp;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod cli;

@@ -25,12 +25,14 @@ use coral_core::id::Id;
 use coral_core::time::Instant as CoreInstant;
 use coral_core::{Event, Levels, Node};
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
 use tracing::{debug, info, warn};
 
+use crate::batch_udp::{BATCH, Headers, SendQueue};
 use crate::dispatch::{self, Dispatch, Replies};
 pub use crate::dispatch::{GetResult, Joined, NodeError, NodesResult, PutResult};
 use crate::dns::{self, DnsInputs, DnsService, DnsState, TcpQuery};
@@ -46,10 +48,6 @@ const RECV_BUFFER: usize = 64 * 1024;
 /// commands and the timer again (so neither waits behind a flood).
 const RECV_BATCH: usize = 32;
 
-/// Largest DNS query read over UDP: EDNS(0) clients may send up to their
-/// own payload size, and 4096 is the largest any common resolver uses.
-const DNS_RECV_BUFFER: usize = 4096;
-
 /// The next value of an optional receiver; never, when there is none.
 async fn next_of<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
     match rx {
@@ -58,17 +56,39 @@ async fn next_of<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
     }
 }
 
-/// A datagram on the DNS socket; never, without a DNS server.
-async fn dns_recv(d: Option<&DnsState>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+/// The DNS socket is readable; never, without a DNS server.
+async fn dns_readable(d: Option<&DnsState>) -> io::Result<()> {
     match d {
-        Some(d) => d.udp.recv_from(buf).await,
+        Some(d) => d.udp.readable().await,
         None => std::future::pending().await,
     }
 }
 
-async fn send_dns(udp: &UdpSocket, bytes: &[u8], to: SocketAddr) {
-    if let Err(e) = udp.send_to(bytes, to).await {
-        debug!(%to, error = %e, "DNS send_to failed");
+/// Sends what the DNS send queue holds, waiting for writability while the
+/// kernel's buffer is full (bounded: a few rounds, then what is left waits
+/// for the next flush).
+async fn flush_dns(udp: &UdpSocket, tx: &mut SendQueue) {
+    for _ in 0..8 {
+        let r = udp.try_io(Interest::WRITABLE, || {
+            tx.flush(udp, &mut Headers::new());
+            if tx.is_blocked() {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        match r {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if udp.writable().await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "DNS sendmmsg failed");
+                return;
+            }
+        }
     }
 }
 
@@ -450,7 +470,6 @@ impl Driver {
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, dns: Option<DnsInputs>) {
         let mut buf = vec![0u8; RECV_BUFFER];
-        let mut dns_buf = vec![0u8; DNS_RECV_BUFFER];
         let (mut tcp_queries, mut probe_results) = match dns {
             Some(d) => (Some(d.tcp), Some(d.probes)),
             None => (None, None),
@@ -486,9 +505,9 @@ impl Driver {
                         debug!(error = %e, "recv_from failed");
                     }
                 },
-                r = dns_recv(self.dns.as_ref(), &mut dns_buf) => match r {
-                    Ok((n, from)) => self.dns_udp(from, &dns_buf[..n]).await,
-                    Err(e) => debug!(error = %e, "DNS recv_from failed"),
+                r = dns_readable(self.dns.as_ref()) => match r {
+                    Ok(()) => self.dns_udp().await,
+                    Err(e) => debug!(error = %e, "DNS socket failed"),
                 },
                 q = next_of(tcp_queries.as_mut()) => match q {
                     Some(q) => self.dns_tcp(q),
@@ -535,35 +554,43 @@ impl Driver {
         info!(addr = %self.node.contact().addr, operations_cancelled = stopped, "node stopped");
     }
 
-    /// Answers one DNS datagram, and the ones already queued behind it.
-    async fn dns_udp(&mut self, from: SocketAddr, first: &[u8]) {
-        let now = self.now();
+    /// Answers the DNS datagrams queued on the socket, taken and answered
+    /// in batches (`recvmmsg`, `sendmmsg`), each response written straight
+    /// into its send slot; at most [`RECV_BATCH`] batches per wake-up.
+    async fn dns_udp(&mut self) {
         let Some(d) = self.dns.as_mut() else { return };
-        let h = d
-            .server
-            .handle_query(now, &self.node, from, Transport::Udp, 0, first, &mut d.out);
-        if h == Handled::Reply {
-            send_dns(&d.udp, &d.out, from).await;
-        }
-        let mut buf = [0u8; DNS_RECV_BUFFER];
         for _ in 0..RECV_BATCH {
-            match d.udp.try_recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    let now = CoreInstant::from_duration(self.epoch.elapsed());
-                    let h = d.server.handle_query(
-                        now,
-                        &self.node,
-                        from,
-                        Transport::Udp,
-                        0,
-                        &buf[..n],
-                        &mut d.out,
-                    );
-                    if h == Handled::Reply {
-                        send_dns(&d.udp, &d.out, from).await;
-                    }
+            let got = d.udp.try_io(Interest::READABLE, || {
+                d.rx.recv(&d.udp, &mut Headers::new())
+            });
+            let n = match got {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!(error = %e, "DNS recvmmsg failed");
+                    break;
                 }
-                Err(_) => break,
+            };
+            let now = CoreInstant::from_duration(self.epoch.elapsed());
+            for i in 0..n {
+                let Some((from, bytes)) = d.rx.get(i) else {
+                    continue;
+                };
+                if d.tx.is_full() {
+                    flush_dns(&d.udp, &mut d.tx).await;
+                }
+                let Some(slot) = d.tx.slot() else { continue };
+                let h =
+                    d.server
+                        .handle_query(now, &self.node, from, Transport::Udp, 0, bytes, slot);
+                if h == Handled::Reply {
+                    let size = slot.len();
+                    d.tx.commit(from, size);
+                }
+            }
+            flush_dns(&d.udp, &mut d.tx).await;
+            if n < BATCH {
+                break;
             }
         }
     }
@@ -628,15 +655,29 @@ impl Driver {
                     .handle_lookup_result(now, &self.node, l.target, Vec::new()),
             }
         }
+        let mut queued = false;
         while let Some(a) = d.server.poll_answer() {
             match a.transport {
-                Transport::Udp => send_dns(&d.udp, &a.bytes, a.to).await,
+                Transport::Udp => {
+                    if d.tx.is_full() {
+                        flush_dns(&d.udp, &mut d.tx).await;
+                    }
+                    if let Some(slot) = d.tx.slot() {
+                        slot.clear();
+                        slot.extend_from_slice(&a.bytes);
+                        d.tx.commit(a.to, a.bytes.len());
+                        queued = true;
+                    }
+                }
                 Transport::Tcp => {
                     if let Some(reply) = d.tcp_waiting.remove(&a.token) {
                         let _ = reply.send(Some(a.bytes));
                     }
                 }
             }
+        }
+        if queued {
+            flush_dns(&d.udp, &mut d.tx).await;
         }
         if started {
             self.drain().await;

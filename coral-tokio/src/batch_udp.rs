@@ -1,6 +1,7 @@
 //! Batched UDP: `recvmmsg` takes up to [`BATCH`] datagrams in one system
 //! call and `sendmmsg` sends up to [`BATCH`] at once, through `nix`'s safe
-//! wrappers (no `unsafe` here). Both sides own their buffers for the life of
+//! wrappers (no `unsafe` here). coral-mio's loop uses it for the RPC socket,
+//! the tokio node for its DNS socket. Both sides own their buffers for the life of
 //! the node, so the hot path allocates nothing per datagram.
 //!
 //! The send side doubles as the loop's bounded queue for sends that would
@@ -34,10 +35,34 @@ fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
         .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
 }
 
-/// Receive buffers and the kernel headers `recvmmsg` fills, reused forever.
+/// The kernel message headers `recvmmsg` and `sendmmsg` fill: kept apart
+/// from the buffers because they hold raw pointers (so they are not
+/// `Send`): a single-threaded loop keeps one for ever, a task that may move
+/// between threads makes one per call and never holds it across an await.
+pub struct Headers(MultiHeaders<SockaddrStorage>);
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Headers")
+    }
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Headers {
+    /// Headers for [`BATCH`] datagrams.
+    pub fn new() -> Self {
+        Self(MultiHeaders::preallocate(BATCH, None))
+    }
+}
+
+/// Receive buffers, reused forever.
 pub struct RecvBatch {
     bufs: Box<[[u8; SLOT]; BATCH]>,
-    headers: MultiHeaders<SockaddrStorage>,
     got: [(usize, Option<SocketAddr>); BATCH],
     len: usize,
 }
@@ -65,7 +90,6 @@ impl RecvBatch {
         };
         Self {
             bufs,
-            headers: MultiHeaders::preallocate(BATCH, None),
             got: [(0, None); BATCH],
             len: 0,
         }
@@ -73,12 +97,12 @@ impl RecvBatch {
 
     /// One `recvmmsg` on `socket`: returns how many datagrams arrived
     /// (at least one), or the error (`WouldBlock` when none was queued).
-    pub fn recv(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
+    pub fn recv(&mut self, socket: &impl AsRawFd, headers: &mut Headers) -> io::Result<usize> {
         self.len = 0;
         let mut iovs = self.bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
         let results = recvmmsg(
             socket.as_raw_fd(),
-            &mut self.headers,
+            &mut headers.0,
             iovs.iter_mut(),
             // Return what is queued once one datagram is in, even on a
             // blocking socket (the loop's socket never blocks anyway).
@@ -119,7 +143,6 @@ pub struct SendQueue {
     bufs: Vec<Vec<u8>>,
     dests: [Option<SockaddrStorage>; BATCH],
     len: usize,
-    headers: MultiHeaders<SockaddrStorage>,
     blocked: bool,
 }
 
@@ -145,7 +168,6 @@ impl SendQueue {
             bufs: (0..BATCH).map(|_| Vec::with_capacity(SLOT)).collect(),
             dests: [None; BATCH],
             len: 0,
-            headers: MultiHeaders::preallocate(BATCH, None),
             blocked: false,
         }
     }
@@ -189,7 +211,7 @@ impl SendQueue {
     /// Sends what waits, in as few `sendmmsg` calls as the kernel allows.
     /// Stops on `WouldBlock` (the rest waits for writability); a datagram
     /// the kernel refuses outright (no route, bad address) is dropped.
-    pub fn flush(&mut self, socket: &impl AsRawFd) -> Flushed {
+    pub fn flush(&mut self, socket: &impl AsRawFd, headers: &mut Headers) -> Flushed {
         let mut out = Flushed::default();
         while self.len > 0 {
             let n = self.len;
@@ -199,7 +221,7 @@ impl SendQueue {
                 let no_cmsgs: [ControlMessage<'_>; 0] = [];
                 sendmmsg(
                     socket.as_raw_fd(),
-                    &mut self.headers,
+                    &mut headers.0,
                     iovs[..n].iter(),
                     &self.dests[..n],
                     no_cmsgs,
@@ -261,7 +283,7 @@ mod tests {
             q.commit(to, size);
         }
         assert!(q.is_full() && q.slot().is_none());
-        let f = q.flush(&a);
+        let f = q.flush(&a, &mut Headers::new());
         assert_eq!(
             f,
             Flushed {
@@ -274,7 +296,7 @@ mod tests {
         let mut r = RecvBatch::new();
         let mut seen = Vec::new();
         while seen.len() < BATCH {
-            let n = r.recv(&b).unwrap();
+            let n = r.recv(&b, &mut Headers::new()).unwrap();
             for i in 0..n {
                 let (from, bytes) = r.get(i).unwrap();
                 assert_eq!(from, a.local_addr().unwrap());
@@ -292,7 +314,7 @@ mod tests {
         a.send_to(&vec![7u8; 5000], b.local_addr().unwrap())
             .unwrap();
         let mut r = RecvBatch::new();
-        assert_eq!(r.recv(&b).unwrap(), 1);
+        assert_eq!(r.recv(&b, &mut Headers::new()).unwrap(), 1);
         assert_eq!(r.get(0).unwrap().1.len(), SLOT);
     }
 
@@ -300,7 +322,7 @@ mod tests {
     fn an_empty_socket_would_block() {
         let (_, b) = pair();
         b.set_nonblocking(true).unwrap();
-        let e = RecvBatch::new().recv(&b).unwrap_err();
+        let e = RecvBatch::new().recv(&b, &mut Headers::new()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     }
 
@@ -315,8 +337,11 @@ mod tests {
             buf.push(1);
             q.commit(to, 1);
         }
-        assert_eq!(q.flush(&a), Flushed { sent: 1, failed: 1 });
+        assert_eq!(
+            q.flush(&a, &mut Headers::new()),
+            Flushed { sent: 1, failed: 1 }
+        );
         let mut r = RecvBatch::new();
-        assert_eq!(r.recv(&b).unwrap(), 1);
+        assert_eq!(r.recv(&b, &mut Headers::new()).unwrap(), 1);
     }
 }
