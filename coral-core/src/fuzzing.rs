@@ -14,6 +14,8 @@
 //!   after every input (the script format is documented at its opcodes).
 //! - [`http_head`]: untrusted bytes into the HTTP proxy's parser: request
 //!   and response heads, their body framing, and the chunked decoder.
+//! - [`dns_query`]: untrusted bytes into the DNS redirector, over UDP and
+//!   TCP, for a resolver measured near, far, or not at all.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -1715,6 +1717,142 @@ pub fn seed_node_inputs() -> Vec<(&'static str, Vec<u8>)> {
         ),
     ];
     scripts.into_iter().map(|(n, s)| (n, s.0)).collect()
+}
+
+/// Untrusted bytes into the DNS redirector. The first byte picks the
+/// transport (bit 0: TCP), what the server knows of the resolver (bits 1-2:
+/// nothing, near, far, unmeasurable) and whether queries are held for it
+/// (bit 3); the rest is the message. Checks the promises the server makes
+/// to any client: no panic, a UDP response never larger than the query
+/// allows, every response a DNS message that echoes the query's id, and a
+/// held query answered by its deadline.
+pub fn dns_query(data: &[u8]) {
+    use crate::dns::{DnsConfig, DnsServer, Handled, Transport};
+
+    let Some((&mode, msg)) = data.split_first() else {
+        return;
+    };
+    let now = Instant::ZERO;
+    let config = Config {
+        services: Services::HTTP.with(Services::DNS),
+        ..Config::default()
+    };
+    let node = Node::new(config, SocketAddr::from(([10, 0, 0, 1], 8091)), now);
+    let dns = DnsConfig {
+        hold_budget: if mode & 8 == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(500)
+        },
+        ..DnsConfig::default()
+    };
+    let mut server = DnsServer::new(dns, node.levels().len()).unwrap();
+    let client = SocketAddr::from(([192, 0, 2, 53], 5353));
+    let transport = if mode & 1 == 0 {
+        Transport::Udp
+    } else {
+        Transport::Tcp
+    };
+    let rtt = match (mode >> 1) & 3 {
+        0 => None,
+        1 => Some(Some(Duration::from_millis(5))),
+        2 => Some(Some(Duration::from_millis(150))),
+        _ => Some(None),
+    };
+    if let Some(rtt) = rtt {
+        // Learn of the resolver first, so the message is answered on it.
+        let mut probe = Vec::new();
+        let warm = [
+            0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 4, b'n', b'y', b'u', b'd', 3, b'n',
+            b'e', b't', 0, 0, 1, 0, 1,
+        ];
+        let _ = server.handle_query(now, &node, client, Transport::Tcp, 0, &warm, &mut probe);
+        while let Some(t) = server.poll_probe() {
+            server.handle_probe_result(now, &node, t, rtt, &[]);
+        }
+        while let Some(l) = server.poll_lookup() {
+            server.handle_lookup_result(now, &node, l.target, vec![node.contact()]);
+        }
+        while server.poll_answer().is_some() {}
+    }
+    // Without an additional record there is no EDNS: the classic 512;
+    // with one, at most our own payload size of 1232.
+    let limit = match transport {
+        Transport::Tcp => 65_535,
+        Transport::Udp if msg.len() >= 12 && msg[10] == 0 && msg[11] == 0 => 512,
+        Transport::Udp => 1232,
+    };
+    let check = |out: &[u8]| {
+        assert!(out.len() >= 12, "a response is at least a header");
+        assert!(out.len() <= limit, "{} bytes over {transport:?}", out.len());
+        if msg.len() >= 2 {
+            assert_eq!(out[..2], msg[..2], "the response echoes the query id");
+        }
+        assert!(out[2] & 0x80 != 0, "QR is set");
+        assert!(out[3] & 0x80 == 0, "RA is never set");
+    };
+    let mut out = Vec::new();
+    match server.handle_query(now, &node, client, transport, 7, msg, &mut out) {
+        Handled::Reply => check(&out),
+        Handled::Nothing => {}
+        Handled::Held => {
+            let deadline = server.poll_timeout().expect("a held query has a deadline");
+            assert!(deadline <= now + Duration::from_millis(500));
+            server.handle_timeout(deadline, &node);
+            let a = server.poll_answer().expect("answered at its deadline");
+            assert_eq!(a.token, 7);
+            check(&a.bytes);
+        }
+    }
+}
+
+/// Seeds for [`dns_query`]: a mode byte, then a query (a Coralized name,
+/// an apex SOA with EDNS, a name outside the zones).
+pub fn seed_dns_queries() -> Vec<(&'static str, Vec<u8>)> {
+    let name = |labels: &[&str]| -> Vec<u8> {
+        let mut v = Vec::new();
+        for l in labels {
+            v.push(l.len() as u8);
+            v.extend_from_slice(l.as_bytes());
+        }
+        v.push(0);
+        v
+    };
+    let query = |labels: &[&str], qtype: u16, edns: bool| -> Vec<u8> {
+        let mut v = vec![0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)];
+        v.extend(name(labels));
+        v.extend_from_slice(&qtype.to_be_bytes());
+        v.extend_from_slice(&[0, 1]);
+        if edns {
+            // OPT: root owner, type 41, payload 1232, no flags, no options.
+            v.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+        }
+        v
+    };
+    let with = |mode: u8, q: Vec<u8>| -> Vec<u8> { std::iter::once(mode).chain(q).collect() };
+    vec![
+        (
+            "coralized_udp",
+            with(
+                0,
+                query(&["www", "Example", "com", "nyud", "net"], 1, false),
+            ),
+        ),
+        (
+            "coralized_tcp_near",
+            with(3, query(&["www", "example", "com", "nyud", "net"], 1, true)),
+        ),
+        (
+            "long_form_far",
+            with(
+                4,
+                query(&["a", "http", "L2", "L1", "L0", "nyucd", "net"], 28, true),
+            ),
+        ),
+        ("held", with(8, query(&["x", "nyud", "net"], 1, false))),
+        ("apex_soa_edns", with(0, query(&["nyucd", "net"], 6, true))),
+        ("outside", with(1, query(&["example", "org"], 1, false))),
+    ]
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("wire_decode", fuzzing::wire_decode),
     ("node_inputs", fuzzing::node_inputs),
     ("http_head", fuzzing::http_head),
+    ("dns_query", fuzzing::dns_query),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -160,6 +161,49 @@ fn node_inputs_survive_random_scripts() {
         };
         if catch_unwind(AssertUnwindSafe(|| fuzzing::node_inputs(&data))).is_err() {
             panic!("node_inputs fails on script {i}: {data:?}");
+        }
+    }
+}
+
+/// Rewrites the `dns_query` seeds from `fuzzing::seed_dns_queries`:
+/// `cargo test -p coral-tests --test fuzz_corpus -- --ignored`.
+#[test]
+#[ignore = "writes into fuzz/corpus; run by hand after changing the seeds"]
+fn regenerate_dns_query_seeds() {
+    let dir = fuzz_dir().join("corpus/dns_query");
+    fs::create_dir_all(&dir).unwrap();
+    for (name, data) in fuzzing::seed_dns_queries() {
+        fs::write(dir.join(name), data).unwrap();
+    }
+}
+
+/// The checked-in DNS seeds are the current ones, and random mutations of
+/// them keep the server's promises (deterministic: a failure prints the
+/// input to add to the corpus).
+#[test]
+fn dns_queries_survive_mutations() {
+    let seeds = fuzzing::seed_dns_queries();
+    for (name, data) in &seeds {
+        let path = fuzz_dir().join("corpus/dns_query").join(name);
+        let on_disk = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(&on_disk, data, "seed {name} is stale; regenerate it");
+    }
+    let mut rng = Rng::new(0xd25_u64);
+    for i in 0..3000u64 {
+        let (_, seed) = &seeds[(i as usize) % seeds.len()];
+        let mut data = seed.clone();
+        for _ in 0..=rng.below(4) {
+            let at = rng.below(data.len() as u64) as usize;
+            match rng.below(3) {
+                0 => data[at] = rng.below(256) as u8,
+                1 => {
+                    data.truncate(at.max(1));
+                }
+                _ => data.insert(at, rng.below(256) as u8),
+            }
+        }
+        if catch_unwind(AssertUnwindSafe(|| fuzzing::dns_query(&data))).is_err() {
+            panic!("dns_query fails on {data:?}");
         }
     }
 }
