@@ -64,13 +64,23 @@ async fn dns_readable(d: Option<&DnsState>) -> io::Result<()> {
     }
 }
 
+thread_local! {
+    /// The kernel headers of DNS batches, per worker thread: they hold raw
+    /// pointers, so the node task (which may move between threads) cannot
+    /// own them, but it uses them only inside one synchronous call, never
+    /// across an await, so each thread's set serves whichever task runs on
+    /// it. One set per direction: sendmmsg repoints what recvmmsg fills.
+    static RECV_HEADERS: std::cell::RefCell<Headers> = std::cell::RefCell::new(Headers::new());
+    static SEND_HEADERS: std::cell::RefCell<Headers> = std::cell::RefCell::new(Headers::new());
+}
+
 /// Sends what the DNS send queue holds, waiting for writability while the
 /// kernel's buffer is full (bounded: a few rounds, then what is left waits
 /// for the next flush).
 async fn flush_dns(udp: &UdpSocket, tx: &mut SendQueue) {
     for _ in 0..8 {
         let r = udp.try_io(Interest::WRITABLE, || {
-            tx.flush(udp, &mut Headers::new());
+            SEND_HEADERS.with_borrow_mut(|h| tx.flush(udp, h));
             if tx.is_blocked() {
                 Err(io::ErrorKind::WouldBlock.into())
             } else {
@@ -548,6 +558,9 @@ impl Driver {
                     }
                 }
             }
+            // Replies in that burst may have finished hint lookups that
+            // held queries wait for.
+            self.dns_after().await;
         }
         let stopped = self.dispatch.cancel_all();
         drop(tcp_queries);
@@ -561,7 +574,7 @@ impl Driver {
         let Some(d) = self.dns.as_mut() else { return };
         for _ in 0..RECV_BATCH {
             let got = d.udp.try_io(Interest::READABLE, || {
-                d.rx.recv(&d.udp, &mut Headers::new())
+                RECV_HEADERS.with_borrow_mut(|h| d.rx.recv(&d.udp, h))
             });
             let n = match got {
                 Ok(n) => n,
@@ -655,6 +668,13 @@ impl Driver {
                     .handle_lookup_result(now, &self.node, l.target, Vec::new()),
             }
         }
+        if started {
+            // The lookups' first datagrams go out, and a lookup the node
+            // could answer alone finishes, releasing held queries before
+            // their answers are sent below.
+            self.drain().await;
+        }
+        let Some(d) = self.dns.as_mut() else { return };
         let mut queued = false;
         while let Some(a) = d.server.poll_answer() {
             match a.transport {
@@ -678,9 +698,6 @@ impl Driver {
         }
         if queued {
             flush_dns(&d.udp, &mut d.tx).await;
-        }
-        if started {
-            self.drain().await;
         }
     }
 

@@ -152,6 +152,11 @@ impl ResolverRtts {
         }
     }
 
+    /// Whether a hint lookup for `ip`'s prefix is asked for and not back.
+    pub fn looking(&self, ip: IpAddr) -> bool {
+        self.entries.get(&Prefix::of(ip)).is_some_and(|e| e.looking)
+    }
+
     /// A hint lookup's outcome for `ip`'s prefix (empty when it failed).
     pub fn set_near(&mut self, ip: IpAddr, nodes: Vec<Contact>) {
         if let Some(e) = self.entries.get_mut(&Prefix::of(ip)) {

@@ -27,13 +27,18 @@
 //! `L2.L1.L0.nyucd.net`'s, which it then prefers as the most specific zone
 //! it knows ("once local, stay local").
 //!
-//! **A resolver not yet measured** is answered at once at level 0, with
-//! the NS TTL cut to the A TTL, while the adapter probes it: waiting for
-//! the probe would add up to a probe budget to every first query, while a
-//! level-0 answer is always correct (every node is in the level-0 cluster)
-//! and the short TTL brings the resolver back within seconds, when the
-//! probe result is cached and the answer can lock it onto near servers.
-//!
+//! **A resolver not yet measured** waits: its first query is held until
+//! the probe comes back (and, for a resolver outside our tightest cluster,
+//! until the DSHT's hints have named nodes near it), at most `hold_budget`
+//! (500 ms, open question 13), then answered with what is known. An answer
+//! made before all was known names this server as the level zone's only
+//! nameserver, for `partial_ns_ttl`, so the resolver's next query comes
+//! back here, where the probe and the hint lookup have finished by then;
+//! the answer after that hands it on to nameservers near it with the long
+//! TTL. Holding costs a near resolver one probe RTT on its first query;
+//! answering at once would have every new server meet every resolver
+//! unmeasured, and a far resolver would never be sent nearer.
+
 //! # Hygiene
 //!
 //! Answers are authoritative (AA), never recursive (RA clear); names
@@ -111,6 +116,12 @@ pub struct DnsConfig {
     pub max_held: usize,
     /// Nodes asked of a hint lookup.
     pub hint_count: usize,
+    /// TTL of the NS record of an answer made before all was known of the
+    /// resolver: that record names this server alone, so the resolver's
+    /// next query comes back here, where the probe and the hint lookup
+    /// have finished by then. Ten minutes: longer than the gaps between a
+    /// browsing user's lookups, no longer than the RTT is cached.
+    pub partial_ns_ttl: Duration,
     /// How long the records chosen for one resolver prefix at one level
     /// are reused (0: chosen anew for every query). The level itself is
     /// selected for every query; what is reused is the choice of proxies
@@ -145,6 +156,7 @@ impl Default for DnsConfig {
             hold_budget: Duration::from_millis(500),
             max_held: 1024,
             hint_count: 8,
+            partial_ns_ttl: Duration::from_secs(600),
             answer_cache: Duration::from_secs(1),
             answer_cache_entries: 4096,
         }
@@ -622,15 +634,17 @@ impl DnsServer {
         self.stats.probe_results += 1;
         self.rtts.record(target, rtt);
         let level = self.level_for(node, rtt);
-        // A resolver outside our tightest cluster is better served by
-        // nodes near it than near us: ask the hints who those are.
-        if usize::from(level) + 1 < self.levels && self.rtts.start_near(target) {
+        // Ask the hints which nodes are near the resolver (spec §5), in the
+        // cluster the answer will come from: at the tightest levels the
+        // lookup stays among near nodes and is quick; for a far resolver
+        // it searches the whole network, to hand it on to servers near it.
+        if self.config.hint_count > 0 && self.rtts.start_near(target) {
             if self.lookups.len() < self.config.max_pending_probes {
                 self.stats.hint_lookups += 1;
                 self.lookups.push_back(HintLookup {
                     target,
                     routers: routers.to_vec(),
-                    level: 0,
+                    level,
                     count: self.config.hint_count,
                 });
             } else {
@@ -690,23 +704,15 @@ impl DnsServer {
     }
 
     /// Whether all that an answer for `resolver` could use is known: its
-    /// RTT, and for a resolver outside our tightest cluster the nodes hints
-    /// name near it. Asks for a probe when none was.
-    fn ready(&mut self, now: Instant, node: &Node, resolver: IpAddr) -> bool {
+    /// RTT, and the nodes hints name near it (unless no lookup was asked
+    /// for). Asks for a probe when none was.
+    fn ready(&mut self, now: Instant, _node: &Node, resolver: IpAddr) -> bool {
         match self.rtts.lookup(now, resolver) {
             Rtt::Pending => false,
-            Rtt::Measured(d) => {
-                usize::from(self.level_for(node, Some(d))) + 1 >= self.levels
-                    || self.rtts.near(resolver).is_some()
+            Rtt::Measured(_) | Rtt::Unmeasurable => {
+                self.rtts.near(resolver).is_some() || !self.rtts.looking(resolver)
             }
-            Rtt::Unmeasurable => self.rtts.near(resolver).is_some() || !self.looking(resolver),
         }
-    }
-
-    fn looking(&self, resolver: IpAddr) -> bool {
-        self.lookups
-            .iter()
-            .any(|l| Prefix::of(l.target) == Prefix::of(resolver))
     }
 
     /// Answers held queries: those of `prefix` that are ready, and every
@@ -1057,32 +1063,26 @@ impl DnsServer {
         r.authority.push(self.soa(apex));
     }
 
-    /// The level a resolver is answered at, the NS TTL for it, and the
-    /// nodes hints name near it. The TTL is the long one only once all is
-    /// known: a resolver answered on partial knowledge comes back soon.
+    /// The level a resolver is answered at, whether all is known of it,
+    /// and the nodes hints name near it.
     fn resolver_level(
         &mut self,
         now: Instant,
         node: &Node,
         resolver: IpAddr,
-    ) -> (Level, u32, Vec<Contact>) {
+    ) -> (Level, bool, Vec<Contact>) {
         let ready = self.ready(now, node, resolver);
         let rtt = match self.rtts.lookup(now, resolver) {
             Rtt::Measured(d) => Some(d),
             Rtt::Pending | Rtt::Unmeasurable => None,
         };
         let level = self.level_for(node, rtt);
-        let ns_ttl = if ready {
-            secs(self.config.ns_ttl)
-        } else {
-            secs(self.config.answer_ttl)
-        };
         let near = self
             .rtts
             .near(resolver)
             .map(<[Contact]>::to_vec)
             .unwrap_or_default();
-        (level, ns_ttl, near)
+        (level, ready, near)
     }
 
     /// NS records and their glue for level `level`'s zone, of DNS nodes
@@ -1150,7 +1150,7 @@ impl DnsServer {
             self.nodata(apex, r);
             return;
         }
-        let (level, ns_ttl, near) = self.resolver_level(now, node, resolver);
+        let (level, ready, near) = self.resolver_level(now, node, resolver);
         let family = |c: &Contact| match c.addr.ip() {
             IpAddr::V4(_) => want_v4,
             IpAddr::V6(_) => want_v6,
@@ -1204,8 +1204,28 @@ impl DnsServer {
             });
         }
         let zone = Owner::Name(self.level_zone(level));
-        (r.authority, r.additional) =
-            self.nameservers(now, node, resolver, level, ns_ttl, &zone, &near);
+        let me = node.contact();
+        (r.authority, r.additional) = if ready || !me.services.contains(Services::DNS) {
+            let ttl = secs(self.config.ns_ttl);
+            self.nameservers(now, node, resolver, level, ttl, &zone, &near)
+        } else {
+            // Answered before the probe (or the hint lookup) came back:
+            // send the resolver back here, where they will have.
+            let ttl = secs(self.config.partial_ns_ttl);
+            let host = self.nameserver_name(&me);
+            (
+                vec![Rr {
+                    owner: zone,
+                    ttl,
+                    data: Data::Ns(host.clone()),
+                }],
+                vec![Rr {
+                    owner: Owner::Name(host),
+                    ttl,
+                    data: address(me.addr.ip()),
+                }],
+            )
+        };
     }
 
     fn apex(
@@ -1474,16 +1494,13 @@ mod tests {
             );
             assert!(node_ips(&net).contains(ip), "{ip} is not a node");
         }
-        assert_eq!(r.authority.len(), 3);
-        for (owner, t, ttl, host) in &r.authority {
-            assert_eq!((owner.as_str(), *t), ("L0.nyucd.net.", NS));
-            assert_eq!(*ttl, 30, "unmeasured: the NS TTL is the short one");
-            assert!(host.starts_with("ns-") && host.ends_with(".nyucd.net."));
-            assert!(
-                r.additional.iter().any(|g| &g.0 == host && g.1 == A),
-                "no glue for {host}"
-            );
-        }
+        // Unmeasured: this server alone, so the resolver comes back here.
+        let me = format!("{}.", s.nameserver_name(&net.nodes[0].contact()));
+        assert_eq!(
+            r.authority,
+            [("L0.nyucd.net.".to_owned(), NS, 600, me.clone())]
+        );
+        assert_eq!(r.additional, [(me, A, 600, addr(0).ip().to_string())]);
         // One probe for the resolver's prefix, however many queries.
         udp(&mut s, &net, "www.example.com.nyud.net.", A);
         assert_eq!(s.poll_probe(), Some(resolver().ip()));
@@ -1509,13 +1526,15 @@ mod tests {
                 Some(Duration::from_millis(rtt_ms)),
                 &[],
             );
-            // A resolver outside the tightest cluster gets a hint lookup.
-            let lookup = s.poll_lookup();
-            assert_eq!(lookup.is_some(), level < 2, "rtt {rtt_ms} ms");
-            if let Some(l) = lookup {
-                assert_eq!((l.target, l.level), (target, 0));
-                s.handle_lookup_result(net.now, &net.nodes[0], l.target, Vec::new());
-            }
+            // Every measured resolver gets a hint lookup, in the cluster
+            // of its level.
+            let l = s.poll_lookup().expect("a hint lookup");
+            assert_eq!(
+                (l.target, l.level),
+                (target, level as Level),
+                "rtt {rtt_ms} ms"
+            );
+            s.handle_lookup_result(net.now, &net.nodes[0], l.target, Vec::new());
             let r = udp(&mut s, &net, "x.nyud.net.", A);
             assert!(!r.authority.is_empty());
             for (owner, _, ttl, _) in &r.authority {
@@ -1543,7 +1562,16 @@ mod tests {
         assert!(s.poll_answer().is_none());
         let target = s.poll_probe().unwrap();
         s.handle_probe_result(net.now, node, target, Some(Duration::from_millis(3)), &[]);
-        let a = s.poll_answer().expect("answered once the probe is in");
+        assert!(s.poll_answer().is_none(), "still waiting for the hints");
+        let l = s.poll_lookup().unwrap();
+        assert_eq!(
+            l.level, 2,
+            "a near resolver's hints are read in our level-2 cluster"
+        );
+        s.handle_lookup_result(net.now, node, l.target, Vec::new());
+        let a = s
+            .poll_answer()
+            .expect("answered once the probe and the hints are in");
         assert_eq!(
             (a.to, a.transport, a.token),
             (resolver(), Transport::Tcp, 77)
@@ -1578,10 +1606,11 @@ mod tests {
         s.handle_timeout(net.now + Duration::from_millis(500), node);
         let r = seen(&s.poll_answer().unwrap().bytes);
         assert_eq!(r.answers.len(), 2);
+        assert_eq!(r.authority.len(), 1, "this server alone: {r:?}");
         assert!(
             r.authority
                 .iter()
-                .all(|ns| ns.0 == "L0.nyucd.net." && ns.2 == 30)
+                .all(|ns| ns.0 == "L0.nyucd.net." && ns.2 == 600)
         );
         assert_eq!(s.stats().held_expired, 1);
     }
@@ -1810,6 +1839,26 @@ mod tests {
         let name = "a-rather-long-label-to-fill-the-answer.www.example.com.nyud.net.";
         let plain = query(name, A, None);
         let mut out = Vec::new();
+        // Measure the resolver first (near: level 2, nothing more to wait for).
+        s.handle_query(
+            net.now,
+            &net.nodes[0],
+            resolver(),
+            Transport::Tcp,
+            0,
+            &plain,
+            &mut out,
+        );
+        let target = s.poll_probe().unwrap();
+        s.handle_probe_result(
+            net.now,
+            &net.nodes[0],
+            target,
+            Some(Duration::from_millis(2)),
+            &[],
+        );
+        let l = s.poll_lookup().unwrap();
+        s.handle_lookup_result(net.now, &net.nodes[0], l.target, Vec::new());
         assert_eq!(
             s.handle_query(
                 net.now,
