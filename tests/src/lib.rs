@@ -9,8 +9,11 @@
 //!   `coral-sim` binary and the simulator tests.
 //! - [`locality`]: what the latency hierarchy buys (issue 3): get latency
 //!   for nearby-held objects per level setting, and `nodes()` proxy choice.
+//! - [`dns`]: the DNS redirector (issue 6): resolvers following Coral's
+//!   NS referrals, and how near the proxies they are sent to are.
 //! - [`metrics`] and [`trace`]: percentiles, and the run fingerprint.
 
+pub mod dns;
 pub mod experiments;
 pub mod latency;
 pub mod locality;

@@ -63,7 +63,7 @@ fn services() -> Services {
 
 /// A network joined from a cold start and run until `net.minutes` virtual
 /// minutes have passed, with every node offering HTTP and DNS.
-fn build(net: &ClusterParams) -> (Sim, JoinSummary) {
+pub(crate) fn build(net: &ClusterParams) -> (Sim, JoinSummary) {
     let mut cfg = SimConfig::new(net.seed);
     cfg.latency = net.latency.clone();
     cfg.node.levels = net.levels.clone();
@@ -78,7 +78,7 @@ fn build(net: &ClusterParams) -> (Sim, JoinSummary) {
 }
 
 /// The workload generator of a run: seeded from the run seed alone.
-fn workload_rng(seed: u64, which: u64) -> Rng {
+pub(crate) fn workload_rng(seed: u64, which: u64) -> Rng {
     Rng::new(mix64(seed, 0x10ca_0000 + which))
 }
 
@@ -95,11 +95,11 @@ fn cluster_ids(sim: &Sim, i: usize, levels: usize) -> Vec<Option<Id>> {
     row
 }
 
-fn ms_us(us: u64) -> f64 {
+pub(crate) fn ms_us(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-fn frac(a: usize, b: usize) -> f64 {
+pub(crate) fn frac(a: usize, b: usize) -> f64 {
     if b == 0 {
         f64::NAN
     } else {
@@ -107,7 +107,7 @@ fn frac(a: usize, b: usize) -> f64 {
     }
 }
 
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+pub(crate) fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(f64::total_cmp);
     v
 }
@@ -550,7 +550,7 @@ pub struct Ratio {
 }
 
 impl Ratio {
-    fn of(v: Vec<f64>) -> Self {
+    pub(crate) fn of(v: Vec<f64>) -> Self {
         let n = v.len();
         let ok = v.iter().filter(|&&r| r <= 1.5).count();
         let v = sorted(v);

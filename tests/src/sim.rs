@@ -129,6 +129,20 @@ pub enum Command {
         /// Services the nodes must offer.
         services: Services,
     },
+    /// [`Node::find_hinted`]: the nodes the DSHT's network hints name near
+    /// `target`, as the DNS server's hint lookups ask.
+    FindHinted {
+        /// The level whose hints are read.
+        level: Level,
+        /// How many nodes are wanted.
+        count: usize,
+        /// The address the nodes should be near.
+        target: IpAddr,
+        /// The last hops toward `target`, nearest it first.
+        routers: Vec<IpAddr>,
+        /// Services the nodes must offer.
+        services: Services,
+    },
 }
 
 /// Why the simulator could not issue a command or finish an operation.
@@ -601,6 +615,13 @@ impl Sim {
                 routers,
                 services,
             } => node.find_nodes_via(now, level, count, target, &routers, services),
+            Command::FindHinted {
+                level,
+                count,
+                target,
+                routers,
+                services,
+            } => node.find_hinted(now, level, count, target, &routers, services),
         }
         .map_err(SimError::Refused)?;
         self.pending.insert((i as u32, op.0), (now, tag));

@@ -6,6 +6,7 @@
 //! coral-sim clusters (--synthetic 500 | --matrix FILE | --latency planetlab) (--seed 1 | --seeds 1-9) --minutes 30 [--json]
 //! coral-sim latency  (--synthetic 500 | --matrix FILE | --latency planetlab) --levels 1|3 --seed 1 [--json]
 //! coral-sim nodes    (--synthetic 500 | --matrix FILE | --latency planetlab) --seed 1 [--json]
+//! coral-sim dns      (--synthetic 500 | --matrix FILE | --latency planetlab) --seed 1 [--resolvers R] [--queries 3] [--json]
 //! ```
 //!
 //! With `--json` stdout carries exactly one JSON object; progress goes to
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use coral_tests::dns::{self as dns_sim, DnsParams, MAX_RESOLVERS};
 use coral_tests::experiments::{
     self, ClusterParams, HotspotParams, LatencyKind, LookupParams, NetParams,
 };
@@ -143,6 +145,38 @@ enum Cmd {
         /// Targets queried.
         #[arg(long, default_value_t = 200)]
         targets: usize,
+    },
+    /// The DNS redirector (issue 6): every node runs a DNS server; resolvers
+    /// at places without a node (extra points on the sphere, or hosts of the
+    /// matrix left without a node) query a random primary Coral nameserver,
+    /// then follow the NS records handed back; reports per query
+    /// RTT(resolver, proxy returned) over RTT(resolver, nearest proxy), and
+    /// how many resolvers with a DNS node within 20 ms end at a level-2
+    /// nameserver.
+    Dns {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Virtual minutes from the cold start (joins included) before the
+        /// hints are published and the queries begin.
+        #[arg(long, default_value_t = 15)]
+        minutes: u32,
+        /// Resolvers (default: 200 on the sphere; on a matrix a fifth of the
+        /// hosts, the nodes taking the rest unless --nodes says otherwise).
+        #[arg(long)]
+        resolvers: Option<usize>,
+        /// Queries per resolver.
+        #[arg(long, default_value_t = 3)]
+        queries: usize,
+        /// Seconds between a resolver's queries (longer than the 30 s A TTL).
+        #[arg(long, default_value_t = 60)]
+        gap: u64,
+        /// Nameservers of the zone apex every resolver starts with.
+        #[arg(long, default_value_t = 10)]
+        primaries: usize,
+        /// How long a server may hold a query from a resolver it has not
+        /// measured, ms (default: the server's, 500).
+        #[arg(long)]
+        hold_ms: Option<u64>,
     },
 }
 
@@ -303,6 +337,42 @@ fn report(
     Ok(())
 }
 
+impl NetArgs {
+    /// The network of the DNS experiment and its resolver count: on a
+    /// matrix the hosts are split between nodes and resolvers.
+    fn dns_params(&self, minutes: u32, resolvers: Option<usize>) -> Result<(ClusterParams, usize)> {
+        if minutes == 0 {
+            bail!("--minutes must be at least 1");
+        }
+        let matrix = match (&self.matrix, self.latency) {
+            (Some(path), _) => Some(path.clone()),
+            (None, Some(LatencyKind::Planetlab)) => Some(PathBuf::from(PLANETLAB_RTT_PATH)),
+            (None, _) => None,
+        };
+        let (p, r) = match matrix {
+            Some(path) => {
+                let m = RttMatrix::load(&path)
+                    .with_context(|| format!("loading {}", path.display()))?;
+                let name = path.display().to_string();
+                dns_sim::matrix_split(&m, name, self.nodes, resolvers, self.seed, minutes)?
+            }
+            None => (
+                ClusterParams::synthetic(
+                    self.synthetic.or(self.nodes).unwrap_or(500),
+                    self.seed,
+                    minutes,
+                ),
+                resolvers.unwrap_or(200),
+            ),
+        };
+        check(p.nodes, 0.0)?;
+        if r == 0 || r > MAX_RESOLVERS {
+            bail!("--resolvers must be within 1..={MAX_RESOLVERS}");
+        }
+        Ok((p, r))
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let wall = std::time::Instant::now();
@@ -425,6 +495,33 @@ fn main() -> Result<()> {
             let mut np = NodesParams::new(p);
             np.targets = targets;
             let r = locality::nodes(&np);
+            report(&format!("seed {}", net.seed), wall, net.json, &r, r.human())?;
+        }
+        Cmd::Dns {
+            net,
+            minutes,
+            resolvers,
+            queries,
+            gap,
+            primaries,
+            hold_ms,
+        } => {
+            let (p, resolvers) = net.dns_params(minutes, resolvers)?;
+            if queries == 0 || primaries == 0 {
+                bail!("--queries and --primaries must be at least 1");
+            }
+            eprintln!(
+                "coral-sim dns: {} nodes, {resolvers} resolvers, {queries} queries, latency {}, seed {}",
+                p.nodes, p.latency_name, net.seed
+            );
+            let mut dp = DnsParams::new(p, resolvers);
+            dp.queries = queries;
+            dp.gap = Duration::from_secs(gap);
+            dp.primaries = primaries;
+            if let Some(ms) = hold_ms {
+                dp.dns.hold_budget = Duration::from_millis(ms);
+            }
+            let r = dns_sim::dns(&dp)?;
             report(&format!("seed {}", net.seed), wall, net.json, &r, r.human())?;
         }
     }
