@@ -1,6 +1,6 @@
-//! `coral-mio node`: one node, its HTTP proxy and its admin endpoint on one
-//! loop on the main thread, until SIGINT or SIGTERM — what `coral node`
-//! does, with the same file, flags, defaults and log lines.
+//! `coral-mio node`: one node, its HTTP proxy, its DNS server and its admin
+//! endpoint on one loop on the main thread, until SIGINT or SIGTERM — what
+//! `coral node` does, with the same file, flags, defaults and log lines.
 
 use std::net::SocketAddr;
 
@@ -12,6 +12,7 @@ use coral_tokio::daemon::resolve_seed;
 use coral_tokio::runtime::{BindError, bind_udp};
 use tracing::{info, warn};
 
+use crate::dns::DnsSockets;
 use crate::runtime::{App, Driver, Listeners, LogEvents};
 
 /// The daemon's application: reports the join, then publishes the node's
@@ -41,7 +42,9 @@ impl App for Daemon {
 pub fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<()> {
     cfg.node.join.extend(join);
     let (seed, seed_from) = resolve_seed(&cfg)?;
-    let options = cfg.node_options(seed);
+    let mut options = cfg.node_options(seed);
+    let dns_options = cfg.dns_options()?;
+    options.core.services = cfg.services(dns_options.is_some());
     // Bind everything before starting anything, so a busy port fails fast
     // and names the address (node.rpc / node.admin in the config).
     let socket = bind_udp(
@@ -66,6 +69,10 @@ pub fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<()> {
             source,
         })
         .context("check `node.http` in the config (is another coral node running?)")?;
+    let dns = dns_options
+        .map(DnsSockets::bind)
+        .transpose()
+        .context("check `node.dns` in the config (is another DNS server running?)")?;
     info!(seed, from = seed_from, "RNG seed");
     let bootstrap = cfg.node.join.clone();
     let app = Box::new(Daemon {
@@ -75,17 +82,22 @@ pub fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<()> {
         admin: Some(listener),
         proxy: Some((http, proxy_options)),
     };
-    let (mut driver, handle) =
-        Driver::build(options.core, socket, listeners, app, options.command_queue)?;
+    let (mut driver, handle) = Driver::build_with_dns(
+        options.core,
+        socket,
+        listeners,
+        dns,
+        app,
+        options.command_queue,
+    )?;
     driver.stop_on_signals()?;
     if let Some(http) = handle.proxy_addr() {
         info!(%http, "HTTP proxy: Coralized URLs such as http://www.example.com.nyud.net/");
     }
     info!(admin = %admin, "admin endpoint: /, /metrics, /status.json");
-    info!(
-        dns = %cfg.node.dns,
-        "DNS server address reserved (not served yet: a later issue)"
-    );
+    if handle.dns_addr().is_none() {
+        info!("DNS server off (`dns.enabled = false` in the config)");
+    }
     if bootstrap.is_empty() {
         info!("no bootstrap peers: this node starts a new network of one");
     }

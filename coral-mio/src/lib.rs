@@ -19,17 +19,21 @@
 //! a proxy listener ([`runtime::Listeners`]): client and upstream
 //! connections are more sources on the poller, the core's
 //! [`coral_core::http::Proxy`] makes every decision, and its DSHT work runs
-//! on the node the loop owns — a whole node (RPC, proxy, admin) in one
-//! small single-threaded process. The DNS server handler will join it once
-//! its issue lands.
+//! on the node the loop owns. The DNS redirector ([`dns`]) joins them when
+//! the node is given DNS sockets ([`dns::DnsSockets`]): its UDP and TCP
+//! queries, resolver probes and hint lookups run on the same loop, so
+//! `coral-mio node` is a whole node (RPC, HTTP proxy, admin, DNS) in one
+//! small single-threaded process.
 
 mod admin;
 pub mod daemon;
+pub mod dns;
 pub mod proxy;
 pub mod runtime;
 /// Batched UDP, shared with coral-tokio's DNS socket.
 pub use coral_tokio::batch_udp as udp;
 
+pub use dns::DnsSockets;
 pub use runtime::{
-    App, Driver, Handle, Listeners, RunningNode, spawn, spawn_listeners, spawn_with,
+    App, Driver, Handle, Listeners, RunningNode, spawn, spawn_listeners, spawn_with, spawn_with_dns,
 };

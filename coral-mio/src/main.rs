@@ -10,7 +10,8 @@ use coral_tokio::logging;
 ///
 /// `coral-mio node` takes the same flags, defaults and configuration file
 /// as `coral node` and serves the same things (the DSHT, the HTTP proxy,
-/// the admin endpoint) on one thread; `coral status` reads it alike.
+/// the DNS redirector, the admin endpoint) on one thread; `coral status`
+/// reads it alike.
 #[derive(Parser, Debug)]
 #[command(name = "coral-mio", version, propagate_version = true)]
 struct Cli {
@@ -32,10 +33,11 @@ enum Command {
     /// Run one Coral node until Ctrl-C or SIGTERM.
     ///
     /// With no options it listens for DSHT RPCs on UDP 127.0.0.1:8091,
-    /// serves the HTTP proxy on 127.0.0.1:8090 and its admin endpoint on
-    /// http://127.0.0.1:8092/ (`/metrics`, `/status.json`), and starts a
-    /// new network of one. See coral-tokio/coral.example.toml for every
-    /// setting.
+    /// serves the HTTP proxy on 127.0.0.1:8090, DNS on 127.0.0.1:5353 (UDP
+    /// and TCP; `[dns] enabled = false` turns it off) and its admin
+    /// endpoint on http://127.0.0.1:8092/ (`/metrics`, `/status.json`), and
+    /// starts a new network of one. See coral-tokio/coral.example.toml for
+    /// every setting.
     Node {
         #[command(flatten)]
         args: NodeArgs,

@@ -13,10 +13,11 @@
 //! documentation prescribes: every transmit (into the bounded send queue of
 //! [`crate::udp`], flushed with `sendmmsg` when full, at the end of a batch,
 //! and on writability), then every event, then the next deadline. The
-//! core's [`Node::poll_timeout`] is the loop's only protocol timer: it
-//! becomes the `epoll_wait` timeout, so an idle node sleeps until the core
-//! has something to do. The only other deadline is the admin endpoint's
-//! per-connection I/O limit, which is about sockets, not the protocol.
+//! core's [`Node::poll_timeout`] is the loop's protocol timer: it becomes
+//! the `epoll_wait` timeout, so an idle node sleeps until the core has
+//! something to do. The other deadlines joined into that timeout are the
+//! DNS redirector's (held queries) and the sockets' own limits (admin,
+//! proxy and DNS connections, resolver probes).
 //!
 //! With a proxy listener ([`Listeners::proxy`]) the loop also serves the
 //! HTTP proxy ([`crate::proxy`]): its listener, client and upstream
@@ -24,6 +25,15 @@
 //! lookup deadlines join the `epoll_wait` timeout, the node operations of
 //! its fetches run on this loop's node, and the events that finish them go
 //! to the proxy before anyone else.
+//!
+//! With DNS sockets ([`DnsSockets`], given to [`spawn_with_dns`] or
+//! [`Driver::build_with_dns`]) the loop also serves the DNS redirector
+//! ([`crate::dns`]): its UDP socket, TCP listener, TCP connections and
+//! resolver probes are more sources on the same poller, the core's
+//! [`coral_core::dns::DnsServer`] reads this loop's node, its held queries'
+//! deadline and the sockets' deadlines join the `epoll_wait` timeout, and
+//! the hint lookups it asks for run on the node, their events going to it
+//! before anyone else.
 //!
 //! Commands from a [`Handle`] become core calls, and the events that finish
 //! them go back to their callers, through [`coral_tokio::dispatch`], the same
@@ -49,12 +59,13 @@ use coral_core::{Event, Levels, Node};
 use coral_tokio::dispatch::{self, Dispatch, GetResult, Joined, NodeError, PutResult, Replies};
 use coral_tokio::proxy::ProxyOptions;
 use coral_tokio::runtime::{BindError, NodeOptions};
-use coral_tokio::status::{AdapterCounters, NodeStatus, snapshot};
+use coral_tokio::status::{AdapterCounters, NodeStatus, dns_counters, snapshot};
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, info, warn};
 
 use crate::admin::Admin;
+use crate::dns::{Dns, DnsSockets, FIRST_DNS_CONN};
 use crate::proxy::{FIRST_PROXY_CONN, HttpProxy};
 use crate::udp::{Headers, RecvBatch, SendQueue};
 
@@ -63,6 +74,8 @@ const WAKER: Token = Token(1);
 const LISTENER: Token = Token(2);
 const SIGNALS: Token = Token(3);
 const PROXY_LISTENER: Token = Token(4);
+const DNS_UDP: Token = Token(5);
+const DNS_LISTENER: Token = Token(6);
 /// Connection tokens are slab keys plus this.
 pub(crate) const FIRST_CONN: usize = 16;
 
@@ -103,7 +116,8 @@ enum Command {
 /// Code that runs on the loop's thread and receives the core events no
 /// [`Handle`] caller is waiting for (operations it started itself through
 /// the `&mut Node` it is given, cluster changes, ...). The HTTP proxy and
-/// DNS server handlers will be applications of this kind, on the same loop.
+/// the DNS server are served by the loop itself: the events of their own
+/// operations are taken before the application sees any.
 pub trait App: Send {
     /// One event; the node may be given new work, whose output the loop drains.
     fn on_event(&mut self, node: &mut Node, now: CoreInstant, event: Event);
@@ -127,6 +141,7 @@ pub struct Handle {
     waker: Arc<Waker>,
     addr: SocketAddr,
     proxy: Option<SocketAddr>,
+    dns: Option<SocketAddr>,
     id: Id,
     seed: u64,
 }
@@ -146,6 +161,11 @@ impl Handle {
     /// The HTTP proxy's address, when the loop serves one.
     pub fn proxy_addr(&self) -> Option<SocketAddr> {
         self.proxy
+    }
+
+    /// The DNS server's address (UDP and TCP), when the loop serves one.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns
     }
 
     /// The HTTP proxy's counters (`None` when the loop serves no proxy).
@@ -306,6 +326,8 @@ pub fn spawn_with(
 
 /// The TCP services a loop serves besides the RPC socket, each on a bound
 /// listener (bind them first, so a busy port fails before anything runs).
+/// The DNS server, which has a UDP socket too, is given apart
+/// ([`spawn_with_dns`], [`Driver::build_with_dns`]).
 #[derive(Debug, Default)]
 pub struct Listeners {
     /// The admin endpoint.
@@ -322,6 +344,18 @@ pub fn spawn_listeners(
     listeners: Listeners,
     app: Box<dyn App>,
 ) -> Result<RunningNode, BindError> {
+    spawn_with_dns(options, listeners, None, app)
+}
+
+/// [`spawn_listeners`], with the DNS server on `dns`'s sockets served by
+/// the same loop (it reads the node's contacts and clusters). The node then
+/// offers the DNS service to its peers, as `coral node` does.
+pub fn spawn_with_dns(
+    options: NodeOptions,
+    listeners: Listeners,
+    dns: Option<DnsSockets>,
+    app: Box<dyn App>,
+) -> Result<RunningNode, BindError> {
     let socket = coral_tokio::runtime::bind_udp(
         options.rpc_addr,
         options.recv_buffer_bytes,
@@ -334,7 +368,7 @@ pub fn spawn_listeners(
     let thread = std::thread::Builder::new()
         .name(format!("coral-mio {addr}"))
         .spawn(
-            move || match Driver::build(core, socket, listeners, app, queue) {
+            move || match Driver::build_with_dns(core, socket, listeners, dns, app, queue) {
                 Ok((driver, handle)) => {
                     let _ = tx.send(Ok(handle));
                     if let Err(e) = driver.run() {
@@ -369,6 +403,7 @@ pub struct Driver {
     commands: Receiver<Command>,
     admin: Option<Admin>,
     proxy: Option<HttpProxy>,
+    dns: Option<Dns>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     app: Box<dyn App>,
     epoch: StdInstant,
@@ -418,9 +453,22 @@ impl Driver {
 
     /// [`Driver::new`] with every TCP service of `listeners`.
     pub fn build(
+        core: Config,
+        socket: std::net::UdpSocket,
+        listeners: Listeners,
+        app: Box<dyn App>,
+        command_queue: usize,
+    ) -> io::Result<(Self, Handle)> {
+        Self::build_with_dns(core, socket, listeners, None, app, command_queue)
+    }
+
+    /// [`Driver::build`], with the DNS server on `dns`'s sockets (the node
+    /// then offers the DNS service to its peers).
+    pub fn build_with_dns(
         mut core: Config,
         socket: std::net::UdpSocket,
         listeners: Listeners,
+        dns: Option<DnsSockets>,
         app: Box<dyn App>,
         command_queue: usize,
     ) -> io::Result<(Self, Handle)> {
@@ -445,6 +493,9 @@ impl Driver {
         if proxy.is_some() {
             core.services = core.services.with(Services::HTTP);
         }
+        if dns.is_some() {
+            core.services = core.services.with(Services::DNS);
+        }
         let seed = core.seed;
         let node = Node::new(core, addr, CoreInstant::ZERO);
         let id = node.id();
@@ -463,6 +514,23 @@ impl Driver {
             None => None,
         };
         let proxy_addr = proxy.as_ref().map(HttpProxy::addr);
+        let levels = node.levels().len();
+        let dns = match dns {
+            Some(sockets) => {
+                let d = Dns::new(
+                    sockets,
+                    levels,
+                    poll.registry(),
+                    DNS_UDP,
+                    DNS_LISTENER,
+                    epoch,
+                )?;
+                info!(dns = %d.addr(), "DNS server listening (UDP and TCP)");
+                Some(d)
+            }
+            None => None,
+        };
+        let dns_addr = dns.as_ref().map(Dns::addr);
         let (tx, rx) = mpsc::sync_channel(command_queue.max(1));
         let driver = Self {
             node,
@@ -471,6 +539,7 @@ impl Driver {
             commands: rx,
             admin,
             proxy,
+            dns,
             signals: None,
             app,
             epoch,
@@ -492,6 +561,7 @@ impl Driver {
             waker,
             addr,
             proxy: proxy_addr,
+            dns: dns_addr,
             id,
             seed,
         };
@@ -538,7 +608,8 @@ impl Driver {
             .and_then(|a| a.next_deadline())
             .map(|t| t.saturating_duration_since(StdInstant::now()));
         let proxy = self.proxy.as_ref().and_then(HttpProxy::wait);
-        [core, admin, proxy].into_iter().flatten().min()
+        let dns = self.dns.as_ref().and_then(Dns::wait);
+        [core, admin, proxy, dns].into_iter().flatten().min()
     }
 
     /// Runs until [`Handle::shutdown`] (or a signal, see
@@ -571,6 +642,21 @@ impl Driver {
                             a.accept_ready(self.poll.registry());
                         }
                     }
+                    DNS_UDP => {
+                        if let Some(d) = &mut self.dns {
+                            d.udp_ready(self.poll.registry(), ev.is_readable(), ev.is_writable());
+                        }
+                    }
+                    DNS_LISTENER => {
+                        if let Some(d) = &mut self.dns {
+                            d.accept_ready(&self.node, self.poll.registry());
+                        }
+                    }
+                    Token(t) if t >= FIRST_DNS_CONN => {
+                        if let Some(d) = &mut self.dns {
+                            d.ready(&self.node, self.poll.registry(), t, ev.is_readable());
+                        }
+                    }
                     PROXY_LISTENER => {
                         if let Some(p) = &mut self.proxy {
                             p.accept_ready(&mut self.node, self.poll.registry());
@@ -601,14 +687,18 @@ impl Driver {
                             let counters = self.counters;
                             let waiting = self.dispatch.waiting();
                             let (node, seed) = (&self.node, self.seed);
-                            let proxy = self.proxy.as_ref();
+                            let (proxy, dns) = (self.proxy.as_ref(), self.dns.as_ref());
                             a.connection_ready(
                                 self.poll.registry(),
                                 t.wrapping_sub(FIRST_CONN),
                                 ev.is_readable(),
                                 ev.is_writable(),
-                                || snapshot(node, now, seed, counters, waiting),
-                                || proxy.map(HttpProxy::metrics).unwrap_or_default(),
+                                || status(node, now, seed, counters, waiting, dns),
+                                || {
+                                    let mut m = proxy.map(HttpProxy::metrics).unwrap_or_default();
+                                    m.push_str(&dns.map(Dns::metrics).unwrap_or_default());
+                                    m
+                                },
                             );
                         }
                     }
@@ -623,8 +713,11 @@ impl Driver {
             if let Some(p) = &mut self.proxy {
                 p.turn(&mut self.node, self.poll.registry());
             }
+            if let Some(d) = &mut self.dns {
+                d.turn(&mut self.node, self.poll.registry());
+            }
             let now = self.now();
-            // What the proxy asked of the node leaves now.
+            // What the proxy and the DNS server asked of the node leaves now.
             self.drain(now);
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
                 self.counters.timer_wakeups += 1;
@@ -765,12 +858,13 @@ impl Driver {
         match cmd {
             Command::Node(cmd) => self.dispatch.command(&mut self.node, now, cmd),
             Command::Status(reply) => {
-                let _ = reply.send(snapshot(
+                let _ = reply.send(status(
                     &self.node,
                     now,
                     self.seed,
                     self.counters,
                     self.dispatch.waiting(),
+                    self.dns.as_ref(),
                 ));
             }
             Command::ProxyStats(reply) => {
@@ -785,6 +879,13 @@ impl Driver {
 
     /// Answers a waiting [`Handle`] caller, or gives the event to the app.
     fn event(&mut self, now: CoreInstant, event: Event) {
+        let event = match &mut self.dns {
+            Some(d) => match d.on_event(&self.node, self.poll.registry(), event) {
+                Some(e) => e,
+                None => return,
+            },
+            None => event,
+        };
         let event = match &mut self.proxy {
             Some(p) => match p.on_event(&mut self.node, self.poll.registry(), event) {
                 Some(e) => e,
@@ -797,4 +898,18 @@ impl Driver {
             self.app.on_event(&mut self.node, now, event);
         }
     }
+}
+
+/// The status snapshot, with the DNS server's counters when it runs.
+fn status(
+    node: &Node,
+    now: CoreInstant,
+    seed: u64,
+    counters: AdapterCounters,
+    waiting: usize,
+    dns: Option<&Dns>,
+) -> NodeStatus {
+    let mut s = snapshot(node, now, seed, counters, waiting);
+    s.dns = dns.map(|d| dns_counters(&d.stats()));
+    s
 }

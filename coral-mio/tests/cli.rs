@@ -1,9 +1,9 @@
 //! The `coral-mio` binary as a user runs it: errors that name the key or
-//! address at fault (the HTTP proxy's too), two nodes that join through
-//! `--join` and serve their HTTP proxies and admin endpoints, the identity
-//! kept in `--data-dir`, and a clean exit on SIGTERM. Every child
-//! process is bounded in time and killed if it overstays; nothing asserts
-//! speed.
+//! address at fault (the HTTP proxy's and DNS server's too), two nodes that
+//! join through `--join` and serve their HTTP proxies, DNS servers and
+//! admin endpoints, the identity kept in `--data-dir`, and a clean exit on
+//! SIGTERM. Every child process is bounded in time and killed if it
+//! overstays; nothing asserts speed.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure is a bug to see
 
@@ -139,6 +139,46 @@ fn a_busy_http_address_is_named() {
 }
 
 #[test]
+fn a_busy_dns_address_is_named() {
+    let busy = std::net::UdpSocket::bind("127.0.0.234:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let o = wait(
+        coral_mio(&[
+            "node",
+            "--rpc",
+            "127.0.0.234:0",
+            "--admin",
+            "127.0.0.234:0",
+            "--http",
+            "127.0.0.234:0",
+            "--dns",
+            &addr,
+        ])
+        .spawn()
+        .unwrap(),
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains(&addr) && e.contains("node.dns"), "{e}");
+}
+
+/// A DNS query for `name` to `server` over UDP: the response's bytes.
+fn dns_query(server: SocketAddr, name: &str) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let s = std::net::UdpSocket::bind("127.0.0.235:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.send_to(&q, server).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = s.recv_from(&mut buf).expect("a DNS answer within 5 s");
+    buf[..n].to_vec()
+}
+
+#[test]
 fn two_nodes_join_serve_their_admin_endpoints_and_stop_on_sigterm() {
     let (a_admin, b_admin): (SocketAddr, SocketAddr) = (
         "127.0.0.231:8092".parse().unwrap(),
@@ -153,6 +193,8 @@ fn two_nodes_join_serve_their_admin_endpoints_and_stop_on_sigterm() {
         "127.0.0.231:8092",
         "--http",
         "127.0.0.231:8090",
+        "--dns",
+        "127.0.0.231:5353",
         "--data-dir",
         data.to_str().unwrap(),
     ])
@@ -167,6 +209,8 @@ fn two_nodes_join_serve_their_admin_endpoints_and_stop_on_sigterm() {
         "127.0.0.232:8092",
         "--http",
         "127.0.0.232:8090",
+        "--dns",
+        "127.0.0.232:5353",
         "--join",
         "127.0.0.231:8091",
         "--log-json",
@@ -211,6 +255,21 @@ fn two_nodes_join_serve_their_admin_endpoints_and_stop_on_sigterm() {
         metrics.contains("coral_http_refused_total 1\n"),
         "{metrics}"
     );
+
+    // So does the DNS server: a Coralized name is answered (NOERROR, AA,
+    // two answers: both nodes' proxies), and counted.
+    let r = dns_query(
+        "127.0.0.231:5353".parse().unwrap(),
+        "www.example.com.nyud.net",
+    );
+    assert_eq!(&r[..2], &[0x12, 0x34], "{r:?}");
+    assert_eq!(r[2] & 0x84, 0x84, "a response, authoritative: {r:?}");
+    assert_eq!(r[3] & 0x0f, 0, "NOERROR: {r:?}");
+    assert_eq!(u16::from_be_bytes([r[6], r[7]]), 2, "two proxies: {r:?}");
+    let metrics = http_get(a_admin, "/metrics").unwrap();
+    assert!(metrics.contains("coral_dns_queries_total 1\n"), "{metrics}");
+    let sa = status_when(a_admin, |_| true);
+    assert!(sa.dns.is_some(), "{sa:?}");
 
     for child in [a, b] {
         sigterm(&child);

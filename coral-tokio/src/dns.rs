@@ -100,6 +100,12 @@ impl DnsService {
     pub fn addr(&self) -> SocketAddr {
         self.options.addr
     }
+
+    /// The bound sockets and the options, for a runtime that drives them
+    /// itself (coral-mio's loop).
+    pub fn into_parts(self) -> (std::net::UdpSocket, std::net::TcpListener, DnsOptions) {
+        (self.udp, self.tcp, self.options)
+    }
 }
 
 /// The node task's part of the DNS server.
