@@ -305,9 +305,17 @@ struct NodesQuery {
     routers_left: SmallVec<[Id; 5]>,
     /// Hint values found so far: the prefix's, then each router's in order.
     found: Vec<Bytes>,
-    /// Return every node the hints name, not only live members this node
-    /// knows ([`Node::find_hinted`]).
-    trust_hints: bool,
+    /// This get is part `.1` of the [`HintGroup`] of operation `.0`.
+    part: Option<(OpId, usize)>,
+}
+
+/// The gets of one [`Node::find_hinted`], one per hint key, run at once.
+struct HintGroup {
+    count: usize,
+    services: Services,
+    /// Each key's values once its get is done, in key order (the prefix,
+    /// then the routers nearest the target first).
+    parts: Vec<Option<Vec<Bytes>>>,
 }
 
 /// Most router hints one `find_nodes` looks up (spec §5: the last five
@@ -396,6 +404,10 @@ pub struct Node {
     /// Operations taken out of `ops` while they take a step; they still
     /// count against `max_ops`.
     stepping: usize,
+    /// [`Node::find_hinted`]s whose hint keys are looked up at once, by the
+    /// operation the caller holds; each key's get is an operation of its
+    /// own that reports here.
+    hint_groups: BTreeMap<OpId, HintGroup>,
     next_maintenance: Instant,
     /// When to walk toward our own id again (after a join, then periodically).
     next_self_refresh: Option<Instant>,
@@ -507,6 +519,7 @@ impl Node {
             ops: BTreeMap::new(),
             next_op: 0,
             stepping: 0,
+            hint_groups: BTreeMap::new(),
             next_maintenance: first_tick,
             next_self_refresh: None,
             published: BTreeMap::new(),
@@ -1107,6 +1120,50 @@ impl Node {
                 routers_left.push(k);
             }
         }
+        if trust_hints {
+            // Every key at once: the answer waits for the slowest get, not
+            // for the sum of them.
+            let keys: SmallVec<[Id; 6]> = std::iter::once(key).chain(routers_left).collect();
+            if self.ops_in_flight() + keys.len() > self.config.dsht.max_ops {
+                return Err(OpError::Busy);
+            }
+            self.hint_groups.insert(
+                op,
+                HintGroup {
+                    count,
+                    services,
+                    parts: vec![None; keys.len()],
+                },
+            );
+            for (i, key) in keys.into_iter().enumerate() {
+                let part = self.alloc_op();
+                let lookup = self
+                    .new_lookup(level, key)
+                    .with_sweep(self.config.dsht.get_sweep);
+                let query = NodesQuery {
+                    level,
+                    count,
+                    target,
+                    services,
+                    routers_left: SmallVec::new(),
+                    found: Vec::new(),
+                    part: Some((op, i)),
+                };
+                self.ops.insert(
+                    part,
+                    Box::new(Op::Get(GetOp {
+                        key,
+                        levels: SmallVec::new(),
+                        level,
+                        lookup,
+                        hops: 0,
+                        nodes: Some(query),
+                    })),
+                );
+                self.start_get_level(now, part);
+            }
+            return Ok(op);
+        }
         routers_left.reverse();
         let query = NodesQuery {
             level,
@@ -1115,7 +1172,7 @@ impl Node {
             services,
             routers_left,
             found: Vec::new(),
-            trust_hints,
+            part: None,
         };
         self.ops.insert(
             op,
@@ -1192,6 +1249,41 @@ impl Node {
             });
             return;
         };
+        if let Some((parent, i)) = q.part {
+            let Some(group) = self.hint_groups.get_mut(&parent) else {
+                return;
+            };
+            if let Some(slot) = group.parts.get_mut(i) {
+                *slot = Some(values);
+            }
+            if group.parts.iter().any(Option::is_none) {
+                return;
+            }
+            let Some(group) = self.hint_groups.remove(&parent) else {
+                return;
+            };
+            let mut nodes: Vec<Contact> = Vec::new();
+            for c in group
+                .parts
+                .iter()
+                .flatten()
+                .flatten()
+                .filter_map(|v| wire::contact_from_value(v).ok())
+            {
+                if c.services.contains(group.services)
+                    && nodes.len() < group.count
+                    && !nodes.iter().any(|n| n.id == c.id)
+                {
+                    nodes.push(c);
+                }
+            }
+            self.events.push_back(Event::NodesFound {
+                op: parent,
+                hinted: nodes.len(),
+                nodes,
+            });
+            return;
+        }
         q.found.extend(values);
         if let Some(key) = q.routers_left.pop() {
             // The next router's hints, at the same level.
@@ -1210,27 +1302,6 @@ impl Node {
                 })),
             );
             self.start_get_level(now, op);
-            return;
-        }
-        if q.trust_hints {
-            let mut nodes: Vec<Contact> = Vec::new();
-            for c in q
-                .found
-                .iter()
-                .filter_map(|v| wire::contact_from_value(v).ok())
-            {
-                if c.services.contains(q.services)
-                    && nodes.len() < q.count
-                    && !nodes.iter().any(|n| n.id == c.id)
-                {
-                    nodes.push(c);
-                }
-            }
-            self.events.push_back(Event::NodesFound {
-                op,
-                hinted: nodes.len(),
-                nodes,
-            });
             return;
         }
         let local = self.local_ranking(now, q.level, Some(q.target), q.services);
@@ -2759,6 +2830,60 @@ mod tests {
         let (nodes, hinted) = ask(&mut net, "192.0.2.9");
         assert_eq!(hinted, 0);
         assert_eq!(nodes.len(), 3);
+    }
+
+    #[test]
+    fn find_hinted_reads_every_key_at_once_and_keeps_their_order() {
+        let mut net = Net::new(12, &flat());
+        net.join_all();
+        let (r1, r2): (IpAddr, IpAddr) = (
+            "192.0.2.1".parse().unwrap(),
+            "198.51.100.1".parse().unwrap(),
+        );
+        net.nodes[7].publish_hints(net.now, &[r1]);
+        net.nodes[9].publish_hints(net.now, &[r2]);
+        net.after(Duration::from_secs(5));
+        let target: IpAddr = "203.0.113.5".parse().unwrap();
+        let before = net.nodes[2].ops_in_flight();
+        let op = net.nodes[2]
+            .find_hinted(net.now, 0, 8, target, &[r2, r1], Services::NONE)
+            .unwrap();
+        // The prefix's get and one per router, all running now.
+        assert_eq!(net.nodes[2].ops_in_flight(), before + 3);
+        net.after(Duration::from_secs(2));
+        let Some(Event::NodesFound { nodes, hinted, .. }) = net.take_event(2, op) else {
+            panic!("no answer");
+        };
+        let ids: Vec<Id> = nodes.iter().map(|c| c.id).collect();
+        assert_eq!(
+            ids,
+            [net.nodes[9].id(), net.nodes[7].id()],
+            "router order kept"
+        );
+        assert_eq!(hinted, 2);
+        assert_eq!(net.nodes[2].ops_in_flight(), before, "every part finished");
+        // The prefix hint comes first when one exists: every node published
+        // 10.0.0.0/24 when it joined.
+        let op = net.nodes[2]
+            .find_hinted(
+                net.now,
+                0,
+                3,
+                "10.0.0.77".parse().unwrap(),
+                &[r2],
+                Services::NONE,
+            )
+            .unwrap();
+        net.after(Duration::from_secs(2));
+        let Some(Event::NodesFound { nodes, .. }) = net.take_event(2, op) else {
+            panic!("no answer");
+        };
+        assert_eq!(nodes.len(), 3);
+        assert!(
+            nodes
+                .iter()
+                .all(|c| c.addr.ip().to_string().starts_with("10.0.0."))
+        );
     }
 
     #[test]
