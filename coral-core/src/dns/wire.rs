@@ -10,6 +10,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use hickory_proto::ProtoError;
 use hickory_proto::op::{
     Edns, Message, MessageType, Metadata, OpCode, Query as HQuery, ResponseCode, emit_message_parts,
 };
@@ -388,6 +389,28 @@ pub struct Prepared {
     sections: [Vec<(bool, Record)>; 3],
 }
 
+/// A prepared record emitted under `owner` (the query's name, for records
+/// about it), without copying the record: the same fields, in the same
+/// order and through the same hickory-proto encoders as `Record::emit`.
+struct Emit<'a> {
+    owner: &'a Name,
+    record: &'a Record,
+}
+
+impl BinEncodable for Emit<'_> {
+    fn emit(&self, encoder: &mut BinEncoder<'_>) -> Result<(), ProtoError> {
+        self.owner.emit(encoder)?;
+        self.record.record_type().emit(encoder)?;
+        self.record.dns_class.emit(encoder)?;
+        encoder.emit_u32(self.record.ttl)?;
+        let place = encoder.place::<u16>()?;
+        self.record.data.emit(encoder)?;
+        let len = encoder.len_since_place(&place);
+        place.replace(encoder, u16::try_from(len).unwrap_or(u16::MAX))?;
+        Ok(())
+    }
+}
+
 /// Converts `r`'s names and records.
 pub fn prepare(r: &Response) -> Result<Prepared, EncodeError> {
     let convert = |rrs: &[Rr]| -> Result<Vec<(bool, Record)>, EncodeError> {
@@ -444,24 +467,21 @@ pub fn encode_prepared(
         e.set_max_payload(our_payload.max(CLASSIC_UDP as u16));
         e
     });
-    let owned = |section: &[(bool, Record)]| -> SmallVec<[Record; 4]> {
+    fn refs<'a>(section: &'a [(bool, Record)], qname: &'a Name) -> SmallVec<[Emit<'a>; 8]> {
         section
             .iter()
-            .map(|(mine, r)| {
-                let mut r = r.clone();
-                if *mine {
-                    r.name = q.name.clone();
-                }
-                r
+            .map(|(mine, record)| Emit {
+                owner: if *mine { qname } else { &record.name },
+                record,
             })
             .collect()
-    };
+    }
     let [an, ns, ad] = &p.sections;
-    let (an, ns, ad) = (owned(an), owned(ns), owned(ad));
+    let (an, ns, ad) = (refs(an, &q.name), refs(ns, &q.name), refs(ad, &q.name));
     let emit = |out: &mut Vec<u8>, meta: &Metadata, full: bool, question: bool| {
         out.clear();
-        let none: [Record; 0] = [];
-        let (a, n, d): (&[Record], &[Record], &[Record]) = if full {
+        let none: [Emit<'_>; 0] = [];
+        let (a, n, d): (&[Emit<'_>], &[Emit<'_>], &[Emit<'_>]) = if full {
             (&an, &ns, &ad)
         } else {
             (&none, &none, &none)
