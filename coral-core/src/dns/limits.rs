@@ -115,6 +115,19 @@ impl ResolverRtts {
         Rtt::Pending
     }
 
+    /// What is known of `ip`'s prefix, in one look-up: its RTT (asking for
+    /// a probe as [`Self::lookup`] does), and whether all is known (the
+    /// RTT is in and no hint lookup is outstanding).
+    pub fn view(&mut self, now: Instant, ip: IpAddr) -> (Rtt, bool) {
+        let rtt = self.lookup(now, ip);
+        let ready = rtt != Rtt::Pending
+            && self
+                .entries
+                .get(&Prefix::of(ip))
+                .is_none_or(|e| e.near.is_some() || !e.looking);
+        (rtt, ready)
+    }
+
     /// The next address to probe.
     pub fn poll_probe(&mut self) -> Option<IpAddr> {
         self.queue.pop_front()

@@ -707,12 +707,7 @@ impl DnsServer {
     /// RTT, and the nodes hints name near it (unless no lookup was asked
     /// for). Asks for a probe when none was.
     fn ready(&mut self, now: Instant, _node: &Node, resolver: IpAddr) -> bool {
-        match self.rtts.lookup(now, resolver) {
-            Rtt::Pending => false,
-            Rtt::Measured(_) | Rtt::Unmeasurable => {
-                self.rtts.near(resolver).is_some() || !self.rtts.looking(resolver)
-            }
-        }
+        self.rtts.view(now, resolver).1
     }
 
     /// Answers held queries: those of `prefix` that are ready, and every
@@ -767,8 +762,8 @@ impl DnsServer {
         {
             return None;
         }
-        let ready = self.ready(now, node, resolver);
-        let rtt = match self.rtts.lookup(now, resolver) {
+        let (rtt, ready) = self.rtts.view(now, resolver);
+        let rtt = match rtt {
             Rtt::Measured(d) => Some(d),
             Rtt::Pending | Rtt::Unmeasurable => None,
         };
@@ -834,7 +829,15 @@ impl DnsServer {
                 return Handled::Nothing;
             }
         };
-        if verdict == Verdict::Send && self.should_hold(now, node, from.ip(), &q) {
+        let key = (verdict == Verdict::Send)
+            .then(|| self.cache_key(now, node, from.ip(), &q))
+            .flatten();
+        let hold = match key {
+            Some(k) => !k.ready,
+            // Not cacheable (the cache is off, say): judge it in full.
+            None => verdict == Verdict::Send && self.should_hold(now, node, from.ip(), &q),
+        };
+        if hold && !self.config.hold_budget.is_zero() && self.held.len() < self.config.max_held {
             self.stats.held += 1;
             self.held.push(Held {
                 deadline: now + self.config.hold_budget,
@@ -845,7 +848,7 @@ impl DnsServer {
             });
             return Handled::Held;
         }
-        self.answer(now, node, from, transport, &q, verdict, out);
+        self.answer_with(now, node, from, transport, &q, verdict, key, out);
         Handled::Reply
     }
 
@@ -861,15 +864,31 @@ impl DnsServer {
         verdict: Verdict,
         out: &mut Vec<u8>,
     ) {
+        let key = (verdict == Verdict::Send)
+            .then(|| self.cache_key(now, node, from.ip(), q))
+            .flatten();
+        self.answer_with(now, node, from, transport, q, verdict, key, out);
+    }
+
+    /// [`Self::answer`] with the cache key already worked out.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_with(
+        &mut self,
+        now: Instant,
+        node: &Node,
+        from: SocketAddr,
+        transport: Transport,
+        q: &Query,
+        verdict: Verdict,
+        key: Option<CacheKey>,
+        out: &mut Vec<u8>,
+    ) {
         let limit = match transport {
             Transport::Tcp => wire::MAX_TCP_MESSAGE,
             Transport::Udp => q.edns().map_or(wire::CLASSIC_UDP, |e| {
                 usize::from(e.payload.min(self.config.udp_payload)).max(wire::CLASSIC_UDP)
             }),
         };
-        let key = (verdict == Verdict::Send)
-            .then(|| self.cache_key(now, node, from.ip(), q))
-            .flatten();
         if let Some(key) = key
             && let Some(c) = self.cache.get(&key)
             && now < c.until
