@@ -233,6 +233,9 @@ pub struct DnsSection {
     pub rtt_cache_secs: u64,
     /// How long a probe waits for the resolver, ms.
     pub probe_timeout_ms: u64,
+    /// How long a first query from an unmeasured resolver may wait for its
+    /// probe and hint lookup, ms (0: answer at once, at level 0).
+    pub hold_budget_ms: u64,
     /// UDP responses per second per client /24 (0: unlimited).
     pub rrl_rate: u32,
     /// Every this many limited responses one goes out truncated (0: none).
@@ -256,6 +259,7 @@ impl Default for DnsSection {
             ns_ttl_secs: c.ns_ttl.as_secs(),
             rtt_cache_secs: c.rtt_ttl.as_secs(),
             probe_timeout_ms: o.probe_timeout.as_millis() as u64,
+            hold_budget_ms: c.hold_budget.as_millis() as u64,
             rrl_rate: c.rrl_rate,
             rrl_slip: c.rrl_slip,
             tcp_max_connections: o.tcp_max_connections,
@@ -655,6 +659,7 @@ impl FileConfig {
             rtt_ttl: Duration::from_secs(d.rtt_cache_secs),
             rrl_rate: d.rrl_rate,
             rrl_slip: d.rrl_slip,
+            hold_budget: Duration::from_millis(d.hold_budget_ms),
             ..o.server
         };
         o.probe_timeout = Duration::from_millis(d.probe_timeout_ms);
@@ -682,6 +687,34 @@ impl FileConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_section_sets_the_redirector_and_refuses_zero() {
+        let text = "[node]\ncoral_domain = \"coral.example\"\n[dns]\nhold_budget_ms = 0\nrrl_rate = 5\nns_count = 4\n";
+        let cfg = FileConfig::parse(text, Path::new("t.toml")).unwrap();
+        let o = cfg.dns_options().unwrap().expect("DNS is on by default");
+        assert_eq!(o.server.hold_budget, Duration::ZERO);
+        assert_eq!((o.server.rrl_rate, o.server.ns_count), (5, 4));
+        assert_eq!(
+            o.server.alias.as_deref(),
+            Some("coral.example"),
+            "the alias is the Coral domain"
+        );
+        assert!(
+            cfg.services(true)
+                .contains(coral_core::contact::Services::DNS)
+        );
+        let off = FileConfig::parse("[dns]\nenabled = false\n", Path::new("t.toml")).unwrap();
+        assert!(off.dns_options().unwrap().is_none());
+        let err = FileConfig::parse("[dns]\nanswer_count = 0\n", Path::new("t.toml")).unwrap_err();
+        assert!(err.to_string().contains("dns.answer_count"), "{err}");
+        let err =
+            FileConfig::parse("[dns]\nzone = \"nyud.net\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("dns.zone"),
+            "the zone may not be the alias: {err}"
+        );
+    }
 
     #[test]
     fn proxy_section_sets_the_proxy_limits_and_refuses_zero() {
