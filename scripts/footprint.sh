@@ -80,9 +80,9 @@ strip "$WORK/coral-mio.stripped"
 printf 'coral-mio binary: %s bytes (%s bytes stripped)\n' \
   "$(stat -c %s "$BIN")" "$(stat -c %s "$WORK/coral-mio.stripped")"
 
-# The mio node: RPC, admin and the HTTP proxy, an empty cache, no peers.
+# The mio node: RPC, admin, the HTTP proxy and DNS, an empty cache, no peers.
 "$BIN" node --rpc 127.0.0.81:18191 --admin 127.0.0.81:18192 --http 127.0.0.81:18190 \
-  2>"$WORK/coral-mio.log" &
+  --dns 127.0.0.81:18153 2>"$WORK/coral-mio.log" &
 MIO=$!
 PIDS+=("$MIO")
 wait_port 127.0.0.81:18190
