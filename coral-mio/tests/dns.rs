@@ -17,6 +17,9 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure is a bug to see
 
+#[path = "../../tests/tests/common/mod.rs"]
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
@@ -37,20 +40,7 @@ const ANSWER: Duration = Duration::from_secs(5);
 
 /// Runs `f` on its own thread and fails the test if it overstays [`LIMIT`].
 fn bounded(f: impl FnOnce() + Send + 'static) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let t = std::thread::spawn(move || {
-        f();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(LIMIT) {
-        Ok(()) => t.join().unwrap(),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(p) = t.join() {
-                std::panic::resume_unwind(p);
-            }
-        }
-        Err(e) => panic!("the test did not finish within {LIMIT:?}: {e}"),
-    }
+    common::bounded(LIMIT, f);
 }
 
 fn ip(last: u8) -> Ipv4Addr {

@@ -12,6 +12,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure is a bug to see
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -31,20 +33,7 @@ const LIMIT: Duration = Duration::from_secs(90);
 
 /// Runs `f` on its own thread and fails the test if it overstays [`LIMIT`].
 fn bounded(f: impl FnOnce() + Send + 'static) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let t = std::thread::spawn(move || {
-        f();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(LIMIT) {
-        Ok(()) => t.join().unwrap(),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(p) = t.join() {
-                std::panic::resume_unwind(p);
-            }
-        }
-        Err(e) => panic!("the test did not finish within {LIMIT:?}: {e}"),
-    }
+    common::bounded(LIMIT, f);
 }
 
 fn ip(last: u8) -> Ipv4Addr {

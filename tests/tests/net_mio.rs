@@ -8,6 +8,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure is a bug to see
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -26,21 +28,7 @@ const TTL: Duration = Duration::from_secs(600);
 
 /// Runs `f` on its own thread and fails the test if it overstays [`LIMIT`].
 fn bounded(f: impl FnOnce() + Send + 'static) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let t = std::thread::spawn(move || {
-        f();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(LIMIT) {
-        Ok(()) => t.join().unwrap(),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            // The worker panicked: show its panic.
-            if let Err(p) = t.join() {
-                std::panic::resume_unwind(p);
-            }
-        }
-        Err(e) => panic!("the test did not finish within {LIMIT:?}: {e}"),
-    }
+    common::bounded(LIMIT, f);
 }
 
 /// A node config with short RPC timeouts so failures show quickly on loopback.

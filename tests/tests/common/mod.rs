@@ -56,3 +56,22 @@ pub(crate) fn tool(name: &'static str, version_arg: &str, package: &str) -> &'st
     );
     name
 }
+
+/// Runs `f` on its own thread and fails the test if it overstays `limit`
+/// (a worker's panic is shown as the test's own).
+pub(crate) fn bounded(limit: std::time::Duration, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(()) => t.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(p) = t.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+        Err(e) => panic!("the test did not finish within {limit:?}: {e}"),
+    }
+}
