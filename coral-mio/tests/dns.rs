@@ -19,6 +19,10 @@
 
 #[path = "../../tests/tests/common/mod.rs"]
 mod common;
+#[path = "../../tests/tests/common/dns_client.rs"]
+mod dns_client;
+
+use dns_client::{addresses, glue, nameservers, query};
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -30,8 +34,8 @@ use coral_mio::{DnsSockets, Listeners, RunningNode};
 use coral_tokio::config::FileConfig;
 use coral_tokio::dns::DnsOptions;
 use coral_tokio::proxy::ProxyOptions;
-use hickory_proto::op::{Edns, Message, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
 
 /// Upper bound of every test; far above what a healthy run needs.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -111,17 +115,6 @@ fn dns_of(node: &RunningNode) -> SocketAddr {
     node.handle.dns_addr().expect("a node with a DNS server")
 }
 
-fn query(name: &str, rtype: RecordType, edns: bool) -> Vec<u8> {
-    let mut m = Message::query();
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
-    if edns {
-        let mut e = Edns::new();
-        e.set_max_payload(1232);
-        m.set_edns(e);
-    }
-    m.to_vec().unwrap()
-}
-
 /// A UDP client socket on `client_ip`.
 fn client(client_ip: Ipv4Addr) -> UdpSocket {
     let s = UdpSocket::bind((client_ip, 0)).unwrap();
@@ -168,32 +161,6 @@ fn read_message(s: &mut TcpStream) -> Message {
     let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
     s.read_exact(&mut body).unwrap();
     Message::from_vec(&body).unwrap()
-}
-
-fn addresses(m: &Message) -> Vec<IpAddr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The NS records of the authority section: (zone, TTL).
-fn nameservers(m: &Message) -> Vec<(String, u32)> {
-    m.authorities
-        .iter()
-        .filter(|r| r.record_type() == RecordType::NS)
-        .map(|r| (r.name.to_ascii(), r.ttl))
-        .collect()
-}
-
-fn glue(m: &Message) -> usize {
-    m.additionals
-        .iter()
-        .filter(|r| r.record_type() == RecordType::A)
-        .count()
 }
 
 /// A GET to the proxy at `addr` gets an HTTP response.

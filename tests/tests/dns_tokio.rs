@@ -11,6 +11,10 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure is a bug to see
 
 mod common;
+#[path = "common/dns_client.rs"]
+mod dns_client;
+
+use dns_client::{addresses, query};
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -20,8 +24,8 @@ use coral_tokio::config::FileConfig;
 use coral_tokio::dns::{DnsOptions, DnsService};
 use coral_tokio::proxy::{self, ProxyOptions, RunningProxy};
 use coral_tokio::{RunningNode, runtime};
-use hickory_proto::op::{Edns, Message, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::watch;
@@ -83,17 +87,6 @@ async fn net(base: u8, n: u8, tune: impl Fn(&mut DnsOptions)) -> Net {
     }
 }
 
-fn query(name: &str, rtype: RecordType, edns: bool) -> Vec<u8> {
-    let mut m = Message::query();
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
-    if edns {
-        let mut e = Edns::new();
-        e.set_max_payload(1232);
-        m.set_edns(e);
-    }
-    m.to_vec().unwrap()
-}
-
 /// One UDP exchange from a client socket on `client_ip`.
 async fn udp(server: SocketAddr, client_ip: Ipv4Addr, bytes: &[u8]) -> Vec<u8> {
     let s = UdpSocket::bind((client_ip, 0)).await.unwrap();
@@ -127,16 +120,6 @@ async fn tcp(server: SocketAddr, bytes: &[u8]) -> Message {
     let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
     s.read_exact(&mut body).await.unwrap();
     Message::from_vec(&body).unwrap()
-}
-
-fn addresses(m: &Message) -> Vec<IpAddr> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(IpAddr::V4(a.0)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// A GET to the proxy at `ip` gets an HTTP response.
