@@ -663,6 +663,7 @@ impl FileConfig {
             ..o.server
         };
         o.probe_timeout = Duration::from_millis(d.probe_timeout_ms);
+        o.recv_buffer_bytes = self.socket.recv_buffer_bytes;
         o.tcp_max_connections = d.tcp_max_connections;
         o.tcp_idle_timeout = Duration::from_secs(d.tcp_idle_timeout_secs);
         let levels = self.levels.diameters_ms.len() + 1;

@@ -40,6 +40,9 @@ pub struct DnsOptions {
     pub probe_timeout: Duration,
     /// Most probes in flight at once.
     pub max_probes_in_flight: usize,
+    /// Kernel receive buffer of the UDP socket, bytes (0: the OS default):
+    /// a burst of queries waits there while the node task works.
+    pub recv_buffer_bytes: usize,
 }
 
 impl DnsOptions {
@@ -52,6 +55,8 @@ impl DnsOptions {
             tcp_idle_timeout: Duration::from_secs(10),
             probe_timeout: Duration::from_millis(500),
             max_probes_in_flight: 32,
+            // As the RPC socket's (coral.example.toml's socket section).
+            recv_buffer_bytes: 4 << 20,
         }
     }
 }
@@ -84,11 +89,10 @@ impl DnsService {
         let err = |what, source| BindError { what, addr, source };
         let tcp = std::net::TcpListener::bind(addr).map_err(|e| err("DNS TCP listener", e))?;
         let addr = tcp.local_addr().map_err(|e| err("DNS TCP listener", e))?;
-        let udp = std::net::UdpSocket::bind(addr).map_err(|e| err("DNS UDP socket", e))?;
+        let udp =
+            crate::runtime::bind_udp_for("DNS UDP socket", addr, options.recv_buffer_bytes, 0)?;
         tcp.set_nonblocking(true)
             .map_err(|e| err("DNS TCP listener", e))?;
-        udp.set_nonblocking(true)
-            .map_err(|e| err("DNS UDP socket", e))?;
         Ok(Self {
             options: DnsOptions { addr, ..options },
             udp,

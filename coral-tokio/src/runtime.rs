@@ -338,18 +338,24 @@ impl RunningNode {
     }
 }
 
-/// Binds a UDP socket at `addr` with the given kernel buffer sizes
+/// Binds the RPC UDP socket at `addr` with the given kernel buffer sizes
 /// (0 keeps the default); an IPv6 socket is IPv6-only.
 pub fn bind_udp(
     addr: SocketAddr,
     recv_buffer_bytes: usize,
     send_buffer_bytes: usize,
 ) -> Result<std::net::UdpSocket, BindError> {
-    let err = |source| BindError {
-        what: "RPC UDP socket",
-        addr,
-        source,
-    };
+    bind_udp_for("RPC UDP socket", addr, recv_buffer_bytes, send_buffer_bytes)
+}
+
+/// [`bind_udp`] for the socket `what` names in errors and logs.
+pub fn bind_udp_for(
+    what: &'static str,
+    addr: SocketAddr,
+    recv_buffer_bytes: usize,
+    send_buffer_bytes: usize,
+) -> Result<std::net::UdpSocket, BindError> {
+    let err = |source| BindError { what, addr, source };
     let socket =
         Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     if addr.is_ipv6() {
@@ -371,9 +377,10 @@ pub fn bind_udp(
     socket.bind(&addr.into()).map_err(err)?;
     debug!(
         %addr,
+        what,
         recv_buffer = socket.recv_buffer_size().unwrap_or(0),
         send_buffer = socket.send_buffer_size().unwrap_or(0),
-        "RPC socket bound"
+        "UDP socket bound"
     );
     Ok(socket.into())
 }
