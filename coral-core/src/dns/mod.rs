@@ -706,7 +706,7 @@ impl DnsServer {
     /// Whether all that an answer for `resolver` could use is known: its
     /// RTT, and the nodes hints name near it (unless no lookup was asked
     /// for). Asks for a probe when none was.
-    fn ready(&mut self, now: Instant, _node: &Node, resolver: IpAddr) -> bool {
+    fn ready(&mut self, now: Instant, resolver: IpAddr) -> bool {
         self.rtts.view(now, resolver).1
     }
 
@@ -719,12 +719,12 @@ impl DnsServer {
             let mine = prefix.is_some_and(|p| p == Prefix::of(h.from.ip()));
             let expired = h.deadline <= now;
             let from = h.from.ip();
-            if !(expired || (mine && self.ready(now, node, from))) {
+            if !(expired || (mine && self.ready(now, from))) {
                 i += 1;
                 continue;
             }
             let h = self.held.swap_remove(i);
-            if expired && !self.ready(now, node, h.from.ip()) {
+            if expired && !self.ready(now, h.from.ip()) {
                 self.stats.held_expired += 1;
             }
             let mut out = Vec::new();
@@ -776,13 +776,13 @@ impl DnsServer {
     }
 
     /// Whether `q` should wait for what is known of its resolver.
-    fn should_hold(&mut self, now: Instant, node: &Node, from: IpAddr, q: &Query) -> bool {
+    fn should_hold(&mut self, now: Instant, from: IpAddr, q: &Query) -> bool {
         !self.config.hold_budget.is_zero()
             && self.held.len() < self.config.max_held
             && q.class_in()
             && matches!(q.qtype(), Qtype::A | Qtype::Aaaa | Qtype::Any)
             && self.place(&q.labels()) == Place::Coralized
-            && !self.ready(now, node, from)
+            && !self.ready(now, from)
     }
 
     /// Answers one DNS message from `from`, writing the response into
@@ -835,7 +835,7 @@ impl DnsServer {
         let hold = match key {
             Some(k) => !k.ready,
             // Not cacheable (the cache is off, say): judge it in full.
-            None => verdict == Verdict::Send && self.should_hold(now, node, from.ip(), &q),
+            None => verdict == Verdict::Send && self.should_hold(now, from.ip(), &q),
         };
         if hold && !self.config.hold_budget.is_zero() && self.held.len() < self.config.max_held {
             self.stats.held += 1;
@@ -1090,7 +1090,7 @@ impl DnsServer {
         node: &Node,
         resolver: IpAddr,
     ) -> (Level, bool, Vec<Contact>) {
-        let ready = self.ready(now, node, resolver);
+        let ready = self.ready(now, resolver);
         let rtt = match self.rtts.lookup(now, resolver) {
             Rtt::Measured(d) => Some(d),
             Rtt::Pending | Rtt::Unmeasurable => None,
