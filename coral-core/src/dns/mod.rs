@@ -248,7 +248,13 @@ struct Cached {
     until: Instant,
     prepared: wire::Prepared,
     counted: Counted,
+    /// The answer encoded behind questions of a few lengths, made as
+    /// queries of those lengths come (at most [`TEMPLATES`]).
+    templates: Vec<wire::Template>,
 }
+
+/// Most question lengths one cached answer keeps encoded.
+const TEMPLATES: usize = 16;
 
 /// The counters one answer to a Coralized name moves.
 #[derive(Clone, Copy, Debug, Default)]
@@ -339,6 +345,9 @@ pub struct DnsStats {
     pub hint_lookups: u64,
     /// Answers whose records came from the answer cache.
     pub cached_answers: u64,
+    /// Of those, answers sent as a cached encoding behind the query's own
+    /// question (the rest were encoded from the cached records).
+    pub templated_answers: u64,
 }
 
 impl DnsStats {
@@ -440,6 +449,11 @@ impl DnsStats {
                 "cached_answers",
                 "Answers whose records were reused from the answer cache.",
                 self.cached_answers,
+            ),
+            (
+                "templated_answers",
+                "Cached answers sent as a ready encoding behind the query's question.",
+                self.templated_answers,
             ),
         ]
     }
@@ -729,7 +743,15 @@ impl DnsServer {
             }
             let mut out = Vec::new();
             if let Decoded::Query(q) = wire::decode(&h.bytes) {
-                self.answer(now, node, h.from, h.transport, &q, Verdict::Send, &mut out);
+                self.answer(
+                    now,
+                    node,
+                    h.from,
+                    h.transport,
+                    (&q, &h.bytes),
+                    Verdict::Send,
+                    &mut out,
+                );
                 self.answers.push_back(Answer {
                     to: h.from,
                     transport: h.transport,
@@ -848,7 +870,7 @@ impl DnsServer {
             });
             return Handled::Held;
         }
-        self.answer_with(now, node, from, transport, &q, verdict, key, out);
+        self.answer_with(now, node, from, transport, (&q, bytes), verdict, key, out);
         Handled::Reply
     }
 
@@ -860,14 +882,14 @@ impl DnsServer {
         node: &Node,
         from: SocketAddr,
         transport: Transport,
-        q: &Query,
+        (q, raw): (&Query, &[u8]),
         verdict: Verdict,
         out: &mut Vec<u8>,
     ) {
         let key = (verdict == Verdict::Send)
             .then(|| self.cache_key(now, node, from.ip(), q))
             .flatten();
-        self.answer_with(now, node, from, transport, q, verdict, key, out);
+        self.answer_with(now, node, from, transport, (q, raw), verdict, key, out);
     }
 
     /// [`Self::answer`] with the cache key already worked out.
@@ -878,7 +900,7 @@ impl DnsServer {
         node: &Node,
         from: SocketAddr,
         transport: Transport,
-        q: &Query,
+        (q, raw): (&Query, &[u8]),
         verdict: Verdict,
         key: Option<CacheKey>,
         out: &mut Vec<u8>,
@@ -890,13 +912,30 @@ impl DnsServer {
             }),
         };
         if let Some(key) = key
-            && let Some(c) = self.cache.get(&key)
+            && let Some(c) = self.cache.get_mut(&key)
             && now < c.until
         {
             c.counted.add_to(&mut self.stats);
             self.stats.cached_answers += 1;
-            let encoded =
-                wire::encode_prepared(q, &c.prepared, limit, self.config.udp_payload, out);
+            let payload = self.config.udp_payload;
+            if !c.templates.iter().any(|t| t.serves(q))
+                && c.templates.len() < TEMPLATES
+                && let Ok(Some(t)) = wire::template(q, &c.prepared, limit, payload)
+            {
+                c.templates.push(t);
+            }
+            // The encoded sections behind this query's own question, when
+            // they fit what it allows; else the full encoder, which also
+            // truncates.
+            let fast = c.templates.iter().find(|t| t.serves(q)).is_some_and(|t| {
+                wire::encode_template(q, raw, t, out).is_ok() && out.len() <= limit
+            });
+            let encoded = if fast {
+                self.stats.templated_answers += 1;
+                Ok(false)
+            } else {
+                wire::encode_prepared(q, &c.prepared, limit, payload, out)
+            };
             self.finish(q, verdict, encoded, out);
             return;
         }
@@ -925,6 +964,7 @@ impl DnsServer {
                             until,
                             prepared,
                             counted,
+                            templates: Vec::new(),
                         },
                     );
                 }
@@ -1714,6 +1754,74 @@ mod tests {
         let q = query("one.nyud.net.", A, None);
         s.handle_query(net.now, node, other, Transport::Udp, 0, &q, &mut Vec::new());
         assert_eq!(s.stats().cached_answers, 1);
+    }
+
+    #[test]
+    fn answers_from_templates_read_the_same_as_answers_encoded_in_full() {
+        let net = net_of(8);
+        let node = &net.nodes[0];
+        let measure = |s: &mut DnsServer| {
+            let mut out = Vec::new();
+            let q = query("warm.nyud.net.", A, None);
+            s.handle_query(net.now, node, resolver(), Transport::Udp, 0, &q, &mut out);
+            let t = s.poll_probe().unwrap();
+            s.handle_probe_result(net.now, node, t, Some(Duration::from_millis(4)), &[]);
+            while let Some(l) = s.poll_lookup() {
+                s.handle_lookup_result(net.now, node, l.target, Vec::new());
+            }
+            while s.poll_answer().is_some() {}
+        };
+        let mut fast = server();
+        let mut full = DnsServer::new(
+            DnsConfig {
+                answer_cache: Duration::ZERO,
+                ..immediate()
+            },
+            3,
+        )
+        .unwrap();
+        measure(&mut fast);
+        measure(&mut full);
+        let names = [
+            "a.nyud.net.",
+            "B.nyud.net.",
+            "www.Example.com.nyud.net.",
+            "www.example.org.nyud.net.",
+            "x.y.z.http.L2.L1.L0.nyucd.net.",
+            "n-a-m-e-that-is-rather-long-and-has-many-dashes-in-it-for-size.example.nyud.net.",
+        ];
+        for edns in [None, Some(1232)] {
+            for t in [Transport::Udp, Transport::Tcp] {
+                for name in names {
+                    for _ in 0..2 {
+                        let q = query(name, A, edns);
+                        let (mut a, mut b) = (Vec::new(), Vec::new());
+                        let ha = fast.handle_query(net.now, node, resolver(), t, 0, &q, &mut a);
+                        let hb = full.handle_query(net.now, node, resolver(), t, 0, &q, &mut b);
+                        assert_eq!((ha, hb), (Handled::Reply, Handled::Reply));
+                        let (sa, sb) = (seen(&a), seen(&b));
+                        assert_eq!(
+                            (sa.id, sa.rcode, sa.aa, sa.tc, sa.ra, &sa.question),
+                            (sb.id, sb.rcode, sb.aa, sb.tc, sb.ra, &sb.question),
+                            "{name}"
+                        );
+                        assert_eq!(
+                            (&sa.answers, &sa.authority, &sa.additional, sa.edns_payload),
+                            (&sb.answers, &sb.authority, &sb.additional, sb.edns_payload),
+                            "{name} {t:?} {edns:?}"
+                        );
+                        assert!(
+                            sa.answers.iter().all(|r| r.0 == name),
+                            "owner keeps its case"
+                        );
+                    }
+                }
+            }
+        }
+        // Every name after the first of its length came from a template.
+        let st = fast.stats();
+        assert!(st.templated_answers >= 2 * 2 * 5, "{st:?}");
+        assert_eq!(full.stats().templated_answers, 0);
     }
 
     #[test]

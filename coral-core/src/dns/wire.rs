@@ -63,6 +63,9 @@ pub struct Query {
     qtype: Qtype,
     qclass: DNSClass,
     edns: Option<EdnsQuery>,
+    /// Where the question ends in the message it came in (it starts right
+    /// after the 12-byte header).
+    question_end: usize,
 }
 
 impl Query {
@@ -148,6 +151,7 @@ pub fn decode(bytes: &[u8]) -> Decoded {
     let Ok(q) = HQuery::read(&mut d) else {
         return malformed;
     };
+    let question_end = d.index();
     let mut edns = None;
     let records = u32::from(counts.answers) + u32::from(counts.authorities);
     for i in 0..records + u32::from(counts.additionals) {
@@ -187,6 +191,7 @@ pub fn decode(bytes: &[u8]) -> Decoded {
         name: q.name,
         qtype,
         edns,
+        question_end,
     })
 }
 
@@ -428,6 +433,129 @@ pub fn prepare(r: &Response) -> Result<Prepared, EncodeError> {
             convert(&r.additional)?,
         ],
     })
+}
+
+/// A prepared response encoded once for every question of one wire length:
+/// the answer, authority and additional sections as they follow a question
+/// of that length. Built by encoding the response to a stand-in question of
+/// `x` labels of the same length, which no other name in it can be
+/// compressed against, so the only pointers into the question are to the
+/// whole name at offset 12, which the real question fills: the bytes after
+/// it are valid behind any question of that length.
+#[derive(Clone, Debug)]
+pub struct Template {
+    /// The question's length in the message (name, type, class).
+    question_len: usize,
+    /// Whether the query carried EDNS(0) (the template then ends with OPT).
+    edns: bool,
+    counts: [u16; 3],
+    rcode: Rcode,
+    authoritative: bool,
+    tail: Vec<u8>,
+}
+
+impl Template {
+    /// Whether this template serves `q`.
+    pub fn serves(&self, q: &Query) -> bool {
+        q.plain_question_len() == Some(self.question_len) && self.edns == q.edns.is_some()
+    }
+}
+
+impl Query {
+    /// The question's length in its message when its name is written out
+    /// in full (no compression pointer), as templates need.
+    fn plain_question_len(&self) -> Option<usize> {
+        let wire_len: usize = self.name.iter().map(|l| l.len() + 1).sum::<usize>() + 1;
+        let len = self.question_end.checked_sub(12)?;
+        (len == wire_len + 4).then_some(len)
+    }
+}
+
+/// The template of `p` for questions like `q`'s, or `None` when the response
+/// would not fit `limit` (the full encoder then truncates it).
+pub fn template(
+    q: &Query,
+    p: &Prepared,
+    limit: usize,
+    our_payload: u16,
+) -> Result<Option<Template>, EncodeError> {
+    let Some(question_len) = q.plain_question_len() else {
+        return Ok(None);
+    };
+    if p.truncated {
+        return Ok(None);
+    }
+    // The stand-in name: `x` labels whose wire length is the real name's.
+    let wire_len = question_len - 4;
+    let mut rest = wire_len - 1;
+    let mut labels: Vec<Vec<u8>> = Vec::new();
+    while rest > 0 {
+        let mut len = (rest - 1).min(63);
+        if rest - (len + 1) == 1 {
+            len -= 1;
+        }
+        labels.push(vec![b'x'; len]);
+        rest -= len + 1;
+    }
+    let mut stand_in = Name::from_labels(labels).map_err(|e| EncodeError(e.to_string()))?;
+    stand_in.set_fqdn(true);
+    let like = Query {
+        name: stand_in,
+        question_end: q.question_end,
+        ..q.clone()
+    };
+    let mut buf = Vec::new();
+    if encode_prepared(&like, p, limit, our_payload, &mut buf)? {
+        return Ok(None);
+    }
+    let [an, ns, ad] = &p.sections;
+    Ok(Some(Template {
+        question_len,
+        edns: q.edns.is_some(),
+        counts: [
+            an.len() as u16,
+            ns.len() as u16,
+            (ad.len() + usize::from(q.edns.is_some())) as u16,
+        ],
+        rcode: p.rcode,
+        authoritative: p.authoritative,
+        tail: buf.get(12 + question_len..).unwrap_or_default().to_vec(),
+    }))
+}
+
+/// The response to `q`, which came in `raw`, from `t` (which must serve
+/// it): the header hickory-proto writes, the question as it came (its
+/// bytes, so its case too), then the template's sections.
+pub fn encode_template(
+    q: &Query,
+    raw: &[u8],
+    t: &Template,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let mut metadata = Metadata::new(q.id, MessageType::Response, OpCode::Query);
+    metadata.response_code = response_code(t.rcode);
+    metadata.authoritative = t.authoritative;
+    metadata.recursion_desired = q.recursion_desired;
+    metadata.checking_disabled = q.checking_disabled;
+    let header = hickory_proto::op::Header {
+        metadata,
+        counts: hickory_proto::op::HeaderCounts {
+            queries: 1,
+            answers: t.counts[0],
+            authorities: t.counts[1],
+            additionals: t.counts[2],
+        },
+    };
+    out.clear();
+    header
+        .emit(&mut BinEncoder::new(out))
+        .map_err(|e| EncodeError(e.to_string()))?;
+    let question = raw
+        .get(12..q.question_end)
+        .ok_or_else(|| EncodeError("the question is not in the message".into()))?;
+    out.extend_from_slice(question);
+    out.extend_from_slice(&t.tail);
+    Ok(())
 }
 
 /// Encodes `r` as the response to `q` into `out`, at most `limit` bytes
