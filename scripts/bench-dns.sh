@@ -24,7 +24,8 @@
 #   DURATION=3 scripts/bench-dns.sh --json
 # Environment: DURATION (s per dnsperf run, 10), OUTSTANDING (dnsperf -q,
 # 200), NAMES (distinct query names, 100000), PORT (5300), SERVER_CPU (1),
-# CLIENT_CPU (0), CORAL_BIN (skip the cargo build and use this binary).
+# CLIENT_CPU (0), CORAL_BIN (skip the cargo build and use this binary;
+# target/release/coral-mio works too, with the same flags).
 set -euo pipefail
 DURATION=${DURATION:-10}
 OUTSTANDING=${OUTSTANDING:-200}
