@@ -211,16 +211,22 @@ impl NetArgs {
         self.params_for(self.seed, minutes)
     }
 
+    /// The RTT matrix file asked for (`--matrix`, or the shipped PlanetLab
+    /// one for `--latency planetlab`); `None` for the synthetic sphere.
+    fn matrix_path(&self) -> Option<PathBuf> {
+        match (&self.matrix, self.latency) {
+            (Some(path), _) => Some(path.clone()),
+            (None, Some(LatencyKind::Planetlab)) => Some(PathBuf::from(PLANETLAB_RTT_PATH)),
+            (None, _) => None,
+        }
+    }
+
     /// [`Self::params`] with another seed.
     fn params_for(&self, seed: u64, minutes: u32) -> Result<ClusterParams> {
         if minutes == 0 {
             bail!("--minutes must be at least 1");
         }
-        let matrix = match (&self.matrix, self.latency) {
-            (Some(path), _) => Some(path.clone()),
-            (None, Some(LatencyKind::Planetlab)) => Some(PathBuf::from(PLANETLAB_RTT_PATH)),
-            (None, _) => None,
-        };
+        let matrix = self.matrix_path();
         let p = match matrix {
             Some(path) => {
                 let m = RttMatrix::load(&path)
@@ -344,11 +350,7 @@ impl NetArgs {
         if minutes == 0 {
             bail!("--minutes must be at least 1");
         }
-        let matrix = match (&self.matrix, self.latency) {
-            (Some(path), _) => Some(path.clone()),
-            (None, Some(LatencyKind::Planetlab)) => Some(PathBuf::from(PLANETLAB_RTT_PATH)),
-            (None, _) => None,
-        };
+        let matrix = self.matrix_path();
         let (p, r) = match matrix {
             Some(path) => {
                 let m = RttMatrix::load(&path)
