@@ -91,7 +91,6 @@
 //! held until their deadline, probes, hint lookups (and what they found),
 //! answers per level.
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -111,7 +110,7 @@ use crate::experiments::{ClusterParams, JoinSummary};
 use crate::latency::{LatencyModel, LoadError, MatrixTopology, RttMatrix};
 use crate::locality::{Ratio, build, frac, ms_us, sorted, workload_rng};
 use crate::metrics::{mean, percentile};
-use crate::sim::{Command, Outcome, Sim};
+use crate::sim::{Command, Outcome, Sim, Timed};
 use crate::trace::{TraceHash, mix64};
 
 /// A resolver with a Coral DNS node at most this far (RTT, exclusive, as
@@ -501,29 +500,7 @@ enum Ev {
     },
 }
 
-struct Entry {
-    at: Instant,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Entry {
-    /// Reversed: the max-heap pops the earliest `(at, seq)` first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
+type Entry = Timed<Ev>;
 
 /// A finished hint lookup: how long it took and how many nodes it found.
 struct LookupDone {
@@ -565,7 +542,7 @@ impl Driver {
     fn push(&mut self, at: Instant, ev: Ev) {
         let seq = self.seq;
         self.seq += 1;
-        self.queue.push(Entry { at, seq, ev });
+        self.queue.push(Entry { at, seq, item: ev });
     }
 
     fn one_way(&self, server: usize, resolver: usize) -> Duration {
@@ -581,7 +558,7 @@ impl Driver {
                 continue;
             }
             let Some(e) = self.queue.pop() else { break };
-            self.handle(e.at, e.ev);
+            self.handle(e.at, e.item);
         }
     }
 

@@ -284,35 +284,45 @@ enum What {
     Command(Box<(u32, u64, Command)>),
 }
 
-/// A queued event. Kept small (24 bytes) because the heap moves entries on
-/// every push and pop; payloads wait in [`Sim::slab`].
-struct Entry {
-    at: Instant,
-    seq: u64,
-    /// The node to wake, or the payload's slot in the slab.
-    handle: u32,
-    wake: bool,
+/// An item due at `at`, for a `BinaryHeap` that pops the earliest first;
+/// `seq` (the order of insertion) breaks ties, so equal times replay in
+/// the same order. The simulator's queue and the DNS experiment's use it.
+pub(crate) struct Timed<T> {
+    pub(crate) at: Instant,
+    pub(crate) seq: u64,
+    pub(crate) item: T,
 }
 
-const _: () = assert!(size_of::<Entry>() <= 24);
-
-impl PartialEq for Entry {
+impl<T> PartialEq for Timed<T> {
     fn eq(&self, other: &Self) -> bool {
         (self.at, self.seq) == (other.at, other.seq)
     }
 }
-impl Eq for Entry {}
-impl PartialOrd for Entry {
+impl<T> Eq for Timed<T> {}
+impl<T> PartialOrd for Timed<T> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Entry {
+impl<T> Ord for Timed<T> {
     /// Reversed, so that the max-heap pops the earliest `(at, seq)` first.
     fn cmp(&self, other: &Self) -> Ordering {
         (other.at, other.seq).cmp(&(self.at, self.seq))
     }
 }
+
+/// What a queued event refers to: the node to wake, or the payload's slot
+/// in [`Sim::slab`].
+struct Handle {
+    handle: u32,
+    wake: bool,
+}
+
+/// A queued event. Kept small (24 bytes) because the heap moves entries on
+/// every push and pop; payloads wait in [`Sim::slab`].
+type Entry = Timed<Handle>;
+
+const _: () = assert!(size_of::<Entry>() <= 24);
 
 /// Which input a node is being flushed after.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -800,15 +810,15 @@ impl Sim {
             return false;
         };
         self.now = self.now.max(entry.at);
-        if entry.wake {
-            self.wake(entry.handle as usize, entry.at);
+        if entry.item.wake {
+            self.wake(entry.item.handle as usize, entry.at);
             return true;
         }
         let what = self
             .slab
-            .get_mut(entry.handle as usize)
+            .get_mut(entry.item.handle as usize)
             .and_then(Option::take);
-        self.free_slots.push(entry.handle);
+        self.free_slots.push(entry.item.handle);
         match what {
             None => {}
             Some(What::Wake { node }) => self.wake(node as usize, entry.at),
@@ -837,8 +847,10 @@ impl Sim {
             Entry {
                 at,
                 seq,
-                handle: node,
-                wake: true,
+                item: Handle {
+                    handle: node,
+                    wake: true,
+                },
             }
         } else {
             let slot = match self.free_slots.pop() {
@@ -854,8 +866,10 @@ impl Sim {
             Entry {
                 at,
                 seq,
-                handle: slot,
-                wake: false,
+                item: Handle {
+                    handle: slot,
+                    wake: false,
+                },
             }
         };
         self.queue.push(entry);
@@ -1062,8 +1076,10 @@ mod tests {
         Entry {
             at: Instant::from_micros(at),
             seq,
-            handle: 0,
-            wake: true,
+            item: Handle {
+                handle: 0,
+                wake: true,
+            },
         }
     }
 
