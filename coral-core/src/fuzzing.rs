@@ -27,7 +27,9 @@ use smallvec::SmallVec;
 
 use crate::config::{Config, LevelConfig};
 use crate::contact::{ClusterInfo, Contact, Services};
+use crate::dsht::hints::{Hint, Router};
 use crate::id::{Distance, Id};
+use crate::node::MAX_ROUTER_HINTS;
 use crate::time::Instant;
 use crate::wire::{
     Body, ErrorCode, MAX_CONTACTS, MAX_DATAGRAM, MAX_LEVELS, MAX_STORED, MAX_VALUE_LEN, MAX_VALUES,
@@ -1144,11 +1146,47 @@ impl Harness {
                     assert!(table.contains(c) || *c == me, "nodes() invented {c:?}");
                 }
                 // The same question through the DSHT's hints, near a peer,
-                // behind up to 7 routers (other peers' addresses).
+                // behind up to 7 routers (other peers' addresses); with bit
+                // 7 of the router count, the hints alone, each router with
+                // an RTT from the input (0: unknown).
                 let target = self.peers[usize::from(input.byte() % 8)].ip();
-                let routers: Vec<IpAddr> = (0..input.byte() % 8)
+                let n = input.byte();
+                let routers: Vec<IpAddr> = (0..n % 8)
                     .map(|i| self.peers[usize::from(i)].ip())
                     .collect();
+                if n & 0x80 != 0 {
+                    let routers: Vec<Router> = routers
+                        .into_iter()
+                        .map(|addr| Router {
+                            addr,
+                            rtt: match input.byte() {
+                                0 => None,
+                                b => Some(Duration::from_millis(u64::from(b))),
+                            },
+                        })
+                        .collect();
+                    let mut keys: Vec<IpAddr> = routers.iter().map(|r| r.addr).collect();
+                    keys.sort_unstable();
+                    keys.dedup();
+                    let parts = 1 + keys.len().min(MAX_ROUTER_HINTS);
+                    let busy = self.node.ops_in_flight() + parts > self.config.dsht.max_ops;
+                    match self
+                        .node
+                        .find_hinted(self.now, level, count, target, &routers, services)
+                    {
+                        Ok(op) => {
+                            assert!(!busy, "find_hinted accepted over the cap");
+                            self.nodes_asked.insert(op, (count, services));
+                            self.started(op, AppKind::Nodes, None);
+                        }
+                        Err(OpError::Busy) => {
+                            assert!(busy, "find_hinted refused below the cap");
+                            self.settle(None);
+                        }
+                        Err(e) => panic!("find_hinted refused: {e}"),
+                    }
+                    return;
+                }
                 let busy = self.busy();
                 match self
                     .node
@@ -1442,6 +1480,29 @@ impl Harness {
                         "duplicate: {event:?}"
                     );
                 }
+                (*op, AppKind::Nodes, None)
+            }
+            Event::HintsFound { op, hints } => {
+                let (count, services) = self
+                    .nodes_asked
+                    .get(op)
+                    .copied()
+                    .unwrap_or((0, Services::NONE));
+                assert!(hints.len() <= count, "{event:?}");
+                for (i, h) in hints.iter().enumerate() {
+                    assert!(h.contact.services.contains(services), "{event:?}");
+                    assert!(
+                        hints[..i].iter().all(|d| d.contact.id != h.contact.id),
+                        "duplicate: {event:?}"
+                    );
+                }
+                // Estimated nodes first, nearest first; the unknown after.
+                assert!(
+                    hints.windows(2).all(
+                        |w| w[1].rtt.is_none() || w[0].rtt.is_some_and(|a| Some(a) <= w[1].rtt)
+                    ),
+                    "not ranked: {event:?}"
+                );
                 (*op, AppKind::Nodes, None)
             }
             Event::ClosestFound {
@@ -1771,7 +1832,11 @@ pub fn dns_query(data: &[u8]) {
             server.handle_probe_result(now, &node, t, rtt, &[]);
         }
         while let Some(l) = server.poll_lookup() {
-            server.handle_lookup_result(now, &node, l.target, vec![node.contact()]);
+            let hint = Hint {
+                contact: node.contact(),
+                rtt: None,
+            };
+            server.handle_lookup_result(now, &node, l.target, vec![hint]);
         }
         while server.poll_answer().is_some() {}
     }

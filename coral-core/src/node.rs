@@ -29,6 +29,7 @@ use smallvec::SmallVec;
 use crate::config::{Config, LevelConfig};
 use crate::contact::{ClusterInfo, Contact, Level, Services};
 use crate::dsht::cluster::{ClusterParams, ClusterStats, LevelClusters, Switch};
+use crate::dsht::hints::{self, Hint, Router};
 use crate::dsht::lookup::{Hop, Lookup};
 use crate::dsht::neighbours::{NeighbourStats, Neighbourhood};
 use crate::dsht::routing::{Failure, Observe, RoutingTable, RttEstimator};
@@ -105,6 +106,14 @@ pub enum Event {
         nodes: Vec<Contact>,
         /// How many of them the DSHT's network hints named.
         hinted: usize,
+    },
+    /// A `find_hinted` finished.
+    HintsFound {
+        /// The operation.
+        op: OpId,
+        /// The nodes the hints name, best estimate first
+        /// ([`hints::rank`]).
+        hints: Vec<Hint>,
     },
     /// A `put` finished.
     PutDone {
@@ -307,6 +316,38 @@ struct NodesQuery {
     found: Vec<Bytes>,
     /// This get is part `.1` of the [`HintGroup`] of operation `.0`.
     part: Option<(OpId, usize)>,
+    /// A part's values so far: it reads on past the first holder (see
+    /// [`GetOp::gather`]).
+    gathered: Vec<Bytes>,
+}
+
+impl GetOp {
+    /// Takes in the values a holder of the key returned; true when the get
+    /// walks on rather than ending there. A get ends at the first holder
+    /// (spec §3.3), except a part of a [`Node::find_hinted`], which reads
+    /// on toward the key until it has `count` distinct values: sloppy
+    /// storage leaves at most `l` values of a key at each node, and a
+    /// place's hints are worth more the more of the nodes near it they
+    /// name, to be ranked by how near.
+    fn gather(&mut self, values: &[Bytes]) -> bool {
+        let Some(q) = self.nodes.as_mut().filter(|q| q.part.is_some()) else {
+            return false;
+        };
+        for v in values {
+            if !q.gathered.contains(v) {
+                q.gathered.push(v.clone());
+            }
+        }
+        q.gathered.len() < q.count
+    }
+
+    /// What the get found: what it gathered, or else `holder`'s values.
+    fn found_values(&mut self, holder: Vec<Bytes>) -> Vec<Bytes> {
+        match self.nodes.as_mut().filter(|q| q.part.is_some()) {
+            Some(q) => std::mem::take(&mut q.gathered),
+            None => holder,
+        }
+    }
 }
 
 /// The gets of one [`Node::find_hinted`], one per hint key, run at once.
@@ -316,6 +357,8 @@ struct HintGroup {
     /// Each key's values once its get is done, in key order (the prefix,
     /// then the routers nearest the target first).
     parts: Vec<Option<Vec<Bytes>>>,
+    /// The target's RTT to each router, in the routers' order.
+    router_rtts: SmallVec<[Option<Duration>; MAX_ROUTER_HINTS]>,
 }
 
 /// Most router hints one `find_nodes` looks up (spec §5: the last five
@@ -954,27 +997,37 @@ impl Node {
 
     /// Publishes this node's network hints (spec §5): its IPv4 /24 (or
     /// IPv6 /48) prefix, and any `routers` on its path, each mapped to this
-    /// node at every level. Hints for routers no longer listed are withdrawn.
-    pub fn publish_hints(&mut self, now: Instant, routers: &[IpAddr]) {
-        let me = wire::contact_value(&self.contact);
+    /// node at every level, each router's hint with this node's RTT to it
+    /// when `rtt` is known ([`hints`]). Hints no longer listed (a router
+    /// gone, or its RTT changed) are withdrawn.
+    pub fn publish_hints(&mut self, now: Instant, routers: &[Router]) {
         let ttl = self.config.dsht.hint_ttl;
         let prefix = match self.contact.addr.ip() {
             IpAddr::V4(v4) => Id::for_ipv4_prefix(v4),
             IpAddr::V6(v6) => Id::for_ipv6_prefix(v6),
         };
-        let mut keys: BTreeSet<Id> = routers.iter().map(|r| Id::for_router(*r)).collect();
-        keys.insert(prefix);
-        let stale: Vec<Id> = self
+        // The first RTT given for a router counts.
+        let mut hints: BTreeMap<Id, Bytes> = BTreeMap::new();
+        for r in routers {
+            hints
+                .entry(Id::for_router(r.addr))
+                .or_insert_with(|| wire::hint_value(&self.contact, r.rtt));
+        }
+        hints.insert(prefix, wire::hint_value(&self.contact, None));
+        let me = self.contact;
+        let stale: Vec<(Id, Bytes)> = self
             .published
             .keys()
-            .filter(|(k, v)| *v == me && !keys.contains(k))
-            .map(|(k, _)| *k)
+            .filter(|(k, v)| {
+                wire::hint_from_value(v).is_ok_and(|(c, _)| c == me) && hints.get(k) != Some(v)
+            })
+            .cloned()
             .collect();
-        for k in stale {
-            self.withdraw(&k, &me);
+        for (k, v) in stale {
+            self.withdraw(&k, &v);
         }
-        for k in keys {
-            let _ = self.publish_with(now, k, me.clone(), ttl, Levels::ALL, false);
+        for (k, v) in hints {
+            let _ = self.publish_with(now, k, v, ttl, Levels::ALL, false);
         }
     }
 
@@ -1073,23 +1126,36 @@ impl Node {
     }
 
     /// The nodes the DSHT's network hints at `level` name as near `target`
-    /// (its prefix's, then each of `routers`' in order), offering
+    /// (its prefix's and each of `routers`', the router nearest the target
+    /// first, each with the target's RTT to it when known), offering
     /// `services`, whether or not this node has heard from them: a hint is
-    /// a node's own claim, refreshed while it lives (spec §5). The DNS
-    /// server uses them to point a far resolver's later queries at
-    /// nameservers near it; answers that send clients to proxies still
-    /// come from [`Self::find_nodes_via`]. The answer arrives as
-    /// [`Event::NodesFound`], every node counted as hinted.
+    /// a node's own claim, refreshed while it lives (spec §5). They come
+    /// ranked by their estimated RTT to the target ([`hints::rank`]). The
+    /// DNS server uses them to send a resolver to nodes near it. The answer
+    /// arrives as [`Event::HintsFound`].
     pub fn find_hinted(
         &mut self,
         now: Instant,
         level: Level,
         count: usize,
         target: IpAddr,
-        routers: &[IpAddr],
+        routers: &[Router],
         services: Services,
     ) -> Result<OpId, OpError> {
-        self.start_find_nodes(now, level, count, target, routers, services, true)
+        let addrs: SmallVec<[IpAddr; MAX_ROUTER_HINTS]> = routers.iter().map(|r| r.addr).collect();
+        let op = self.start_find_nodes(now, level, count, target, &addrs, services, true)?;
+        if let Some(g) = self.hint_groups.get_mut(&op) {
+            // The keys were deduplicated in order: the first RTT given for
+            // a router counts, as in `publish_hints`.
+            let mut seen: SmallVec<[IpAddr; MAX_ROUTER_HINTS]> = SmallVec::new();
+            for r in routers {
+                if seen.len() < MAX_ROUTER_HINTS && !seen.contains(&r.addr) {
+                    seen.push(r.addr);
+                    g.router_rtts.push(r.rtt);
+                }
+            }
+        }
+        Ok(op)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1133,6 +1199,7 @@ impl Node {
                     count,
                     services,
                     parts: vec![None; keys.len()],
+                    router_rtts: SmallVec::new(),
                 },
             );
             for (i, key) in keys.into_iter().enumerate() {
@@ -1148,6 +1215,7 @@ impl Node {
                     routers_left: SmallVec::new(),
                     found: Vec::new(),
                     part: Some((op, i)),
+                    gathered: Vec::new(),
                 };
                 self.ops.insert(
                     part,
@@ -1173,6 +1241,7 @@ impl Node {
             routers_left,
             found: Vec::new(),
             part: None,
+            gathered: Vec::new(),
         };
         self.ops.insert(
             op,
@@ -1262,25 +1331,17 @@ impl Node {
             let Some(group) = self.hint_groups.remove(&parent) else {
                 return;
             };
-            let mut nodes: Vec<Contact> = Vec::new();
-            for c in group
-                .parts
+            let mut parts = group.parts.iter().map(|p| p.as_deref().unwrap_or_default());
+            let prefix = parts.next().unwrap_or_default();
+            let routers = group
+                .router_rtts
                 .iter()
-                .flatten()
-                .flatten()
-                .filter_map(|v| wire::contact_from_value(v).ok())
-            {
-                if c.services.contains(group.services)
-                    && nodes.len() < group.count
-                    && !nodes.iter().any(|n| n.id == c.id)
-                {
-                    nodes.push(c);
-                }
-            }
-            self.events.push_back(Event::NodesFound {
+                .copied()
+                .chain(std::iter::repeat(None))
+                .zip(parts);
+            self.events.push_back(Event::HintsFound {
                 op: parent,
-                hinted: nodes.len(),
-                nodes,
+                hints: hints::rank(prefix, routers, group.services, group.count),
             });
             return;
         }
@@ -1309,8 +1370,8 @@ impl Node {
         let hinted: Vec<Contact> = q
             .found
             .iter()
-            .filter_map(|v| wire::contact_from_value(v).ok())
-            .filter_map(|h| local.iter().find(|c| c.id == h.id).copied())
+            .filter_map(|v| wire::hint_from_value(v).ok())
+            .filter_map(|(h, _)| local.iter().find(|c| c.id == h.id).copied())
             .fold(Vec::new(), |mut v: Vec<Contact>, c| {
                 if !v.iter().any(|d| d.id == c.id) {
                     v.push(c);
@@ -2044,9 +2105,10 @@ impl Node {
             .get(now, g.level, g.key, self.config.dsht.reply_values)
             .cloned()
             .collect();
-        if !local.is_empty() {
-            let level = g.level;
-            self.finish_get(now, op, g, local, Some(level));
+        let mut g = g;
+        if !local.is_empty() && !g.gather(&local) {
+            let (level, values) = (g.level, g.found_values(local));
+            self.finish_get(now, op, g, values, Some(level));
             return;
         }
         let next = self.advance_get(now, op, g, Outcome::Start);
@@ -2063,6 +2125,7 @@ impl Node {
         if let Outcome::Reply { from, body, .. } = &outcome
             && let Body::GetReply { values, .. } = body.as_ref()
             && !values.is_empty()
+            && !g.gather(values)
         {
             // The first node on the path holding values ends the get (spec §3.3),
             // even if it answers after a hedge has moved the walk on.
@@ -2070,7 +2133,7 @@ impl Node {
             g.lookup.stop();
             g.hops += g.lookup.answers();
             self.finish_walk(now, g.level, &g.lookup);
-            let (values, level) = (values.to_vec(), g.level);
+            let (values, level) = (g.found_values(values.to_vec()), g.level);
             self.finish_get(now, op, g, values, Some(level));
             return None;
         }
@@ -2081,7 +2144,9 @@ impl Node {
         g.hops += g.lookup.answers();
         self.finish_walk(now, g.level, &g.lookup);
         let Some(level) = g.levels.pop() else {
-            self.finish_get(now, op, g, Vec::new(), None);
+            let values = g.found_values(Vec::new());
+            let level = (!values.is_empty()).then_some(g.level);
+            self.finish_get(now, op, g, values, level);
             return None;
         };
         let reached = g.lookup.reached();
@@ -2790,9 +2855,9 @@ mod tests {
         // Routers supplied later are published too, and replaced ones withdrawn.
         let r1: IpAddr = "192.0.2.1".parse().unwrap();
         let r2: IpAddr = "192.0.2.2".parse().unwrap();
-        net.nodes[3].publish_hints(net.now, &[r1]);
+        net.nodes[3].publish_hints(net.now, &[Router::unmeasured(r1)]);
         assert_eq!(net.nodes[3].publications(), 2);
-        net.nodes[3].publish_hints(net.now, &[r2]);
+        net.nodes[3].publish_hints(net.now, &[Router::unmeasured(r2)]);
         assert_eq!(net.nodes[3].publications(), 2);
         net.after(Duration::from_secs(1));
         let (values, _, _) = net.get_and_wait(7, Id::for_router(r2), Duration::from_secs(1));
@@ -2840,27 +2905,37 @@ mod tests {
             "192.0.2.1".parse().unwrap(),
             "198.51.100.1".parse().unwrap(),
         );
-        net.nodes[7].publish_hints(net.now, &[r1]);
-        net.nodes[9].publish_hints(net.now, &[r2]);
+        net.nodes[7].publish_hints(net.now, &[Router::unmeasured(r1)]);
+        net.nodes[9].publish_hints(net.now, &[Router::unmeasured(r2)]);
         net.after(Duration::from_secs(5));
         let target: IpAddr = "203.0.113.5".parse().unwrap();
         let before = net.nodes[2].ops_in_flight();
         let op = net.nodes[2]
-            .find_hinted(net.now, 0, 8, target, &[r2, r1], Services::NONE)
+            .find_hinted(
+                net.now,
+                0,
+                8,
+                target,
+                &[Router::unmeasured(r2), Router::unmeasured(r1)],
+                Services::NONE,
+            )
             .unwrap();
         // The prefix's get and one per router, all running now.
         assert_eq!(net.nodes[2].ops_in_flight(), before + 3);
         net.after(Duration::from_secs(2));
-        let Some(Event::NodesFound { nodes, hinted, .. }) = net.take_event(2, op) else {
+        let Some(Event::HintsFound { hints, .. }) = net.take_event(2, op) else {
             panic!("no answer");
         };
-        let ids: Vec<Id> = nodes.iter().map(|c| c.id).collect();
+        let ids: Vec<Id> = hints.iter().map(|h| h.contact.id).collect();
         assert_eq!(
             ids,
             [net.nodes[9].id(), net.nodes[7].id()],
             "router order kept"
         );
-        assert_eq!(hinted, 2);
+        assert!(
+            hints.iter().all(|h| h.rtt.is_none()),
+            "nothing to estimate from"
+        );
         assert_eq!(net.nodes[2].ops_in_flight(), before, "every part finished");
         // The prefix hint comes first when one exists: every node published
         // 10.0.0.0/24 when it joined.
@@ -2870,20 +2945,67 @@ mod tests {
                 0,
                 3,
                 "10.0.0.77".parse().unwrap(),
-                &[r2],
+                &[Router::unmeasured(r2)],
                 Services::NONE,
             )
             .unwrap();
         net.after(Duration::from_secs(2));
-        let Some(Event::NodesFound { nodes, .. }) = net.take_event(2, op) else {
+        let Some(Event::HintsFound { hints, .. }) = net.take_event(2, op) else {
             panic!("no answer");
         };
-        assert_eq!(nodes.len(), 3);
-        assert!(
-            nodes
-                .iter()
-                .all(|c| c.addr.ip().to_string().starts_with("10.0.0."))
+        assert_eq!(hints.len(), 3);
+        assert!(hints.iter().all(|h| {
+            h.contact.addr.ip().to_string().starts_with("10.0.0.") && h.rtt == Some(Duration::ZERO)
+        }));
+    }
+
+    #[test]
+    fn find_hinted_ranks_by_the_rtt_through_each_router() {
+        let mut net = Net::new(12, &flat());
+        net.join_all();
+        let (r1, r2): (IpAddr, IpAddr) = (
+            "192.0.2.1".parse().unwrap(),
+            "198.51.100.1".parse().unwrap(),
         );
+        let ms = Duration::from_millis;
+        let at = |addr, rtt| Router {
+            addr,
+            rtt: Some(rtt),
+        };
+        // Behind r1 (nearest the target): node 7 on a slow link, node 8 on
+        // a fast one; behind r2: node 9, faster still.
+        net.nodes[7].publish_hints(net.now, &[at(r1, ms(25))]);
+        net.nodes[8].publish_hints(net.now, &[at(r1, ms(4))]);
+        net.nodes[9].publish_hints(net.now, &[at(r2, ms(1))]);
+        net.after(Duration::from_secs(5));
+        let target: IpAddr = "203.0.113.5".parse().unwrap();
+        let op = net.nodes[2]
+            .find_hinted(
+                net.now,
+                0,
+                8,
+                target,
+                &[at(r1, ms(2)), at(r2, ms(10))],
+                Services::NONE,
+            )
+            .unwrap();
+        net.after(Duration::from_secs(2));
+        let Some(Event::HintsFound { hints, .. }) = net.take_event(2, op) else {
+            panic!("no answer");
+        };
+        let got: Vec<(Id, Option<Duration>)> =
+            hints.iter().map(|h| (h.contact.id, h.rtt)).collect();
+        assert_eq!(
+            got,
+            [
+                (net.nodes[8].id(), Some(ms(6))),
+                (net.nodes[9].id(), Some(ms(11))),
+                (net.nodes[7].id(), Some(ms(27))),
+            ]
+        );
+        // A changed RTT replaces the old hint rather than adding one.
+        net.nodes[7].publish_hints(net.now, &[at(r1, ms(1))]);
+        assert_eq!(net.nodes[7].publications(), 2, "its prefix and r1, once");
     }
 
     #[test]
@@ -2894,8 +3016,8 @@ mod tests {
             "192.0.2.1".parse().unwrap(),
             "198.51.100.1".parse().unwrap(),
         );
-        net.nodes[7].publish_hints(net.now, &[r1]);
-        net.nodes[9].publish_hints(net.now, &[r2]);
+        net.nodes[7].publish_hints(net.now, &[Router::unmeasured(r1)]);
+        net.nodes[9].publish_hints(net.now, &[Router::unmeasured(r2)]);
         net.after(Duration::from_secs(5));
         // A target outside every node's prefix, behind r2 then r1.
         let target: IpAddr = "203.0.113.5".parse().unwrap();

@@ -109,6 +109,7 @@ impl Net {
                     Event::Joined { op: o, .. }
                     | Event::GetDone { op: o, .. }
                     | Event::NodesFound { op: o, .. }
+                    | Event::HintsFound { op: o, .. }
                     | Event::PutDone { op: o, .. }
                     | Event::ClosestFound { op: o, .. } => *o == op,
                     Event::ClusterChanged { .. } => false,

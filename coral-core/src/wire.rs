@@ -349,6 +349,42 @@ pub fn contact_from_value(value: &[u8]) -> Result<Contact, DecodeError> {
     Ok(c)
 }
 
+/// A network hint as a DSHT value (spec §5): the node it names, then,
+/// when the node measured it, its RTT to the hinted place in µs.
+///
+/// ```text
+/// contact            as in a message (id, services, family, address, port)
+/// [rtt_us: u32]      optional; absent for a prefix hint or an unmeasured hop
+/// ```
+///
+/// A hint without the RTT is byte for byte a [`contact_value`].
+pub fn hint_value(c: &Contact, rtt: Option<std::time::Duration>) -> Bytes {
+    let mut buf = Vec::with_capacity(contact_len(c) + 4);
+    put_contact(&mut buf, c);
+    if let Some(rtt) = rtt {
+        buf.put_u32(u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX));
+    }
+    Bytes::from(buf)
+}
+
+/// Reads a value written by [`hint_value`] (or [`contact_value`]): the
+/// node and its RTT to the hinted place, if it carried one. Never panics.
+pub fn hint_from_value(
+    value: &[u8],
+) -> Result<(Contact, Option<std::time::Duration>), DecodeError> {
+    let mut r = Reader(value);
+    let c = r.contact()?;
+    let rtt = if r.0.is_empty() {
+        None
+    } else {
+        Some(std::time::Duration::from_micros(u64::from(r.u32()?)))
+    };
+    if !r.0.is_empty() {
+        return Err(DecodeError::Trailing(r.0.len()));
+    }
+    Ok((c, rtt))
+}
+
 impl StoreResult {
     fn to_byte(self) -> u8 {
         match self {
@@ -1530,6 +1566,29 @@ mod tests {
         prop::sample::select(vec![
             0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x81, 0x82, 0x83, 0x84, 0x85, 0xFF,
         ])
+    }
+
+    #[test]
+    fn hint_values_round_trip_with_and_without_an_rtt() {
+        let c = Contact {
+            id: Id([7; ID_LEN]),
+            addr: "10.1.2.3:8091".parse().unwrap(),
+            services: Services(3),
+        };
+        let plain = hint_value(&c, None);
+        assert_eq!(plain, contact_value(&c));
+        assert_eq!(hint_from_value(&plain), Ok((c, None)));
+        let rtt = std::time::Duration::from_micros(4_321);
+        let v = hint_value(&c, Some(rtt));
+        assert_eq!(v.len(), plain.len() + 4);
+        assert_eq!(hint_from_value(&v), Ok((c, Some(rtt))));
+        // A partial RTT or anything after it is refused.
+        assert!(hint_from_value(&v[..v.len() - 1]).is_err());
+        let mut long = v.to_vec();
+        long.push(0);
+        assert_eq!(hint_from_value(&long), Err(DecodeError::Trailing(1)));
+        // The contact-only reader refuses a hint that carries an RTT.
+        assert_eq!(contact_from_value(&v), Err(DecodeError::Trailing(4)));
     }
 
     #[test]

@@ -452,15 +452,15 @@ impl Dns {
         event: Event,
     ) -> Option<Event> {
         match event {
-            Event::NodesFound { op, nodes, hinted } => match self.lookups.remove(&op) {
+            Event::HintsFound { op, hints } => match self.lookups.remove(&op) {
                 Some(target) => {
                     let now = self.now();
-                    self.server.handle_lookup_result(now, node, target, nodes);
+                    self.server.handle_lookup_result(now, node, target, hints);
                     self.deliver(node, registry);
                     self.flush(registry);
                     None
                 }
-                None => Some(Event::NodesFound { op, nodes, hinted }),
+                None => Some(Event::HintsFound { op, hints }),
             },
             other => Some(other),
         }

@@ -43,7 +43,7 @@
 //! clustering happen inside the core.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
@@ -52,6 +52,7 @@ use std::time::{Duration, Instant as StdInstant};
 use bytes::Bytes;
 use coral_core::config::Config;
 use coral_core::contact::Services;
+use coral_core::dsht::hints::Router;
 use coral_core::http::ProxyStats;
 use coral_core::id::Id;
 use coral_core::time::Instant as CoreInstant;
@@ -257,7 +258,7 @@ impl Handle {
     }
 
     /// Publishes this node's network hints (its prefix and `routers`).
-    pub fn publish_hints(&self, routers: Vec<IpAddr>) -> Result<(), NodeError> {
+    pub fn publish_hints(&self, routers: Vec<Router>) -> Result<(), NodeError> {
         self.request(|r| Command::Node(dispatch::Command::PublishHints(routers, r)))
     }
 

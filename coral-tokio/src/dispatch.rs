@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coral_core::contact::{Contact, Level, Services};
+use coral_core::dsht::hints::Router;
 use coral_core::id::Id;
 use coral_core::time::Instant;
 use coral_core::{Event, Levels, Node, OpError, OpId};
@@ -108,7 +109,7 @@ pub enum Command<R: Replies> {
     /// [`Node::withdraw`]; answers whether the value was published.
     Withdraw(Id, Bytes, R::To<bool>),
     /// [`Node::publish_hints`] with these routers.
-    PublishHints(Vec<IpAddr>, R::To<()>),
+    PublishHints(Vec<Router>, R::To<()>),
     /// [`Node::find_nodes`].
     FindNodes {
         /// The level.
@@ -301,6 +302,7 @@ pub fn op_of(event: &Event) -> Option<OpId> {
         | Event::GetDone { op, .. }
         | Event::PutDone { op, .. }
         | Event::NodesFound { op, .. }
+        | Event::HintsFound { op, .. }
         | Event::ClosestFound { op, .. } => Some(*op),
         _ => None,
     }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use coral_core::config::Config;
 use coral_core::contact::{Contact, Level, Services};
+use coral_core::dsht::hints::Router;
 use coral_core::id::Id;
 use coral_core::time::Instant as CoreInstant;
 use coral_core::{Event, Levels, Node};
@@ -266,7 +267,7 @@ impl NodeHandle {
     }
 
     /// Publishes this node's network hints (its prefix and `routers`).
-    pub async fn publish_hints(&self, routers: Vec<IpAddr>) -> Result<(), NodeError> {
+    pub async fn publish_hints(&self, routers: Vec<Router>) -> Result<(), NodeError> {
         self.request(|r| Command::Node(dispatch::Command::PublishHints(routers, r)))
             .await
     }
@@ -741,13 +742,13 @@ impl Driver {
     }
 
     fn event(&mut self, event: Event) {
-        if let Event::NodesFound { op, nodes, .. } = &event
+        if let Event::HintsFound { op, hints } = &event
             && let Some(d) = self.dns.as_mut()
             && let Some(target) = d.lookups.remove(op)
         {
             let now = CoreInstant::from_duration(self.epoch.elapsed());
             d.server
-                .handle_lookup_result(now, &self.node, target, nodes.clone());
+                .handle_lookup_result(now, &self.node, target, hints.clone());
             return;
         }
         let Some(event) = self.dispatch.event(event) else {

@@ -65,10 +65,12 @@
 //!
 //! A server's probe ([`DnsServer::poll_probe`]) comes back one RTT later
 //! with the latency model's RTT between the server's node and the resolver
-//! and the routers on the last hops toward the resolver, as a traceroute
-//! would find them. A hint lookup ([`DnsServer::poll_lookup`]) runs as
+//! and the routers on the last hops toward the resolver, each with the
+//! server's RTT to it, as a traceroute would find and time them
+//! ([`LatencyModel::traced_routers`]; the nodes' hints carry their own RTTs
+//! to their hops the same way). A hint lookup ([`DnsServer::poll_lookup`]) runs as
 //! [`Node::find_hinted`](coral_core::Node::find_hinted) on the server's
-//! node in the simulator ([`Command::FindHinted`]), and its `NodesFound`
+//! node in the simulator ([`Command::FindHinted`]), and its `HintsFound`
 //! (empty on failure) goes back through
 //! [`DnsServer::handle_lookup_result`]. Held queries are answered at their
 //! deadline through [`DnsServer::handle_timeout`]. After every input to a
@@ -100,6 +102,7 @@ use std::time::Duration;
 use coral_core::Event;
 use coral_core::contact::{Level, Services};
 use coral_core::dns::{DnsConfig, DnsConfigError, DnsServer, DnsStats, Handled, Transport};
+use coral_core::dsht::hints::Router;
 use coral_core::rng::Rng;
 use coral_core::time::Instant;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
@@ -493,7 +496,7 @@ enum Ev {
         server: usize,
         target: IpAddr,
         rtt: Option<Duration>,
-        routers: Vec<IpAddr>,
+        routers: Vec<Router>,
     },
     Wake {
         server: usize,
@@ -597,16 +600,16 @@ impl Driver {
             let Some((server, target, started)) = self.lookups.remove(&c.tag) else {
                 continue;
             };
-            let nodes = match c.outcome {
-                Outcome::Event(Event::NodesFound { nodes, .. }) => nodes,
+            let hints = match c.outcome {
+                Outcome::Event(Event::HintsFound { hints, .. }) => hints,
                 _ => Vec::new(),
             };
             self.lookups_done.push(LookupDone {
                 took: c.done - started,
-                found: nodes.len(),
+                found: hints.len(),
             });
             if let Some(node) = self.sim.node(server) {
-                self.servers[server].handle_lookup_result(c.done, node, target, nodes);
+                self.servers[server].handle_lookup_result(c.done, node, target, hints);
             }
             self.drain(c.done, server);
         }
@@ -620,7 +623,7 @@ impl Driver {
                 Some(r) => {
                     let place = self.resolvers[r].place;
                     let rtt = self.lat.rtt(s, place);
-                    let routers = self.lat.routers(place);
+                    let routers = self.lat.traced_routers(place, s);
                     self.push(
                         now + rtt,
                         Ev::Probe {

@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use coral_core::dsht::hints::Router;
 use coral_core::rng::Rng;
 
 use crate::trace::mix64;
@@ -287,12 +288,15 @@ pub struct MatrixTopology {
     /// Each host's point of presence at each radius of
     /// [`MATRIX_POP_RADII_US`].
     pops: [Vec<usize>; 3],
+    /// The host each point of presence sits at (its group's leader), per
+    /// radius.
+    pop_hosts: [Vec<usize>; 3],
 }
 
 impl MatrixTopology {
     /// Infers the topology of `m`.
     pub fn of(m: &RttMatrix) -> Self {
-        let lan = greedy_groups(m, MATRIX_LAN_US);
+        let (lan, _) = greedy_groups(m, MATRIX_LAN_US);
         let groups = lan.iter().max().map_or(0, |g| g + 1);
         let mut lan_size = vec![0; groups];
         let mut lan_rank = Vec::with_capacity(lan.len());
@@ -300,11 +304,13 @@ impl MatrixTopology {
             lan_rank.push(lan_size[g]);
             lan_size[g] += 1;
         }
+        let pops = MATRIX_POP_RADII_US.map(|r| greedy_groups(m, r));
         Self {
             lan,
             lan_rank,
             lan_size,
-            pops: MATRIX_POP_RADII_US.map(|r| greedy_groups(m, r)),
+            pop_hosts: pops.clone().map(|(_, leaders)| leaders),
+            pops: pops.map(|(groups, _)| groups),
         }
     }
 
@@ -319,10 +325,11 @@ impl MatrixTopology {
     }
 }
 
-/// Greedy RTT groups of radius `radius_us` (see [`MatrixTopology`]).
-fn greedy_groups(m: &RttMatrix, radius_us: u32) -> Vec<usize> {
+/// Greedy RTT groups of radius `radius_us` (see [`MatrixTopology`]): each
+/// host's group, and each group's leader.
+fn greedy_groups(m: &RttMatrix, radius_us: u32) -> (Vec<usize>, Vec<usize>) {
     let mut leaders: Vec<usize> = Vec::new();
-    (0..m.len())
+    let groups = (0..m.len())
         .map(|h| {
             leaders
                 .iter()
@@ -332,7 +339,8 @@ fn greedy_groups(m: &RttMatrix, radius_us: u32) -> Vec<usize> {
                     leaders.len() - 1
                 })
         })
-        .collect()
+        .collect();
+    (groups, leaders)
 }
 
 fn ms_to_us(ms: f64) -> u32 {
@@ -417,6 +425,15 @@ enum Kind {
     Constant { rtt_us: u32 },
     Sphere(Box<SphereParams>),
     Matrix(Arc<RttMatrix>, Arc<MatrixTopology>),
+}
+
+/// Where a point of presence sits in the model.
+#[derive(Clone, Copy, Debug)]
+enum Pop {
+    /// A point on the sphere.
+    Point([f64; 3]),
+    /// A host of the matrix.
+    Host(usize),
 }
 
 /// Where one node sits in the model.
@@ -516,6 +533,45 @@ impl LatencyModel {
     /// without geography. Addresses are in 100.64.0.0/10, apart from the
     /// simulator's node addresses.
     pub fn routers(&self, i: usize) -> Vec<IpAddr> {
+        self.pops(i).into_iter().map(|(addr, _)| addr).collect()
+    }
+
+    /// The routers on the last hops toward node `toward`
+    /// ([`Self::routers`]), each with node `from`'s RTT to it, as a
+    /// traceroute from `from` would time it: the RTT to the point of
+    /// presence, which sits at the centre of its grid cell on the sphere
+    /// (the fibre delay there, inflated as every path is) and at its RTT
+    /// group's first host on a matrix (that host's RTT), plus `from`'s
+    /// access delay. A node's traceroute toward itself times its own hops.
+    pub fn traced_routers(&self, toward: usize, from: usize) -> Vec<Router> {
+        let Some(src) = self.places.get(from) else {
+            return Vec::new();
+        };
+        self.pops(toward)
+            .into_iter()
+            .map(|(addr, pop)| {
+                let path_us = match (&self.kind, pop) {
+                    (Kind::Sphere(params), Pop::Point(p)) => {
+                        let dot =
+                            (src.p[0] * p[0] + src.p[1] * p[1] + src.p[2] * p[2]).clamp(-1.0, 1.0);
+                        let km = dot.acos() * params.radius_km;
+                        (2.0 * params.route_inflation * km / params.km_per_ms * 1000.0).round()
+                            as u64
+                    }
+                    (Kind::Matrix(m, _), Pop::Host(h)) => u64::from(m.rtt_us(src.host as usize, h)),
+                    _ => 0,
+                };
+                Router {
+                    addr,
+                    rtt: Some(Duration::from_micros(path_us + u64::from(src.access_us))),
+                }
+            })
+            .collect()
+    }
+
+    /// The points of presence on the last hops toward node `i`, nearest it
+    /// first: each one's address and where it sits.
+    fn pops(&self, i: usize) -> Vec<(IpAddr, Pop)> {
         let Some(place) = self.places.get(i) else {
             return Vec::new();
         };
@@ -530,7 +586,11 @@ impl LatencyModel {
                 // A tag keeps matrix PoPs apart from sphere cells.
                 return (0..MATRIX_POP_RADII_US.len())
                     .map(|hop| {
-                        pop_addr(hop, (1 << 40) | topo.pops[hop][place.host as usize] as u64)
+                        let group = topo.pops[hop][place.host as usize];
+                        (
+                            pop_addr(hop, (1 << 40) | group as u64),
+                            Pop::Host(topo.pop_hosts[hop][group]),
+                        )
                     })
                     .collect();
             }
@@ -543,9 +603,13 @@ impl LatencyModel {
             .iter()
             .enumerate()
             .map(|(hop, &deg)| {
-                let cell = ((lat + 90.0) / deg).floor() as i64 * 4096
-                    + ((lon + 180.0) / deg).floor() as i64;
-                pop_addr(hop, cell as u64)
+                let (row, col) = (((lat + 90.0) / deg).floor(), ((lon + 180.0) / deg).floor());
+                let cell = row as i64 * 4096 + col as i64;
+                let centre = unit_vector(
+                    ((row + 0.5) * deg - 90.0).to_radians(),
+                    ((col + 0.5) * deg - 180.0).to_radians(),
+                );
+                (pop_addr(hop, cell as u64), Pop::Point(centre))
             })
             .collect()
     }

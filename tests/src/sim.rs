@@ -41,6 +41,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use coral_core::config::{Config, LevelConfig};
 use coral_core::contact::{Level, Services};
+use coral_core::dsht::hints::Router;
 use coral_core::id::Id;
 use coral_core::rng::Rng;
 use coral_core::time::Instant;
@@ -138,8 +139,9 @@ pub enum Command {
         count: usize,
         /// The address the nodes should be near.
         target: IpAddr,
-        /// The last hops toward `target`, nearest it first.
-        routers: Vec<IpAddr>,
+        /// The last hops toward `target`, nearest it first, each with
+        /// `target`'s estimated RTT to it.
+        routers: Vec<Router>,
         /// Services the nodes must offer.
         services: Services,
     },
@@ -640,11 +642,12 @@ impl Sim {
     }
 
     /// Node `i` publishes its network hints: its /24 and the routers the
-    /// latency model places on the last hops toward it
-    /// ([`LatencyModel::routers`]), as an adapter would after a traceroute.
+    /// latency model places on the last hops toward it, each with the
+    /// node's RTT to it ([`LatencyModel::traced_routers`]), as an adapter
+    /// would after a traceroute.
     /// Nothing happens for a crashed node.
     pub fn publish_hints(&mut self, i: usize) {
-        let routers = self.cfg.latency.routers(i);
+        let routers = self.cfg.latency.traced_routers(i, i);
         let now = self.now;
         let Some(node) = self.nodes.get_mut(i).and_then(|n| n.node.as_mut()) else {
             return;
@@ -1001,6 +1004,7 @@ impl Sim {
             Event::GetDone { op, .. }
             | Event::PutDone { op, .. }
             | Event::NodesFound { op, .. }
+            | Event::HintsFound { op, .. }
             | Event::ClosestFound { op, .. } => Some(*op),
             _ => None,
         };

@@ -139,8 +139,10 @@ fn with_time_for_the_hints_more_resolvers_lock_onto_level_2() {
         json(long),
         json(short)
     );
+    // Waiting puts a resolver near by its second query; without the wait
+    // it gets there a query later, so the second query shows the gain.
     assert!(
-        long.queries[2].ratio.p50 <= short.queries[2].ratio.p50,
+        long.queries[1].ratio.p50 < short.queries[1].ratio.p50,
         "seed {seed}: waiting for the hints did not help: {} vs {}",
         json(long),
         json(short)

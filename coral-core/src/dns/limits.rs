@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::contact::Contact;
+use crate::dsht::hints::Hint;
 use crate::time::Instant;
 
 /// A client's network prefix: IPv4 /24 or IPv6 /48.
@@ -47,7 +47,7 @@ struct RttEntry {
     probed_at: Instant,
     /// Nodes the DSHT's hints name as near the prefix; `None` until a hint
     /// lookup came back.
-    near: Option<Vec<Contact>>,
+    near: Option<Vec<Hint>>,
     /// A hint lookup was asked for and has not come back.
     looking: bool,
 }
@@ -146,8 +146,17 @@ impl ResolverRtts {
         }
     }
 
+    /// The RTT last measured for `ip`'s prefix, however old; asks for no
+    /// probe.
+    pub fn measured(&self, ip: IpAddr) -> Option<Duration> {
+        match self.entries.get(&Prefix::of(ip))?.rtt {
+            Rtt::Measured(d) => Some(d),
+            Rtt::Pending | Rtt::Unmeasurable => None,
+        }
+    }
+
     /// The nodes hints name near `ip`'s prefix, once looked up.
-    pub fn near(&self, ip: IpAddr) -> Option<&[Contact]> {
+    pub fn near(&self, ip: IpAddr) -> Option<&[Hint]> {
         self.entries
             .get(&Prefix::of(ip))
             .and_then(|e| e.near.as_deref())
@@ -171,7 +180,7 @@ impl ResolverRtts {
     }
 
     /// A hint lookup's outcome for `ip`'s prefix (empty when it failed).
-    pub fn set_near(&mut self, ip: IpAddr, nodes: Vec<Contact>) {
+    pub fn set_near(&mut self, ip: IpAddr, nodes: Vec<Hint>) {
         if let Some(e) = self.entries.get_mut(&Prefix::of(ip)) {
             e.looking = false;
             e.near = Some(nodes);

@@ -58,6 +58,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::contact::{Contact, Level, Services};
+use crate::dsht::hints::{Hint, Router};
 use crate::node::Node;
 use crate::time::Instant;
 
@@ -222,8 +223,11 @@ pub struct Answer {
 pub struct HintLookup {
     /// The resolver.
     pub target: IpAddr,
-    /// The last hops toward it, nearest it first, as the probe found them.
-    pub routers: Vec<IpAddr>,
+    /// The last hops toward it, nearest it first, as the probe found them,
+    /// each with the resolver's estimated RTT to it: the probe's RTT to the
+    /// resolver less its RTT to the hop, as [`Node::find_hinted`] takes
+    /// them.
+    pub routers: Vec<Router>,
     /// The level whose hints to read (0: the whole network).
     pub level: Level,
     /// How many nodes to ask for.
@@ -635,15 +639,16 @@ impl DnsServer {
 
     /// The outcome of a probe asked for by [`Self::poll_probe`]: the RTT
     /// (`None` when nothing came back) and the last hops toward the target
-    /// when the probe traced them (nearest the target first; empty when it
-    /// did not). Answers held queries that now have all they wait for.
+    /// when the probe traced them (nearest the target first, each with this
+    /// node's RTT to it when the trace timed it; empty when it did not).
+    /// Answers held queries that now have all they wait for.
     pub fn handle_probe_result(
         &mut self,
         now: Instant,
         node: &Node,
         target: IpAddr,
         rtt: Option<Duration>,
-        routers: &[IpAddr],
+        routers: &[Router],
     ) {
         self.stats.probe_results += 1;
         self.rtts.record(target, rtt);
@@ -655,9 +660,18 @@ impl DnsServer {
         if self.config.hint_count > 0 && self.rtts.start_near(target) {
             if self.lookups.len() < self.config.max_pending_probes {
                 self.stats.hint_lookups += 1;
+                // The resolver is as far beyond a hop on the way to it as
+                // the trace took to get there past that hop.
+                let routers = routers
+                    .iter()
+                    .map(|r| Router {
+                        addr: r.addr,
+                        rtt: rtt.zip(r.rtt).map(|(all, hop)| all.saturating_sub(hop)),
+                    })
+                    .collect();
                 self.lookups.push_back(HintLookup {
                     target,
-                    routers: routers.to_vec(),
+                    routers,
                     level,
                     count: self.config.hint_count,
                 });
@@ -674,15 +688,32 @@ impl DnsServer {
         self.lookups.pop_front()
     }
 
-    /// The nodes a [`HintLookup`] found (empty when it failed).
+    /// The nodes a [`HintLookup`] found, best first (empty when it
+    /// failed). This node, whose RTT to the resolver the probe measured,
+    /// takes its place among them by that RTT.
     pub fn handle_lookup_result(
         &mut self,
         now: Instant,
         node: &Node,
         target: IpAddr,
-        nodes: Vec<Contact>,
+        mut hints: Vec<Hint>,
     ) {
-        self.rtts.set_near(target, nodes);
+        if let Some(rtt) = self.rtts.measured(target) {
+            let me = node.contact();
+            hints.retain(|h| h.contact.id != me.id);
+            let at = hints
+                .iter()
+                .position(|h| h.rtt.is_none_or(|r| r > rtt))
+                .unwrap_or(hints.len());
+            hints.insert(
+                at,
+                Hint {
+                    contact: me,
+                    rtt: Some(rtt),
+                },
+            );
+        }
+        self.rtts.set_near(target, hints);
         self.release(now, node, Some(Prefix::of(target)));
     }
 
@@ -1129,7 +1160,7 @@ impl DnsServer {
         now: Instant,
         node: &Node,
         resolver: IpAddr,
-    ) -> (Level, bool, Vec<Contact>) {
+    ) -> (Level, bool, Vec<Hint>) {
         let ready = self.ready(now, resolver);
         let rtt = match self.rtts.lookup(now, resolver) {
             Rtt::Measured(d) => Some(d),
@@ -1139,7 +1170,7 @@ impl DnsServer {
         let near = self
             .rtts
             .near(resolver)
-            .map(<[Contact]>::to_vec)
+            .map(<[Hint]>::to_vec)
             .unwrap_or_default();
         (level, ready, near)
     }
@@ -1156,26 +1187,41 @@ impl DnsServer {
         level: Level,
         ttl: u32,
         owner: &Owner,
-        near: &[Contact],
+        near: &[Hint],
     ) -> (Vec<Rr>, Vec<Rr>) {
         let count = self.config.ns_count;
-        let first: Vec<Contact> = near
-            .iter()
-            .filter(|c| c.services.contains(Services::DNS))
-            .take(count)
-            .copied()
-            .collect();
-        let servers = pick(
-            now,
-            node,
-            first,
-            level,
-            count,
-            resolver,
-            Services::DNS,
-            |_| true,
-        )
-        .0;
+        let dns = |h: &&Hint| h.contact.services.contains(Services::DNS);
+        // Servers the hints estimate nearer the resolver than this one, the
+        // probe measured, are all it is handed on to: padding the set with
+        // servers near this one would send it back as far, since resolvers
+        // spread their queries over a zone's servers.
+        let me = node.contact().id;
+        let nearer: Vec<Contact> = match self.rtts.measured(resolver) {
+            Some(mine) => near
+                .iter()
+                .filter(dns)
+                .filter(|h| h.contact.id != me && h.rtt.is_some_and(|r| r < mine))
+                .take(count)
+                .map(|h| h.contact)
+                .collect(),
+            None => Vec::new(),
+        };
+        let servers = if nearer.is_empty() {
+            let first = near.iter().filter(dns).take(count).map(|h| h.contact);
+            pick(
+                now,
+                node,
+                first.collect(),
+                level,
+                count,
+                resolver,
+                Services::DNS,
+                |_| true,
+            )
+            .0
+        } else {
+            nearer
+        };
         let mut ns = Vec::with_capacity(servers.len());
         let mut glue = Vec::with_capacity(servers.len());
         for c in servers {
@@ -1227,10 +1273,10 @@ impl DnsServer {
         } else {
             let fresh = fresh_nodes(now, node, Services::HTTP);
             near.iter()
+                .map(|h| h.contact)
                 .filter(|c| c.services.contains(Services::HTTP) && allowed(c))
                 .filter(|c| fresh.iter().any(|f| f.id == c.id))
                 .take(self.config.answer_count)
-                .copied()
                 .collect()
         };
         let (proxies, chosen_at, fallback) = pick(
@@ -1683,19 +1729,45 @@ mod tests {
         let mut out = Vec::new();
         s.handle_query(net.now, node, resolver(), Transport::Udp, 0, &q, &mut out);
         let target = s.poll_probe().unwrap();
-        let routers: Vec<IpAddr> = vec!["100.64.0.1".parse().unwrap()];
+        let ms = Duration::from_millis;
+        let hop: IpAddr = "100.64.0.1".parse().unwrap();
+        let untimed: IpAddr = "100.64.0.2".parse().unwrap();
         s.handle_probe_result(
             net.now,
             node,
             target,
-            Some(Duration::from_millis(150)),
-            &routers,
+            Some(ms(150)),
+            &[
+                Router {
+                    addr: hop,
+                    rtt: Some(ms(140)),
+                },
+                Router::unmeasured(untimed),
+            ],
         );
         assert!(s.poll_answer().is_none(), "still waiting for the hints");
         let l = s.poll_lookup().unwrap();
-        assert_eq!(l.routers, routers);
+        assert_eq!(
+            l.routers,
+            [
+                Router {
+                    addr: hop,
+                    rtt: Some(ms(10)),
+                },
+                Router::unmeasured(untimed),
+            ],
+            "the resolver's RTT to each hop, where the trace timed it"
+        );
         let near: Vec<Contact> = [3, 4].iter().map(|&i| net.nodes[i].contact()).collect();
-        s.handle_lookup_result(net.now, node, l.target, near.clone());
+        let hints = near
+            .iter()
+            .zip([12, 30])
+            .map(|(&contact, r)| Hint {
+                contact,
+                rtt: Some(ms(r)),
+            })
+            .collect();
+        s.handle_lookup_result(net.now, node, l.target, hints);
         let r = seen(&s.poll_answer().unwrap().bytes);
         let hosts: Vec<&str> = r.authority.iter().map(|ns| ns.3.as_str()).collect();
         for (c, host) in near.iter().zip(&hosts) {
@@ -1713,6 +1785,63 @@ mod tests {
         let answers: Vec<&str> = r.answers.iter().map(|a| a.3.as_str()).collect();
         let hinted_ips: Vec<String> = near.iter().map(|c| c.addr.ip().to_string()).collect();
         assert_eq!(answers, hinted_ips, "live hinted proxies first");
+    }
+
+    /// Asks `s` (on node 0) for a Coralized name from `from`, measured at
+    /// `rtt`, with `hints` (node, estimate) found; returns the answer's
+    /// proxy addresses and nameserver glue addresses.
+    fn answered_with_hints(
+        net: &Net,
+        s: &mut DnsServer,
+        from: &str,
+        rtt: Duration,
+        hints: &[(usize, Option<Duration>)],
+    ) -> (Vec<String>, Vec<String>) {
+        let q = query("x.nyud.net.", A, None);
+        let node = &net.nodes[0];
+        let mut out = Vec::new();
+        s.handle_query(
+            net.now,
+            node,
+            from.parse().unwrap(),
+            Transport::Udp,
+            0,
+            &q,
+            &mut out,
+        );
+        let target = s.poll_probe().unwrap();
+        s.handle_probe_result(net.now, node, target, Some(rtt), &[]);
+        let l = s.poll_lookup().unwrap();
+        let hints = hints
+            .iter()
+            .map(|&(i, rtt)| Hint {
+                contact: net.nodes[i].contact(),
+                rtt,
+            })
+            .collect();
+        s.handle_lookup_result(net.now, node, l.target, hints);
+        let r = seen(&s.poll_answer().unwrap().bytes);
+        let addrs = |rrs: &[(String, u16, u32, String)]| rrs.iter().map(|a| a.3.clone()).collect();
+        (addrs(&r.answers), addrs(&r.additional))
+    }
+
+    #[test]
+    fn the_server_takes_its_place_among_the_hints_by_its_own_rtt() {
+        let net = net();
+        let mut s = DnsServer::new(DnsConfig::default(), 3).unwrap();
+        let ms = Duration::from_millis;
+        let ip = |i: usize| net.nodes[i].contact().addr.ip().to_string();
+        // Node 2 estimated nearer than this server (8 ms), node 3 farther,
+        // node 4 without an estimate.
+        let hints = [(2, Some(ms(5))), (3, Some(ms(20))), (4, None)];
+        let (proxies, glue) = answered_with_hints(&net, &mut s, "192.0.2.53:53", ms(8), &hints);
+        assert_eq!(proxies, [ip(2), ip(0)], "the server by its own RTT, second");
+        assert_eq!(glue, [ip(2)], "handed on to the nearer server alone");
+        // Hints all farther than the server: it comes first, then they do.
+        let hints = [(3, Some(ms(20))), (2, Some(ms(30)))];
+        let (proxies, glue) = answered_with_hints(&net, &mut s, "198.51.100.53:53", ms(8), &hints);
+        assert_eq!(proxies, [ip(0), ip(3)]);
+        assert_eq!(glue, [ip(0), ip(3), ip(2)]);
     }
 
     #[test]
