@@ -652,11 +652,18 @@ impl DnsServer {
     ) {
         self.stats.probe_results += 1;
         self.rtts.record(target, rtt);
-        let level = self.level_for(node, rtt);
-        // Ask the hints which nodes are near the resolver (spec §5), in the
-        // cluster the answer will come from: at the tightest levels the
-        // lookup stays among near nodes and is quick; for a far resolver
-        // it searches the whole network, to hand it on to servers near it.
+        // Ask the hints which nodes are near the resolver (spec §5). For a
+        // resolver within our tightest cluster the lookup stays in that
+        // cluster, among near nodes, and is quick. Any other resolver's
+        // nearest nodes are most likely outside our cluster at its level
+        // (it is at least that level's diameter from us, and so are they
+        // from us, on its far side), so the lookup searches the whole
+        // network, to hand it on to servers near it.
+        let top = (self.levels - 1) as Level;
+        let level = match self.level_for(node, rtt) {
+            l if l == top => l,
+            _ => 0,
+        };
         if self.config.hint_count > 0 && self.rtts.start_near(target) {
             if self.lookups.len() < self.config.max_pending_probes {
                 self.stats.hint_lookups += 1;
@@ -1615,10 +1622,10 @@ mod tests {
     #[test]
     fn the_resolvers_rtt_picks_the_level_and_its_zone() {
         let net = net();
-        for (rtt_ms, zone, level) in [
-            (5, "L2.L1.L0.nyucd.net.", 2),
-            (40, "L1.L0.nyucd.net.", 1),
-            (150, "L0.nyucd.net.", 0),
+        for (rtt_ms, zone, level, hint_level) in [
+            (5, "L2.L1.L0.nyucd.net.", 2, 2),
+            (40, "L1.L0.nyucd.net.", 1, 0),
+            (150, "L0.nyucd.net.", 0, 0),
         ] {
             let mut s = server();
             udp(&mut s, &net, "x.nyud.net.", A);
@@ -1631,12 +1638,12 @@ mod tests {
                 Some(Duration::from_millis(rtt_ms)),
                 &[],
             );
-            // Every measured resolver gets a hint lookup, in the cluster
-            // of its level.
+            // Every measured resolver gets a hint lookup: in our level-2
+            // cluster for a resolver within it, else in the whole network.
             let l = s.poll_lookup().expect("a hint lookup");
             assert_eq!(
                 (l.target, l.level),
-                (target, level as Level),
+                (target, hint_level as Level),
                 "rtt {rtt_ms} ms"
             );
             s.handle_lookup_result(net.now, &net.nodes[0], l.target, Vec::new());
