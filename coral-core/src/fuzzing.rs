@@ -1154,7 +1154,11 @@ impl Harness {
                 let routers: Vec<IpAddr> = (0..n % 8)
                     .map(|i| self.peers[usize::from(i)].ip())
                     .collect();
-                if n & 0x80 != 0 {
+                // Either way the node refuses as busy exactly when the new
+                // gets would pass `max_ops`: one for find_nodes, one per
+                // hint key (the prefix and each distinct router) for
+                // find_hinted.
+                let (started, busy, what) = if n & 0x80 != 0 {
                     let routers: Vec<Router> = routers
                         .into_iter()
                         .map(|addr| Router {
@@ -1170,38 +1174,28 @@ impl Harness {
                     keys.dedup();
                     let parts = 1 + keys.len().min(MAX_ROUTER_HINTS);
                     let busy = self.node.ops_in_flight() + parts > self.config.dsht.max_ops;
-                    match self
+                    let started = self
                         .node
-                        .find_hinted(self.now, level, count, target, &routers, services)
-                    {
-                        Ok(op) => {
-                            assert!(!busy, "find_hinted accepted over the cap");
-                            self.nodes_asked.insert(op, (count, services));
-                            self.started(op, AppKind::Nodes, None);
-                        }
-                        Err(OpError::Busy) => {
-                            assert!(busy, "find_hinted refused below the cap");
-                            self.settle(None);
-                        }
-                        Err(e) => panic!("find_hinted refused: {e}"),
-                    }
-                    return;
-                }
-                let busy = self.busy();
-                match self
-                    .node
-                    .find_nodes_via(self.now, level, count, target, &routers, services)
-                {
+                        .find_hinted(self.now, level, count, target, &routers, services);
+                    (started, busy, "find_hinted")
+                } else {
+                    let busy = self.busy();
+                    let started = self
+                        .node
+                        .find_nodes_via(self.now, level, count, target, &routers, services);
+                    (started, busy, "find_nodes")
+                };
+                match started {
                     Ok(op) => {
-                        assert!(!busy, "find_nodes accepted at the cap");
+                        assert!(!busy, "{what} accepted at the cap");
                         self.nodes_asked.insert(op, (count, services));
                         self.started(op, AppKind::Nodes, None);
                     }
                     Err(OpError::Busy) => {
-                        assert!(busy, "find_nodes refused below the cap");
+                        assert!(busy, "{what} refused below the cap");
                         self.settle(None);
                     }
-                    Err(e) => panic!("find_nodes refused: {e}"),
+                    Err(e) => panic!("{what} refused: {e}"),
                 }
             }
             _ => unreachable!("op::decode returns only opcodes"),
@@ -1714,6 +1708,12 @@ pub fn seed_node_inputs() -> Vec<(&'static str, Vec<u8>)> {
                 .op(op::NODES, &[2, 8, 1]),
         ),
         (
+            "hints_ranked",
+            joined(THREE)
+                .op(op::NODES, &[0, 8, 0, 2, 0x83, 5, 0, 40])
+                .converse(16, 0),
+        ),
+        (
             "hot_spot_stores",
             Script::new(ONE | SMALL)
                 .repeat(3, op::REQUEST, &[0, 0, 4, 0, 0, 0, 20, b'a', 5])
@@ -1929,7 +1929,7 @@ mod tests {
     #[test]
     fn seed_scripts_reach_their_states() {
         let seeds: BTreeMap<&str, Vec<u8>> = seed_node_inputs().into_iter().collect();
-        assert!((10..=20).contains(&seeds.len()));
+        assert!((10..=24).contains(&seeds.len()));
         let run = |name: &str| run_node_inputs(&seeds[name]);
         let joined = |h: &Harness| {
             h.events
@@ -1989,6 +1989,14 @@ mod tests {
         assert!(
             c.ping * c.find_near * c.get_probe * c.put_probe * c.store > 0,
             "{c:?}"
+        );
+        let h = run("hints_ranked");
+        assert!(
+            h.events
+                .iter()
+                .any(|e| matches!(e, Event::HintsFound { .. })),
+            "{:?}",
+            h.events
         );
         let h = run("hot_spot_stores");
         assert!(h.node.stats().refused_full + h.node.stats().refused_loaded > 0);
