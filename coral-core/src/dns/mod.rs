@@ -19,13 +19,17 @@
 //! The query's source address stands for the client. Its RTT (cached per
 //! /24 or /48, see [`limits::ResolverRtts`]) picks the tightest level whose
 //! diameter it is under; the answer holds A (or AAAA) records of live
-//! proxies of this node's cluster at that level, chosen by
-//! [`Node::nodes`] for the resolver (its prefix first, then measured
-//! RTT), and the authority section holds NS records, with glue, of DNS
-//! nodes of the same cluster for the level zone of that level: a far
-//! resolver gets `L0.nyucd.net`'s servers, a close one
-//! `L2.L1.L0.nyucd.net`'s, which it then prefers as the most specific zone
-//! it knows ("once local, stay local").
+//! proxies: first those the DSHT's hints name near the resolver, ranked by
+//! their estimated RTT to it ([`crate::dsht::hints`]; this node among them
+//! by the RTT it measured), then those of this node's cluster at that
+//! level chosen by [`Node::nodes`] for the resolver (its prefix first,
+//! then measured RTT). The authority section holds NS records, with glue,
+//! of DNS nodes for the level zone of that level: those the hints estimate
+//! nearer the resolver than this node, when there are any, else the
+//! hinted ones and this node's cluster's. A far resolver gets
+//! `L0.nyucd.net`'s servers, a close one `L2.L1.L0.nyucd.net`'s, which it
+//! then prefers as the most specific zone it knows ("once local, stay
+//! local").
 //!
 //! **A resolver not yet measured** waits: its first query is held until
 //! the probe comes back (and, for a resolver outside our tightest cluster,
