@@ -312,13 +312,12 @@ struct NodesQuery {
     services: Services,
     /// Router keys still to look up, in order.
     routers_left: SmallVec<[Id; 5]>,
-    /// Hint values found so far: the prefix's, then each router's in order.
+    /// Hint values found so far: the prefix's, then each router's in order;
+    /// for a part, its key's values, read on past the first holder (see
+    /// [`GetOp::gather`]).
     found: Vec<Bytes>,
     /// This get is part `.1` of the [`HintGroup`] of operation `.0`.
     part: Option<(OpId, usize)>,
-    /// A part's values so far: it reads on past the first holder (see
-    /// [`GetOp::gather`]).
-    gathered: Vec<Bytes>,
 }
 
 impl GetOp {
@@ -334,17 +333,17 @@ impl GetOp {
             return false;
         };
         for v in values {
-            if !q.gathered.contains(v) {
-                q.gathered.push(v.clone());
+            if !q.found.contains(v) {
+                q.found.push(v.clone());
             }
         }
-        q.gathered.len() < q.count
+        q.found.len() < q.count
     }
 
     /// What the get found: what it gathered, or else `holder`'s values.
     fn found_values(&mut self, holder: Vec<Bytes>) -> Vec<Bytes> {
         match self.nodes.as_mut().filter(|q| q.part.is_some()) {
-            Some(q) => std::mem::take(&mut q.gathered),
+            Some(q) => std::mem::take(&mut q.found),
             None => holder,
         }
     }
@@ -1122,7 +1121,9 @@ impl Node {
         routers: &[IpAddr],
         services: Services,
     ) -> Result<OpId, OpError> {
-        self.start_find_nodes(now, level, count, target, routers, services, false)
+        let routers: SmallVec<[Router; MAX_ROUTER_HINTS]> =
+            routers.iter().map(|&r| Router::unmeasured(r)).collect();
+        self.start_find_nodes(now, level, count, target, &routers, services, false)
     }
 
     /// The nodes the DSHT's network hints at `level` name as near `target`
@@ -1142,20 +1143,7 @@ impl Node {
         routers: &[Router],
         services: Services,
     ) -> Result<OpId, OpError> {
-        let addrs: SmallVec<[IpAddr; MAX_ROUTER_HINTS]> = routers.iter().map(|r| r.addr).collect();
-        let op = self.start_find_nodes(now, level, count, target, &addrs, services, true)?;
-        if let Some(g) = self.hint_groups.get_mut(&op) {
-            // The keys were deduplicated in order: the first RTT given for
-            // a router counts, as in `publish_hints`.
-            let mut seen: SmallVec<[IpAddr; MAX_ROUTER_HINTS]> = SmallVec::new();
-            for r in routers {
-                if seen.len() < MAX_ROUTER_HINTS && !seen.contains(&r.addr) {
-                    seen.push(r.addr);
-                    g.router_rtts.push(r.rtt);
-                }
-            }
-        }
-        Ok(op)
+        self.start_find_nodes(now, level, count, target, routers, services, true)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1165,7 +1153,7 @@ impl Node {
         level: Level,
         count: usize,
         target: IpAddr,
-        routers: &[IpAddr],
+        routers: &[Router],
         services: Services,
         trust_hints: bool,
     ) -> Result<OpId, OpError> {
@@ -1179,11 +1167,15 @@ impl Node {
         let lookup = self
             .new_lookup(level, key)
             .with_sweep(self.config.dsht.get_sweep);
-        let mut routers_left: SmallVec<[Id; 5]> = SmallVec::new();
+        // Each router once, the first RTT given for it counting (as in
+        // `publish_hints`).
+        let mut routers_left: SmallVec<[Id; MAX_ROUTER_HINTS]> = SmallVec::new();
+        let mut router_rtts: SmallVec<[Option<Duration>; MAX_ROUTER_HINTS]> = SmallVec::new();
         for r in routers {
-            let k = Id::for_router(*r);
+            let k = Id::for_router(r.addr);
             if routers_left.len() < MAX_ROUTER_HINTS && !routers_left.contains(&k) {
                 routers_left.push(k);
+                router_rtts.push(r.rtt);
             }
         }
         if trust_hints {
@@ -1199,7 +1191,7 @@ impl Node {
                     count,
                     services,
                     parts: vec![None; keys.len()],
-                    router_rtts: SmallVec::new(),
+                    router_rtts,
                 },
             );
             for (i, key) in keys.into_iter().enumerate() {
@@ -1215,7 +1207,6 @@ impl Node {
                     routers_left: SmallVec::new(),
                     found: Vec::new(),
                     part: Some((op, i)),
-                    gathered: Vec::new(),
                 };
                 self.ops.insert(
                     part,
@@ -1241,7 +1232,6 @@ impl Node {
             routers_left,
             found: Vec::new(),
             part: None,
-            gathered: Vec::new(),
         };
         self.ops.insert(
             op,
@@ -1333,12 +1323,7 @@ impl Node {
             };
             let mut parts = group.parts.iter().map(|p| p.as_deref().unwrap_or_default());
             let prefix = parts.next().unwrap_or_default();
-            let routers = group
-                .router_rtts
-                .iter()
-                .copied()
-                .chain(std::iter::repeat(None))
-                .zip(parts);
+            let routers = group.router_rtts.iter().copied().zip(parts);
             self.events.push_back(Event::HintsFound {
                 op: parent,
                 hints: hints::rank(prefix, routers, group.services, group.count),
@@ -2096,7 +2081,7 @@ impl Node {
     }
 
     fn start_get_level(&mut self, now: Instant, op: OpId) {
-        let Some(Op::Get(g)) = self.ops.remove(&op).map(|b| *b) else {
+        let Some(Op::Get(mut g)) = self.ops.remove(&op).map(|b| *b) else {
             return;
         };
         // This node is the first on its own path: serve from the local store.
@@ -2105,7 +2090,6 @@ impl Node {
             .get(now, g.level, g.key, self.config.dsht.reply_values)
             .cloned()
             .collect();
-        let mut g = g;
         if !local.is_empty() && !g.gather(&local) {
             let (level, values) = (g.level, g.found_values(local));
             self.finish_get(now, op, g, values, Some(level));
