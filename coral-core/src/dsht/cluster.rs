@@ -93,10 +93,15 @@
 //! opposite switches: a node in A moves to B only if it prefers B to A (or
 //! A stopped qualifying), and a node in B would then need to prefer A to B
 //! on the same information. A node's private knowledge is
-//! only about its own cluster (its own size estimate, used only while it
-//! knows no other member, and its own founding claim), and that only ever
-//! ranks its own cluster *higher* in its own eyes, which can stop a switch
-//! but never cause one.
+//! only about its own cluster (that it is a close member of it, its own
+//! size estimate and its own founding claim), and it must only ever rank
+//! its own cluster *higher* in its own eyes than in the eyes of a node
+//! that shares the rest, which can stop a switch but never cause one.
+//! That other node may or may not have heard this node's claims: a node
+//! counts itself as a close member, never less than a node that measured
+//! it does; it takes the older of its own founding time and the ones it
+//! heard; and it counts its own size estimate only where that raises
+//! the median of the claims (see `size_of`).
 //!
 //! # Decisions (spec §4.3–4.4, open question 7)
 //!
@@ -836,10 +841,18 @@ impl LevelClusters {
     /// noisy extrapolation (see `RoutingTable::size_estimate`); the median
     /// is what most members see, where a maximum would let one unlucky
     /// estimate make a small cluster look many times its size and pull
-    /// nodes into it. Our own estimate does not vote: every node then
-    /// sizes a cluster from the same claims, so nodes with the same
-    /// information rank clusters the same way, and a node whose own
-    /// estimate is inflated is not held in its cluster by it.
+    /// nodes into it.
+    ///
+    /// For our own cluster, the larger of that median and the median with
+    /// our own estimate added. We advertise our estimate to every node we
+    /// talk to, and a node that heard it counts it among our cluster's
+    /// claims; a node that did not hear it does not. Our own view must
+    /// rank our cluster at least as high as either of theirs (module doc),
+    /// and leaving our claim out can rank it lower than a node that heard
+    /// it does, so that both of us move into the other's cluster on the
+    /// same information. Our claim moves the median by one place at most,
+    /// no more than it moves it for a node that heard it, so an inflated
+    /// estimate holds us in our cluster no more than it draws others in.
     fn size_of(&self, now: Instant, id: &Id, t: &Tracked) -> u32 {
         let mut claims: Vec<u32> = t
             .members
@@ -848,11 +861,19 @@ impl LevelClusters {
             .map(|m| m.claimed_size)
             .collect();
         claims.sort_unstable();
-        match claims.get(claims.len() / 2) {
-            Some(&median) => median,
-            None if *id == self.current => self.own_size,
-            None => 0,
+        let Some(&median) = claims.get(claims.len() / 2) else {
+            return if *id == self.current {
+                self.own_size
+            } else {
+                0
+            };
+        };
+        if *id != self.current {
+            return median;
         }
+        let at = claims.partition_point(|&c| c < self.own_size);
+        claims.insert(at, self.own_size);
+        median.max(claims[claims.len() / 2])
     }
 
     fn candidate(&self, now: Instant, id: &Id, t: &Tracked) -> Candidate {
@@ -1894,6 +1915,59 @@ mod tests {
         assert_eq!(m, vec![contact(21).id, contact(22).id]);
         assert_eq!(lc.stats().evicted_members, 2);
         assert_eq!(lc.member_of.len(), 3);
+    }
+
+    /// The proptest case "opposite pending decisions", by hand. Nodes x in
+    /// A and y in B hear the same members, then each other. y counts x's
+    /// claim (12) in A's size; if x left its own claim out it would size A
+    /// from the others' claims alone (0, 0, 12: median 0), rank A below B
+    /// (equally close, same bucket 0, B's id smaller) and join B while y,
+    /// seeing A at 12, joins A.
+    #[test]
+    fn a_node_counts_its_own_claim_as_those_who_heard_it_do() {
+        let now = secs(T0);
+        let (a, b) = (cid(2), cid(1));
+        let p = ClusterParams::default();
+        let mut x = LevelClusters::new(LEVEL, p, Id([0xE1; 20]), a, now);
+        let mut y = LevelClusters::new(LEVEL, p, Id([0xE2; 20]), b, now);
+        x.set_size(12);
+        y.set_size(0);
+        for lc in [&mut x, &mut y] {
+            lc.observe(now, contact(7), &info(a, 0, 0), ms(30));
+            lc.observe(now, contact(0), &info(a, 12, 0), ms(0));
+            lc.observe(now, contact(2), &info(a, 0, 0), None);
+            lc.observe(now, contact(1), &info(b, 0, 0), ms(0));
+        }
+        let (ix, iy) = (x.current(now), y.current(now));
+        x.observe(now, node_contact(y.own), &iy, ms(0));
+        y.observe(now, node_contact(x.own), &ix, ms(0));
+        let size = |lc: &LevelClusters, c: Id| {
+            lc.candidates(now)
+                .iter()
+                .find(|(i, _, _)| i.cluster == c)
+                .map(|(i, _, _)| i.size)
+        };
+        assert_eq!(size(&y, a), Some(12), "0, 0, 12 and x's 12");
+        assert_eq!(size(&x, a), Some(12), "the same claims");
+        assert_eq!(size(&x, b), size(&y, b));
+        let mut rng = Rng::new(1);
+        assert_eq!(x.evaluate(now, &mut rng), None);
+        assert_eq!(y.evaluate(now, &mut rng), None);
+        let t = now + Duration::from_secs(20);
+        assert_eq!(x.evaluate(t, &mut rng), None, "x stays in the larger A");
+        assert!(matches!(
+            y.evaluate(t, &mut rng),
+            Some(Switch::Join { cluster, .. }) if cluster == a
+        ));
+
+        // Its own claim counts only where it raises the median: a node
+        // that never heard x sizes A from the others' claims, and x must
+        // not rank A lower than that node does.
+        let mut x = LevelClusters::new(LEVEL, p, Id([0xE1; 20]), a, now);
+        x.set_size(0);
+        x.observe(now, contact(3), &info(a, 5, 0), None);
+        x.observe(now, contact(4), &info(a, 12, 0), None);
+        assert_eq!(size(&x, a), Some(12), "5 and 12, not 0, 5 and 12");
     }
 
     #[test]
