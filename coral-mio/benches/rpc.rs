@@ -425,6 +425,27 @@ fn main() {
         return;
     }
     let pinned = pin(CLIENT_CPU);
+    if let Ok(only) = std::env::var("CORAL_BENCH_ONLY") {
+        // One pair or a few, for profiling; the comparison is the full run.
+        for pair in only.split(',') {
+            match pair {
+                "plain" => println!(
+                    "plain echo {:.0}",
+                    echo_pair(plain_server, plain_client, measure)
+                ),
+                "batched" => println!(
+                    "batched echo {:.0}",
+                    echo_pair(batched_server, batched_client, measure)
+                ),
+                "mio" => print_node("mio nodes", &mio_nodes(measure)),
+                "tokio" => print_node("tokio nodes", &tokio_nodes(measure)),
+                other => {
+                    eprintln!("CORAL_BENCH_ONLY: no pair {other:?} (plain, batched, mio, tokio)")
+                }
+            }
+        }
+        return;
+    }
     let plain = echo_pair(plain_server, plain_client, measure);
     let batched = echo_pair(batched_server, batched_client, measure);
     let mio = mio_nodes(measure);
