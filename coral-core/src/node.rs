@@ -244,6 +244,57 @@ enum Purpose {
     Survey,
 }
 
+/// A request as [`Inflight`] keeps it for retransmission. A [`Body`] is
+/// sized for the longest reply (600 bytes); a request is a sixth of that.
+#[derive(Clone)]
+enum Request {
+    Ping,
+    Neighbours,
+    /// `FindNear`, `GetProbe` or `PutProbe`, as `kind` says.
+    Probe {
+        kind: WalkKind,
+        scope: Scope,
+        key: Id,
+        target: Distance,
+    },
+    Store {
+        scope: Scope,
+        key: Id,
+        value: Bytes,
+        ttl_secs: u32,
+    },
+}
+
+impl Request {
+    fn body(&self) -> Body {
+        match self {
+            Self::Ping => Body::Ping,
+            Self::Neighbours => Body::Neighbours,
+            &Self::Probe {
+                kind,
+                scope,
+                key,
+                target,
+            } => match kind {
+                WalkKind::Find => Body::FindNear { scope, key, target },
+                WalkKind::Get => Body::GetProbe { scope, key, target },
+                WalkKind::PutProbe => Body::PutProbe { scope, key, target },
+            },
+            Self::Store {
+                scope,
+                key,
+                value,
+                ttl_secs,
+            } => Body::Store {
+                scope: *scope,
+                key: *key,
+                value: value.clone(),
+                ttl_secs: *ttl_secs,
+            },
+        }
+    }
+}
+
 struct Inflight {
     to: SocketAddr,
     id: Option<Id>,
@@ -253,7 +304,7 @@ struct Inflight {
     hedge_at: Option<Instant>,
     purpose: Purpose,
     /// The request, kept for retransmission.
-    body: Body,
+    request: Request,
     /// Retransmissions still allowed.
     retries_left: u8,
     /// Whether it was retransmitted (then its reply gives no RTT sample:
@@ -262,14 +313,15 @@ struct Inflight {
 }
 
 /// What happened to an operation: an RPC's fate, or the kick that starts a step.
-enum Outcome {
+enum Outcome<'a> {
     /// Nothing came back yet: take the first steps.
     Start,
-    /// Request `req` was answered.
+    /// Request `req` was answered (the reply stays with the datagram it
+    /// was decoded from).
     Reply {
         req: u64,
         from: Contact,
-        body: Box<Body>,
+        body: &'a Body,
     },
     /// Request `req` to `id` failed (timed out, or no RPC slot).
     Failed { req: u64, id: Option<Id> },
@@ -380,6 +432,58 @@ enum Op {
     Closest(Lookup),
 }
 
+/// Datagrams waiting for [`Node::poll_transmit`], encoded when queued (with
+/// what the node knew then, as before) into one buffer that is reused once
+/// drained: a queued reply is its bytes, not a [`Message`] of 700 bytes.
+#[derive(Default)]
+struct Outbox {
+    /// Destination and length of each datagram, in order.
+    queue: VecDeque<(SocketAddr, usize)>,
+    bytes: Vec<u8>,
+    /// Where the first datagram of `queue` starts in `bytes`.
+    read: usize,
+}
+
+impl Outbox {
+    /// Queues the message made of these fields for `to`.
+    fn push(
+        &mut self,
+        to: SocketAddr,
+        request_id: u64,
+        sender: &Contact,
+        clusters: &[ClusterInfo],
+        body: &Body,
+    ) {
+        let start = self.bytes.len();
+        wire::encode_parts(
+            &mut self.bytes,
+            request_id,
+            &sender.id,
+            sender.services,
+            clusters,
+            body,
+        );
+        self.queue.push_back((to, self.bytes.len() - start));
+    }
+
+    /// The next datagram, copied into `buf` (cleared first).
+    fn pop(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let (destination, size) = self.queue.pop_front()?;
+        let end = self.read + size;
+        buf.clear();
+        buf.extend_from_slice(self.bytes.get(self.read..end).unwrap_or_default());
+        self.read = end;
+        if self.queue.is_empty() {
+            self.bytes.clear();
+            self.read = 0;
+        }
+        Some(Transmit {
+            destination,
+            size: buf.len(),
+        })
+    }
+}
+
 /// One Coral node.
 pub struct Node {
     config: Config,
@@ -394,9 +498,8 @@ pub struct Node {
     neighbours: Neighbourhood,
     store: Store,
     rtt: RttEstimator,
-    /// Requests awaiting a reply. Boxed: the map moves its values when it
-    /// rebalances, and a request with its body is a few hundred bytes.
-    inflight: BTreeMap<u64, Box<Inflight>>,
+    /// Requests awaiting a reply.
+    inflight: BTreeMap<u64, Inflight>,
     deadlines: BTreeSet<(Instant, Timer)>,
     /// Running operations, boxed for the same reason as `inflight`.
     ops: BTreeMap<OpId, Box<Op>>,
@@ -415,7 +518,7 @@ pub struct Node {
     published: BTreeMap<(Id, Bytes), Publication>,
     /// `published` ordered by next refresh, so refreshes never scan.
     refresh_due: BTreeSet<(Instant, Id, Bytes)>,
-    outbox: VecDeque<(SocketAddr, Message)>,
+    outbox: Outbox,
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -524,7 +627,7 @@ impl Node {
             next_self_refresh: None,
             published: BTreeMap::new(),
             refresh_due: BTreeSet::new(),
-            outbox: VecDeque::new(),
+            outbox: Outbox::default(),
             events: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -661,7 +764,7 @@ impl Node {
             };
             let rtt = (!f.retransmitted).then(|| now - f.sent);
             self.observe(now, sender, &msg.clusters, rtt);
-            self.on_reply(now, sender, msg.request_id, f, rtt, msg.body);
+            self.on_reply(now, sender, msg.request_id, f, rtt, &msg.body);
         } else {
             self.observe(now, sender, &msg.clusters, None);
             self.on_request(now, sender, msg.request_id, msg.body);
@@ -681,7 +784,7 @@ impl Node {
                     if let Some(Inflight {
                         purpose: Purpose::Op(op),
                         ..
-                    }) = self.inflight.get(&req).map(|f| &**f)
+                    }) = self.inflight.get(&req)
                     {
                         let op = *op;
                         self.advance(now, op, Outcome::Hedge);
@@ -714,13 +817,7 @@ impl Node {
     /// The next datagram to send, encoded into `buf` (cleared first).
     #[must_use]
     pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
-        let (destination, msg) = self.outbox.pop_front()?;
-        buf.clear();
-        msg.encode(buf);
-        Some(Transmit {
-            destination,
-            size: buf.len(),
-        })
+        self.outbox.pop(buf)
     }
 
     /// When [`Self::handle_timeout`] must next be called.
@@ -768,7 +865,15 @@ impl Node {
             if *addr == self.contact.addr {
                 continue;
             }
-            let req = self.send_request(now, *addr, None, None, Body::Ping, Purpose::Op(op), false);
+            let req = self.send_request(
+                now,
+                *addr,
+                None,
+                None,
+                Request::Ping,
+                Purpose::Op(op),
+                false,
+            );
             if req.is_some() {
                 join.pending_pings += 1;
             }
@@ -1397,21 +1502,18 @@ impl Node {
         )
     }
 
-    fn message(&self, now: Instant, request_id: u64, body: Body) -> Message {
-        Message {
-            request_id,
-            sender: self.contact.id,
-            services: self.contact.services,
-            clusters: self
-                .levels
-                .iter()
-                .map(|l| ClusterInfo {
-                    age_secs: u32::try_from((now - l.founded).as_secs()).unwrap_or(u32::MAX),
-                    ..l.info
-                })
-                .collect(),
-            body,
-        }
+    /// Queues a message from this node to `to`, with our clusters as of `now`.
+    fn send_message(&mut self, now: Instant, to: SocketAddr, request_id: u64, body: &Body) {
+        let clusters: SmallVec<[ClusterInfo; 3]> = self
+            .levels
+            .iter()
+            .map(|l| ClusterInfo {
+                age_secs: u32::try_from((now - l.founded).as_secs()).unwrap_or(u32::MAX),
+                ..l.info
+            })
+            .collect();
+        self.outbox
+            .push(to, request_id, &self.contact, &clusters, body);
     }
 
     fn scope(&self, level: Level) -> Scope {
@@ -1437,8 +1539,7 @@ impl Node {
 
     fn reply(&mut self, now: Instant, to: SocketAddr, request_id: u64, body: Body) {
         self.count_out(&body);
-        let msg = self.message(now, request_id, body);
-        self.outbox.push_back((to, msg));
+        self.send_message(now, to, request_id, &body);
     }
 
     /// Timeout and hedge delay for an RPC to `id`. A measured contact gets
@@ -1475,7 +1576,7 @@ impl Node {
         to: SocketAddr,
         id: Option<Id>,
         level: Option<Level>,
-        body: Body,
+        request: Request,
         purpose: Purpose,
         may_hedge: bool,
     ) -> Option<u64> {
@@ -1494,11 +1595,12 @@ impl Node {
         if let Some(h) = hedge_at {
             self.deadlines.insert((h, Timer::Hedge(req)));
         }
+        let body = request.body();
         self.count_out(&body);
-        let msg = self.message(now, req, body.clone());
+        self.send_message(now, to, req, &body);
         self.inflight.insert(
             req,
-            Box::new(Inflight {
+            Inflight {
                 to,
                 id,
                 level,
@@ -1506,12 +1608,11 @@ impl Node {
                 deadline,
                 hedge_at,
                 purpose,
-                body,
+                request,
                 retries_left: self.config.dsht.rpc_retries,
                 retransmitted: false,
-            }),
+            },
         );
-        self.outbox.push_back((to, msg));
         Some(req)
     }
 
@@ -1554,7 +1655,7 @@ impl Node {
                     oldest.addr,
                     Some(oldest.id),
                     Some(level),
-                    Body::Ping,
+                    Request::Ping,
                     Purpose::PingOldest,
                     false,
                 );
@@ -1671,7 +1772,7 @@ impl Node {
     // ----- internals: replies and timeouts --------------------------------
 
     /// Removes and returns the request `req` if `from` may answer it.
-    fn take_inflight(&mut self, from: &Contact, req: u64) -> Option<Box<Inflight>> {
+    fn take_inflight(&mut self, from: &Contact, req: u64) -> Option<Inflight> {
         match self.inflight.get(&req) {
             Some(f) if f.to == from.addr && f.id.is_none_or(|id| id == from.id) => {}
             _ => return None,
@@ -1686,9 +1787,9 @@ impl Node {
         now: Instant,
         from: Contact,
         req: u64,
-        f: Box<Inflight>,
+        f: Inflight,
         rtt: Option<Duration>,
-        body: Body,
+        body: &Body,
     ) {
         if let Some(rtt) = rtt {
             self.rtt.sample(rtt);
@@ -1726,15 +1827,7 @@ impl Node {
             }
         }
         if let Purpose::Op(op) = f.purpose {
-            self.advance(
-                now,
-                op,
-                Outcome::Reply {
-                    req,
-                    from,
-                    body: Box::new(body),
-                },
-            );
+            self.advance(now, op, Outcome::Reply { req, from, body });
         }
     }
 
@@ -1756,9 +1849,9 @@ impl Node {
             f.hedge_at = None;
             self.deadlines.insert((f.deadline, Timer::Rpc(req)));
             self.stats.retransmits += 1;
-            self.count_out(&f.body);
-            let msg = self.message(now, req, f.body.clone());
-            self.outbox.push_back((f.to, msg));
+            let body = f.request.body();
+            self.count_out(&body);
+            self.send_message(now, f.to, req, &body);
             self.inflight.insert(req, f);
             return;
         }
@@ -1836,16 +1929,16 @@ impl Node {
         level: Level,
         lookup: &mut Lookup,
         kind: WalkKind,
-        outcome: Outcome,
+        outcome: Outcome<'_>,
     ) -> bool {
         let mut advanced = false;
         let mut hedging = false;
         match outcome {
-            Outcome::Reply { from, body, .. } => match *body {
+            Outcome::Reply { from, body, .. } => match body {
                 Body::Nodes { contacts }
                 | Body::GetReply { contacts, .. }
                 | Body::PutProbeReply { contacts, .. } => {
-                    advanced = lookup.on_reply(&from, &contacts);
+                    advanced = lookup.on_reply(&from, contacts);
                 }
                 _ => lookup.on_failure(&from.id),
             },
@@ -1890,30 +1983,18 @@ impl Node {
         kind: WalkKind,
         may_hedge: bool,
     ) -> bool {
-        let scope = self.scope(level);
-        let body = match kind {
-            WalkKind::Find => Body::FindNear {
-                scope,
-                key,
-                target: hop.target,
-            },
-            WalkKind::Get => Body::GetProbe {
-                scope,
-                key,
-                target: hop.target,
-            },
-            WalkKind::PutProbe => Body::PutProbe {
-                scope,
-                key,
-                target: hop.target,
-            },
+        let request = Request::Probe {
+            kind,
+            scope: self.scope(level),
+            key,
+            target: hop.target,
         };
         self.send_request(
             now,
             hop.contact.addr,
             Some(hop.contact.id),
             Some(level),
-            body,
+            request,
             Purpose::Op(op),
             may_hedge,
         )
@@ -1943,7 +2024,7 @@ impl Node {
         now: Instant,
         op: OpId,
         mut j: JoinOp,
-        outcome: Outcome,
+        outcome: Outcome<'_>,
     ) -> Option<Op> {
         if j.walk.is_none() {
             // Bootstrap phase: wait for every ping (answered or timed out).
@@ -1993,7 +2074,7 @@ impl Node {
                 c.addr,
                 Some(c.id),
                 Some(level),
-                Body::Ping,
+                Request::Ping,
                 Purpose::Probe,
                 false,
             );
@@ -2058,10 +2139,10 @@ impl Node {
         now: Instant,
         op: OpId,
         mut g: GetOp,
-        outcome: Outcome,
+        outcome: Outcome<'_>,
     ) -> Option<Op> {
         if let Outcome::Reply { from, body, .. } = &outcome
-            && let Body::GetReply { values, .. } = body.as_ref()
+            && let Body::GetReply { values, .. } = *body
             && !values.is_empty()
         {
             // The first node on the path holding values ends the get (spec §3.3),
@@ -2130,7 +2211,7 @@ impl Node {
         now: Instant,
         op: OpId,
         mut p: PutOp,
-        outcome: Outcome,
+        outcome: Outcome<'_>,
     ) -> Option<Op> {
         let phase = std::mem::replace(
             &mut p.phase,
@@ -2146,7 +2227,7 @@ impl Node {
                 mut stack,
             } => {
                 if let Outcome::Reply { from, body, .. } = &outcome
-                    && let Body::PutProbeReply { loaded, stored, .. } = body.as_ref()
+                    && let Body::PutProbeReply { loaded, stored, .. } = *body
                 {
                     let l = self.config.dsht.l;
                     let full = store::is_full(stored, l, p.fingerprint, p.ttl);
@@ -2214,7 +2295,7 @@ impl Node {
                 }
                 if let Outcome::Reply { from, body, .. } = &outcome
                     && matches!(
-                        body.as_ref(),
+                        *body,
                         Body::StoreReply {
                             result: StoreResult::Ok
                         }
@@ -2262,7 +2343,7 @@ impl Node {
                 continue;
             }
             let ttl_secs = u32::try_from(p.ttl.as_secs()).unwrap_or(u32::MAX);
-            let body = Body::Store {
+            let request = Request::Store {
                 scope: self.scope(p.level),
                 key: p.key,
                 value: p.value.clone(),
@@ -2273,7 +2354,7 @@ impl Node {
                 target.addr,
                 Some(target.id),
                 Some(p.level),
-                body,
+                request,
                 Purpose::Op(op),
                 false,
             );
@@ -2368,7 +2449,7 @@ impl Node {
                 c.addr,
                 Some(c.id),
                 Some(0),
-                Body::Neighbours,
+                Request::Neighbours,
                 Purpose::Neighbours,
                 false,
             );
@@ -2406,7 +2487,8 @@ impl Node {
                     m.addr,
                     Some(m.id),
                     Some(level),
-                    Body::FindNear {
+                    Request::Probe {
+                        kind: WalkKind::Find,
                         scope: Scope { level, cluster },
                         key,
                         target: Distance::ZERO,
@@ -2536,7 +2618,7 @@ impl Node {
             c.addr,
             Some(c.id),
             Some(0),
-            Body::Ping,
+            Request::Ping,
             Purpose::Probe,
             false,
         );
