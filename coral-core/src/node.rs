@@ -343,7 +343,8 @@ struct GetOp {
     lookup: Lookup,
     hops: u32,
     /// Set when the get reads network hints for [`Node::find_nodes`].
-    nodes: Option<NodesQuery>,
+    /// Boxed: rare, and a get is moved whole at every step.
+    nodes: Option<Box<NodesQuery>>,
 }
 
 /// What [`Node::find_nodes`] asked for, and what its hint lookups found.
@@ -896,18 +897,18 @@ impl Node {
         let lookup = self
             .new_lookup(level, key)
             .with_sweep(self.config.dsht.get_sweep);
-        self.ops.insert(
+        self.start_get_level(
+            now,
             op,
-            Box::new(Op::Get(GetOp {
+            GetOp {
                 key,
                 levels: todo,
                 level,
                 lookup,
                 hops: 0,
                 nodes: None,
-            })),
+            },
         );
-        self.start_get_level(now, op);
         Ok(op)
     }
 
@@ -1254,18 +1255,18 @@ impl Node {
                     found: Vec::new(),
                     part: Some((op, i)),
                 };
-                self.ops.insert(
+                self.start_get_level(
+                    now,
                     part,
-                    Box::new(Op::Get(GetOp {
+                    GetOp {
                         key,
                         levels: SmallVec::new(),
                         level,
                         lookup,
                         hops: 0,
-                        nodes: Some(query),
-                    })),
+                        nodes: Some(Box::new(query)),
+                    },
                 );
-                self.start_get_level(now, part);
             }
             return Ok(op);
         }
@@ -1279,18 +1280,18 @@ impl Node {
             found: Vec::new(),
             part: None,
         };
-        self.ops.insert(
+        self.start_get_level(
+            now,
             op,
-            Box::new(Op::Get(GetOp {
+            GetOp {
                 key,
                 levels: SmallVec::new(),
                 level,
                 lookup,
                 hops: 0,
-                nodes: Some(query),
-            })),
+                nodes: Some(Box::new(query)),
+            },
         );
-        self.start_get_level(now, op);
         Ok(op)
     }
 
@@ -1395,18 +1396,18 @@ impl Node {
             let lookup = self
                 .new_lookup(q.level, key)
                 .with_sweep(self.config.dsht.get_sweep);
-            self.ops.insert(
+            self.start_get_level(
+                now,
                 op,
-                Box::new(Op::Get(GetOp {
+                GetOp {
                     key,
                     levels: SmallVec::new(),
                     level: q.level,
                     lookup,
                     hops: g.hops,
                     nodes: Some(q),
-                })),
+                },
             );
-            self.start_get_level(now, op);
             return;
         }
         let local = self.local_ranking(now, q.level, Some(q.target), q.services);
@@ -2115,10 +2116,9 @@ impl Node {
         }
     }
 
-    fn start_get_level(&mut self, now: Instant, op: OpId) {
-        let Some(Op::Get(g)) = self.ops.remove(&op).map(|b| *b) else {
-            return;
-        };
+    /// Starts (or continues at its next level) get `op`, which is not in
+    /// `ops` while it steps: it goes there only if it has to wait for a reply.
+    fn start_get_level(&mut self, now: Instant, op: OpId, g: GetOp) {
         // This node is the first on its own path: serve from the local store.
         let local: Vec<Bytes> = self
             .store
@@ -2170,8 +2170,7 @@ impl Node {
             .continue_lookup(level, g.key, reached)
             .with_sweep(self.config.dsht.get_sweep);
         g.level = level;
-        self.ops.insert(op, Box::new(Op::Get(g)));
-        self.start_get_level(now, op);
+        self.start_get_level(now, op, g);
         None
     }
 
