@@ -1,7 +1,10 @@
 //! The RPC hot path: decode a get-probe, handle it, encode the reply, on a
 //! node whose routing table and store are full. Goal: 1 M RPC/s per core.
 //! The three-level case measures what carrying and evaluating cluster info
-//! on every message costs (issue 3).
+//! on every message costs (issue 3). `get_round_trip` is the other side:
+//! the core work of one DSHT get in a network of two (the requester's get,
+//! probe, reply and event, and the other node's answer), the user-space
+//! part of what coral-mio's RPC bench measures between two nodes (issue 7).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,13 +12,13 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use coral_core::Node;
 use coral_core::config::{Config, LevelConfig};
 use coral_core::contact::{ClusterInfo, Services};
 use coral_core::id::{Distance, Id};
 use coral_core::rng::Rng;
 use coral_core::time::Instant;
 use coral_core::wire::{Body, Message, Scope};
+use coral_core::{Event, Levels, Node};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn addr(i: u32) -> SocketAddr {
@@ -92,6 +95,58 @@ fn loaded_node(levels: u8) -> (Node, Vec<Id>) {
     (node, keys)
 }
 
+/// Delivers every datagram each node has for the other until both are quiet.
+fn shuttle(now: Instant, nodes: &mut [Node; 2], out: &mut Vec<u8>) {
+    let addrs = [nodes[0].contact().addr, nodes[1].contact().addr];
+    let mut moved = true;
+    while moved {
+        moved = false;
+        for from in 0..2 {
+            while let Some(t) = nodes[from].poll_transmit(out) {
+                assert_eq!(t.destination, addrs[1 - from]);
+                nodes[1 - from].handle_datagram(now, addrs[from], &out[..t.size]);
+                moved = true;
+            }
+        }
+    }
+}
+
+/// Node B gets keys that node A, its only contact, does not hold: one
+/// get-probe round trip per get, as in coral-mio's RPC bench.
+fn get_round_trip(c: &mut Criterion) {
+    let now = Instant::from_millis(1000);
+    let config = |seed| Config {
+        seed,
+        levels: vec![LevelConfig::GLOBAL],
+        ..Config::default()
+    };
+    let mut nodes = [
+        Node::new(config(1), addr(1), now),
+        Node::new(config(2), addr(2), now),
+    ];
+    let mut out = Vec::with_capacity(1500);
+    nodes[0].join(now, &[]).unwrap();
+    nodes[1].join(now, &[addr(1)]).unwrap();
+    shuttle(now, &mut nodes, &mut out);
+    while nodes[1].poll_event().is_some() {}
+    while nodes[0].poll_event().is_some() {}
+    let mut rng = Rng::new(11);
+    let keys: Vec<Id> = (0..1024).map(|_| Id::random(&mut rng)).collect();
+    let mut i = 0;
+    let mut g = c.benchmark_group("rpc");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("get_round_trip", |b| {
+        b.iter(|| {
+            i += 1;
+            nodes[1].get(now, keys[i & 1023], Levels::ALL).unwrap();
+            shuttle(now, &mut nodes, &mut out);
+            let done = nodes[1].poll_event();
+            assert!(matches!(done, Some(Event::GetDone { .. })), "{done:?}");
+        })
+    });
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let now = Instant::from_millis(2000);
     let scope = Scope {
@@ -158,5 +213,5 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, get_round_trip, bench);
 criterion_main!(benches);

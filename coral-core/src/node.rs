@@ -253,6 +253,57 @@ enum Purpose {
     Survey,
 }
 
+/// A request as [`Inflight`] keeps it for retransmission. A [`Body`] is
+/// sized for the longest reply (600 bytes); a request is a sixth of that.
+#[derive(Clone)]
+enum Request {
+    Ping,
+    Neighbours,
+    /// `FindNear`, `GetProbe` or `PutProbe`, as `kind` says.
+    Probe {
+        kind: WalkKind,
+        scope: Scope,
+        key: Id,
+        target: Distance,
+    },
+    Store {
+        scope: Scope,
+        key: Id,
+        value: Bytes,
+        ttl_secs: u32,
+    },
+}
+
+impl Request {
+    fn body(&self) -> Body {
+        match self {
+            Self::Ping => Body::Ping,
+            Self::Neighbours => Body::Neighbours,
+            &Self::Probe {
+                kind,
+                scope,
+                key,
+                target,
+            } => match kind {
+                WalkKind::Find => Body::FindNear { scope, key, target },
+                WalkKind::Get => Body::GetProbe { scope, key, target },
+                WalkKind::PutProbe => Body::PutProbe { scope, key, target },
+            },
+            Self::Store {
+                scope,
+                key,
+                value,
+                ttl_secs,
+            } => Body::Store {
+                scope: *scope,
+                key: *key,
+                value: value.clone(),
+                ttl_secs: *ttl_secs,
+            },
+        }
+    }
+}
+
 struct Inflight {
     to: SocketAddr,
     id: Option<Id>,
@@ -262,7 +313,7 @@ struct Inflight {
     hedge_at: Option<Instant>,
     purpose: Purpose,
     /// The request, kept for retransmission.
-    body: Body,
+    request: Request,
     /// Retransmissions still allowed.
     retries_left: u8,
     /// Whether it was retransmitted (then its reply gives no RTT sample:
@@ -271,14 +322,15 @@ struct Inflight {
 }
 
 /// What happened to an operation: an RPC's fate, or the kick that starts a step.
-enum Outcome {
+enum Outcome<'a> {
     /// Nothing came back yet: take the first steps.
     Start,
-    /// Request `req` was answered.
+    /// Request `req` was answered (the reply stays with the datagram it
+    /// was decoded from).
     Reply {
         req: u64,
         from: Contact,
-        body: Box<Body>,
+        body: &'a Body,
     },
     /// Request `req` to `id` failed (timed out, or no RPC slot).
     Failed { req: u64, id: Option<Id> },
@@ -300,7 +352,8 @@ struct GetOp {
     lookup: Lookup,
     hops: u32,
     /// Set when the get reads network hints for [`Node::find_nodes`].
-    nodes: Option<NodesQuery>,
+    /// Boxed: rare, and a get is moved whole at every step.
+    nodes: Option<Box<NodesQuery>>,
 }
 
 /// What [`Node::find_nodes`] asked for, and what its hint lookups found.
@@ -422,6 +475,58 @@ enum Op {
     Closest(Lookup),
 }
 
+/// Datagrams waiting for [`Node::poll_transmit`], encoded when queued (with
+/// what the node knew then, as before) into one buffer that is reused once
+/// drained: a queued reply is its bytes, not a [`Message`] of 700 bytes.
+#[derive(Default)]
+struct Outbox {
+    /// Destination and length of each datagram, in order.
+    queue: VecDeque<(SocketAddr, usize)>,
+    bytes: Vec<u8>,
+    /// Where the first datagram of `queue` starts in `bytes`.
+    read: usize,
+}
+
+impl Outbox {
+    /// Queues the message made of these fields for `to`.
+    fn push(
+        &mut self,
+        to: SocketAddr,
+        request_id: u64,
+        sender: &Contact,
+        clusters: &[ClusterInfo],
+        body: &Body,
+    ) {
+        let start = self.bytes.len();
+        wire::encode_parts(
+            &mut self.bytes,
+            request_id,
+            &sender.id,
+            sender.services,
+            clusters,
+            body,
+        );
+        self.queue.push_back((to, self.bytes.len() - start));
+    }
+
+    /// The next datagram, copied into `buf` (cleared first).
+    fn pop(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let (destination, size) = self.queue.pop_front()?;
+        let end = self.read + size;
+        buf.clear();
+        buf.extend_from_slice(self.bytes.get(self.read..end).unwrap_or_default());
+        self.read = end;
+        if self.queue.is_empty() {
+            self.bytes.clear();
+            self.read = 0;
+        }
+        Some(Transmit {
+            destination,
+            size: buf.len(),
+        })
+    }
+}
+
 /// One Coral node.
 pub struct Node {
     config: Config,
@@ -436,9 +541,8 @@ pub struct Node {
     neighbours: Neighbourhood,
     store: Store,
     rtt: RttEstimator,
-    /// Requests awaiting a reply. Boxed: the map moves its values when it
-    /// rebalances, and a request with its body is a few hundred bytes.
-    inflight: BTreeMap<u64, Box<Inflight>>,
+    /// Requests awaiting a reply.
+    inflight: BTreeMap<u64, Inflight>,
     deadlines: BTreeSet<(Instant, Timer)>,
     /// Running operations, boxed for the same reason as `inflight`.
     ops: BTreeMap<OpId, Box<Op>>,
@@ -457,7 +561,7 @@ pub struct Node {
     published: BTreeMap<(Id, Bytes), Publication>,
     /// `published` ordered by next refresh, so refreshes never scan.
     refresh_due: BTreeSet<(Instant, Id, Bytes)>,
-    outbox: VecDeque<(SocketAddr, Message)>,
+    outbox: Outbox,
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -566,7 +670,7 @@ impl Node {
             next_self_refresh: None,
             published: BTreeMap::new(),
             refresh_due: BTreeSet::new(),
-            outbox: VecDeque::new(),
+            outbox: Outbox::default(),
             events: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -703,7 +807,7 @@ impl Node {
             };
             let rtt = (!f.retransmitted).then(|| now - f.sent);
             self.observe(now, sender, &msg.clusters, rtt);
-            self.on_reply(now, sender, msg.request_id, f, rtt, msg.body);
+            self.on_reply(now, sender, msg.request_id, f, rtt, &msg.body);
         } else {
             self.observe(now, sender, &msg.clusters, None);
             self.on_request(now, sender, msg.request_id, msg.body);
@@ -723,7 +827,7 @@ impl Node {
                     if let Some(Inflight {
                         purpose: Purpose::Op(op),
                         ..
-                    }) = self.inflight.get(&req).map(|f| &**f)
+                    }) = self.inflight.get(&req)
                     {
                         let op = *op;
                         self.advance(now, op, Outcome::Hedge);
@@ -756,13 +860,7 @@ impl Node {
     /// The next datagram to send, encoded into `buf` (cleared first).
     #[must_use]
     pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
-        let (destination, msg) = self.outbox.pop_front()?;
-        buf.clear();
-        msg.encode(buf);
-        Some(Transmit {
-            destination,
-            size: buf.len(),
-        })
+        self.outbox.pop(buf)
     }
 
     /// When [`Self::handle_timeout`] must next be called.
@@ -810,7 +908,15 @@ impl Node {
             if *addr == self.contact.addr {
                 continue;
             }
-            let req = self.send_request(now, *addr, None, None, Body::Ping, Purpose::Op(op), false);
+            let req = self.send_request(
+                now,
+                *addr,
+                None,
+                None,
+                Request::Ping,
+                Purpose::Op(op),
+                false,
+            );
             if req.is_some() {
                 join.pending_pings += 1;
             }
@@ -833,18 +939,18 @@ impl Node {
         let lookup = self
             .new_lookup(level, key)
             .with_sweep(self.config.dsht.get_sweep);
-        self.ops.insert(
+        self.start_get_level(
+            now,
             op,
-            Box::new(Op::Get(GetOp {
+            GetOp {
                 key,
                 levels: todo,
                 level,
                 lookup,
                 hops: 0,
                 nodes: None,
-            })),
+            },
         );
-        self.start_get_level(now, op);
         Ok(op)
     }
 
@@ -1208,18 +1314,18 @@ impl Node {
                     found: Vec::new(),
                     part: Some((op, i)),
                 };
-                self.ops.insert(
+                self.start_get_level(
+                    now,
                     part,
-                    Box::new(Op::Get(GetOp {
+                    GetOp {
                         key,
                         levels: SmallVec::new(),
                         level,
                         lookup,
                         hops: 0,
-                        nodes: Some(query),
-                    })),
+                        nodes: Some(Box::new(query)),
+                    },
                 );
-                self.start_get_level(now, part);
             }
             return Ok(op);
         }
@@ -1233,18 +1339,18 @@ impl Node {
             found: Vec::new(),
             part: None,
         };
-        self.ops.insert(
+        self.start_get_level(
+            now,
             op,
-            Box::new(Op::Get(GetOp {
+            GetOp {
                 key,
                 levels: SmallVec::new(),
                 level,
                 lookup,
                 hops: 0,
-                nodes: Some(query),
-            })),
+                nodes: Some(Box::new(query)),
+            },
         );
-        self.start_get_level(now, op);
         Ok(op)
     }
 
@@ -1336,18 +1442,18 @@ impl Node {
             let lookup = self
                 .new_lookup(q.level, key)
                 .with_sweep(self.config.dsht.get_sweep);
-            self.ops.insert(
+            self.start_get_level(
+                now,
                 op,
-                Box::new(Op::Get(GetOp {
+                GetOp {
                     key,
                     levels: SmallVec::new(),
                     level: q.level,
                     lookup,
                     hops: g.hops,
                     nodes: Some(q),
-                })),
+                },
             );
-            self.start_get_level(now, op);
             return;
         }
         let local = self.local_ranking(now, q.level, Some(q.target), q.services);
@@ -1443,21 +1549,18 @@ impl Node {
         )
     }
 
-    fn message(&self, now: Instant, request_id: u64, body: Body) -> Message {
-        Message {
-            request_id,
-            sender: self.contact.id,
-            services: self.contact.services,
-            clusters: self
-                .levels
-                .iter()
-                .map(|l| ClusterInfo {
-                    age_secs: u32::try_from((now - l.founded).as_secs()).unwrap_or(u32::MAX),
-                    ..l.info
-                })
-                .collect(),
-            body,
-        }
+    /// Queues a message from this node to `to`, with our clusters as of `now`.
+    fn send_message(&mut self, now: Instant, to: SocketAddr, request_id: u64, body: &Body) {
+        let clusters: SmallVec<[ClusterInfo; 3]> = self
+            .levels
+            .iter()
+            .map(|l| ClusterInfo {
+                age_secs: u32::try_from((now - l.founded).as_secs()).unwrap_or(u32::MAX),
+                ..l.info
+            })
+            .collect();
+        self.outbox
+            .push(to, request_id, &self.contact, &clusters, body);
     }
 
     fn scope(&self, level: Level) -> Scope {
@@ -1483,8 +1586,7 @@ impl Node {
 
     fn reply(&mut self, now: Instant, to: SocketAddr, request_id: u64, body: Body) {
         self.count_out(&body);
-        let msg = self.message(now, request_id, body);
-        self.outbox.push_back((to, msg));
+        self.send_message(now, to, request_id, &body);
     }
 
     /// Timeout and hedge delay for an RPC to `id`. A measured contact gets
@@ -1521,7 +1623,7 @@ impl Node {
         to: SocketAddr,
         id: Option<Id>,
         level: Option<Level>,
-        body: Body,
+        request: Request,
         purpose: Purpose,
         may_hedge: bool,
     ) -> Option<u64> {
@@ -1540,11 +1642,12 @@ impl Node {
         if let Some(h) = hedge_at {
             self.deadlines.insert((h, Timer::Hedge(req)));
         }
+        let body = request.body();
         self.count_out(&body);
-        let msg = self.message(now, req, body.clone());
+        self.send_message(now, to, req, &body);
         self.inflight.insert(
             req,
-            Box::new(Inflight {
+            Inflight {
                 to,
                 id,
                 level,
@@ -1552,12 +1655,11 @@ impl Node {
                 deadline,
                 hedge_at,
                 purpose,
-                body,
+                request,
                 retries_left: self.config.dsht.rpc_retries,
                 retransmitted: false,
-            }),
+            },
         );
-        self.outbox.push_back((to, msg));
         Some(req)
     }
 
@@ -1600,7 +1702,7 @@ impl Node {
                     oldest.addr,
                     Some(oldest.id),
                     Some(level),
-                    Body::Ping,
+                    Request::Ping,
                     Purpose::PingOldest,
                     false,
                 );
@@ -1717,7 +1819,7 @@ impl Node {
     // ----- internals: replies and timeouts --------------------------------
 
     /// Removes and returns the request `req` if `from` may answer it.
-    fn take_inflight(&mut self, from: &Contact, req: u64) -> Option<Box<Inflight>> {
+    fn take_inflight(&mut self, from: &Contact, req: u64) -> Option<Inflight> {
         match self.inflight.get(&req) {
             Some(f) if f.to == from.addr && f.id.is_none_or(|id| id == from.id) => {}
             _ => return None,
@@ -1732,9 +1834,9 @@ impl Node {
         now: Instant,
         from: Contact,
         req: u64,
-        f: Box<Inflight>,
+        f: Inflight,
         rtt: Option<Duration>,
-        body: Body,
+        body: &Body,
     ) {
         if let Some(rtt) = rtt {
             self.rtt.sample(rtt);
@@ -1772,15 +1874,7 @@ impl Node {
             }
         }
         if let Purpose::Op(op) = f.purpose {
-            self.advance(
-                now,
-                op,
-                Outcome::Reply {
-                    req,
-                    from,
-                    body: Box::new(body),
-                },
-            );
+            self.advance(now, op, Outcome::Reply { req, from, body });
         }
     }
 
@@ -1802,9 +1896,9 @@ impl Node {
             f.hedge_at = None;
             self.deadlines.insert((f.deadline, Timer::Rpc(req)));
             self.stats.retransmits += 1;
-            self.count_out(&f.body);
-            let msg = self.message(now, req, f.body.clone());
-            self.outbox.push_back((f.to, msg));
+            let body = f.request.body();
+            self.count_out(&body);
+            self.send_message(now, f.to, req, &body);
             self.inflight.insert(req, f);
             return;
         }
@@ -1882,16 +1976,16 @@ impl Node {
         level: Level,
         lookup: &mut Lookup,
         kind: WalkKind,
-        outcome: Outcome,
+        outcome: Outcome<'_>,
     ) -> bool {
         let mut advanced = false;
         let mut hedging = false;
         match outcome {
-            Outcome::Reply { from, body, .. } => match *body {
+            Outcome::Reply { from, body, .. } => match body {
                 Body::Nodes { contacts }
                 | Body::GetReply { contacts, .. }
                 | Body::PutProbeReply { contacts, .. } => {
-                    advanced = lookup.on_reply(&from, &contacts);
+                    advanced = lookup.on_reply(&from, contacts);
                 }
                 _ => lookup.on_failure(&from.id),
             },
@@ -1936,30 +2030,18 @@ impl Node {
         kind: WalkKind,
         may_hedge: bool,
     ) -> bool {
-        let scope = self.scope(level);
-        let body = match kind {
-            WalkKind::Find => Body::FindNear {
-                scope,
-                key,
-                target: hop.target,
-            },
-            WalkKind::Get => Body::GetProbe {
-                scope,
-                key,
-                target: hop.target,
-            },
-            WalkKind::PutProbe => Body::PutProbe {
-                scope,
-                key,
-                target: hop.target,
-            },
+        let request = Request::Probe {
+            kind,
+            scope: self.scope(level),
+            key,
+            target: hop.target,
         };
         self.send_request(
             now,
             hop.contact.addr,
             Some(hop.contact.id),
             Some(level),
-            body,
+            request,
             Purpose::Op(op),
             may_hedge,
         )
@@ -1989,7 +2071,7 @@ impl Node {
         now: Instant,
         op: OpId,
         mut j: JoinOp,
-        outcome: Outcome,
+        outcome: Outcome<'_>,
     ) -> Option<Op> {
         if j.walk.is_none() {
             // Bootstrap phase: wait for every ping (answered or timed out).
@@ -2039,7 +2121,7 @@ impl Node {
                 c.addr,
                 Some(c.id),
                 Some(level),
-                Body::Ping,
+                Request::Ping,
                 Purpose::Probe,
                 false,
             );
@@ -2080,10 +2162,9 @@ impl Node {
         }
     }
 
-    fn start_get_level(&mut self, now: Instant, op: OpId) {
-        let Some(Op::Get(mut g)) = self.ops.remove(&op).map(|b| *b) else {
-            return;
-        };
+    /// Starts (or continues at its next level) get `op`, which is not in
+    /// `ops` while it steps: it goes there only if it has to wait for a reply.
+    fn start_get_level(&mut self, now: Instant, op: OpId, mut g: GetOp) {
         // This node is the first on its own path: serve from the local store.
         let local: Vec<Bytes> = self
             .store
@@ -2104,10 +2185,10 @@ impl Node {
         now: Instant,
         op: OpId,
         mut g: GetOp,
-        outcome: Outcome,
+        outcome: Outcome<'_>,
     ) -> Option<Op> {
         if let Outcome::Reply { from, body, .. } = &outcome
-            && let Body::GetReply { values, .. } = body.as_ref()
+            && let Body::GetReply { values, .. } = *body
             && !values.is_empty()
             && !g.gather(values)
         {
@@ -2138,8 +2219,7 @@ impl Node {
             .continue_lookup(level, g.key, reached)
             .with_sweep(self.config.dsht.get_sweep);
         g.level = level;
-        self.ops.insert(op, Box::new(Op::Get(g)));
-        self.start_get_level(now, op);
+        self.start_get_level(now, op, g);
         None
     }
 
@@ -2179,7 +2259,7 @@ impl Node {
         now: Instant,
         op: OpId,
         mut p: PutOp,
-        outcome: Outcome,
+        outcome: Outcome<'_>,
     ) -> Option<Op> {
         let phase = std::mem::replace(
             &mut p.phase,
@@ -2195,7 +2275,7 @@ impl Node {
                 mut stack,
             } => {
                 if let Outcome::Reply { from, body, .. } = &outcome
-                    && let Body::PutProbeReply { loaded, stored, .. } = body.as_ref()
+                    && let Body::PutProbeReply { loaded, stored, .. } = *body
                 {
                     let l = self.config.dsht.l;
                     let full = store::is_full(stored, l, p.fingerprint, p.ttl);
@@ -2263,7 +2343,7 @@ impl Node {
                 }
                 if let Outcome::Reply { from, body, .. } = &outcome
                     && matches!(
-                        body.as_ref(),
+                        *body,
                         Body::StoreReply {
                             result: StoreResult::Ok
                         }
@@ -2311,7 +2391,7 @@ impl Node {
                 continue;
             }
             let ttl_secs = u32::try_from(p.ttl.as_secs()).unwrap_or(u32::MAX);
-            let body = Body::Store {
+            let request = Request::Store {
                 scope: self.scope(p.level),
                 key: p.key,
                 value: p.value.clone(),
@@ -2322,7 +2402,7 @@ impl Node {
                 target.addr,
                 Some(target.id),
                 Some(p.level),
-                body,
+                request,
                 Purpose::Op(op),
                 false,
             );
@@ -2417,7 +2497,7 @@ impl Node {
                 c.addr,
                 Some(c.id),
                 Some(0),
-                Body::Neighbours,
+                Request::Neighbours,
                 Purpose::Neighbours,
                 false,
             );
@@ -2455,7 +2535,8 @@ impl Node {
                     m.addr,
                     Some(m.id),
                     Some(level),
-                    Body::FindNear {
+                    Request::Probe {
+                        kind: WalkKind::Find,
                         scope: Scope { level, cluster },
                         key,
                         target: Distance::ZERO,
@@ -2585,7 +2666,7 @@ impl Node {
             c.addr,
             Some(c.id),
             Some(0),
-            Body::Ping,
+            Request::Ping,
             Purpose::Probe,
             false,
         );

@@ -700,22 +700,43 @@ impl Message {
     /// count or length above its cap, a missing byte or a byte left over is
     /// a [`DecodeError`].
     pub fn encode(&self, buf: &mut Vec<u8>) {
-        buf.reserve(self.encoded_len());
-        buf.put_u8(VERSION);
-        buf.put_u8(self.body.type_byte());
-        buf.put_u64(self.request_id);
-        put_id(buf, &self.sender.0);
-        buf.put_u8(self.services.0);
-        let clusters = capped(&self.clusters, MAX_LEVELS);
-        buf.put_u8(count_byte(clusters.len()));
-        for c in clusters {
-            buf.put_u8(c.level);
-            put_id(buf, &c.cluster.0);
-            buf.put_u32(c.size);
-            buf.put_u32(c.age_secs);
-        }
-        self.body.encode(buf);
+        encode_parts(
+            buf,
+            self.request_id,
+            &self.sender,
+            self.services,
+            &self.clusters,
+            &self.body,
+        );
     }
+}
+
+/// [`Message::encode`] for a message given by its fields, byte for byte:
+/// a node sending a datagram has them at hand and need not assemble a
+/// [`Message`] (over 700 bytes, most of it room for reply lists) to encode it.
+pub(crate) fn encode_parts(
+    buf: &mut Vec<u8>,
+    request_id: u64,
+    sender: &Id,
+    services: Services,
+    clusters: &[ClusterInfo],
+    body: &Body,
+) {
+    let clusters = capped(clusters, MAX_LEVELS);
+    buf.reserve(HEADER_LEN + CLUSTER_LEN * clusters.len() + body.encoded_len());
+    buf.put_u8(VERSION);
+    buf.put_u8(body.type_byte());
+    buf.put_u64(request_id);
+    put_id(buf, &sender.0);
+    buf.put_u8(services.0);
+    buf.put_u8(count_byte(clusters.len()));
+    for c in clusters {
+        buf.put_u8(c.level);
+        put_id(buf, &c.cluster.0);
+        buf.put_u32(c.size);
+        buf.put_u32(c.age_secs);
+    }
+    body.encode(buf);
 }
 
 /// A cursor over an untrusted datagram. Every read checks the bytes left

@@ -21,8 +21,8 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark: a failure is a bug to see
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use coral_core::id::Id;
@@ -42,10 +42,16 @@ const WARM: Duration = Duration::from_millis(500);
 const SERVER_CPU: usize = 0;
 const CLIENT_CPU: usize = 1;
 
+/// CPUs the process may run on, counted once before any thread is pinned:
+/// `available_parallelism` reads the calling thread's affinity, so a thread
+/// started by a pinned thread would count one CPU and pin to CPU 0, which
+/// put both sides of every pair on the same core.
+static CPUS: OnceLock<usize> = OnceLock::new();
+
 /// Pins the calling thread to `cpu` (modulo the CPUs there are); false if
 /// the OS refused.
 fn pin(cpu: usize) -> bool {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut set = CpuSet::new();
     set.set(cpu % cpus).is_ok() && sched_setaffinity(Pid::from_raw(0), &set).is_ok()
 }
@@ -419,6 +425,27 @@ fn main() {
         return;
     }
     let pinned = pin(CLIENT_CPU);
+    if let Ok(only) = std::env::var("CORAL_BENCH_ONLY") {
+        // One pair or a few, for profiling; the comparison is the full run.
+        for pair in only.split(',') {
+            match pair {
+                "plain" => println!(
+                    "plain echo {:.0}",
+                    echo_pair(plain_server, plain_client, measure)
+                ),
+                "batched" => println!(
+                    "batched echo {:.0}",
+                    echo_pair(batched_server, batched_client, measure)
+                ),
+                "mio" => print_node("mio nodes", &mio_nodes(measure)),
+                "tokio" => print_node("tokio nodes", &tokio_nodes(measure)),
+                other => {
+                    eprintln!("CORAL_BENCH_ONLY: no pair {other:?} (plain, batched, mio, tokio)")
+                }
+            }
+        }
+        return;
+    }
     let plain = echo_pair(plain_server, plain_client, measure);
     let batched = echo_pair(batched_server, batched_client, measure);
     let mio = mio_nodes(measure);
