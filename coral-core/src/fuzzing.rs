@@ -592,6 +592,7 @@ enum AppKind {
     Put,
     Nodes,
     Closest,
+    Check,
 }
 
 /// An application operation the harness started.
@@ -1149,8 +1150,25 @@ impl Harness {
                 // behind up to 7 routers (other peers' addresses); with bit
                 // 7 of the router count, the hints alone, each router with
                 // an RTT from the input (0: unknown).
-                let target = self.peers[usize::from(input.byte() % 8)].ip();
+                let peer = self.peers[usize::from(input.byte() % 8)];
+                let target = peer.ip();
                 let n = input.byte();
+                // With bit 6, a liveness check of that peer first.
+                if n & 0x40 != 0 {
+                    let contact = Contact {
+                        id: Id::for_node(peer),
+                        addr: peer,
+                        services: Services::NONE,
+                    };
+                    match self.node.check_live(self.now, contact) {
+                        Ok(op) => self.started(op, AppKind::Check, None),
+                        Err(OpError::Busy) => {
+                            assert!(self.busy(), "check_live refused below the cap");
+                            self.settle(None);
+                        }
+                        Err(e) => panic!("check_live refused: {e}"),
+                    }
+                }
                 let routers: Vec<IpAddr> = (0..n % 8)
                     .map(|i| self.peers[usize::from(i)].ip())
                     .collect();
@@ -1499,6 +1517,10 @@ impl Harness {
                 );
                 (*op, AppKind::Nodes, None)
             }
+            Event::Checked { op, contact, .. } => {
+                assert!(self.peers.contains(&contact.addr), "{event:?}");
+                (*op, AppKind::Check, None)
+            }
             Event::ClosestFound {
                 op, key, closest, ..
             } => {
@@ -1837,6 +1859,9 @@ pub fn dns_query(data: &[u8]) {
                 rtt: None,
             };
             server.handle_lookup_result(now, &node, l.target, vec![hint]);
+        }
+        while let Some(c) = server.poll_check() {
+            server.handle_check_result(now, &node, c, true);
         }
         while server.poll_answer().is_some() {}
     }

@@ -115,6 +115,15 @@ pub enum Event {
         /// ([`hints::rank`]).
         hints: Vec<Hint>,
     },
+    /// A `check_live` finished.
+    Checked {
+        /// The operation.
+        op: OpId,
+        /// The node checked.
+        contact: Contact,
+        /// Whether it answered.
+        alive: bool,
+    },
     /// A `put` finished.
     PutDone {
         /// The operation.
@@ -473,6 +482,8 @@ enum Op {
     Put(PutOp),
     Refresh(Level, Lookup),
     Closest(Lookup),
+    /// A liveness check of this contact ([`Node::check_live`]).
+    Check(Contact),
 }
 
 /// Datagrams waiting for [`Node::poll_transmit`], encoded when queued (with
@@ -1139,6 +1150,35 @@ impl Node {
     /// Publications this node keeps alive.
     pub fn publications(&self) -> usize {
         self.published.len()
+    }
+
+    /// Checks that `contact` is alive with one ping RPC (retried as any
+    /// RPC is), as the DNS server does before naming a proxy it has not
+    /// heard from itself (spec §6.3). The answer arrives as
+    /// [`Event::Checked`]; a reply also counts as hearing from the node.
+    pub fn check_live(&mut self, now: Instant, contact: Contact) -> Result<OpId, OpError> {
+        self.check_capacity()?;
+        let op = self.alloc_op();
+        let sent = self.send_request(
+            now,
+            contact.addr,
+            Some(contact.id),
+            None,
+            Request::Ping,
+            Purpose::Op(op),
+            false,
+        );
+        if sent.is_none() {
+            // No room for another RPC in flight: not known to be alive.
+            self.events.push_back(Event::Checked {
+                op,
+                contact,
+                alive: false,
+            });
+        } else {
+            self.ops.insert(op, Box::new(Op::Check(contact)));
+        }
+        Ok(op)
     }
 
     /// Finds the live node closest to `key` in the global (level-0) DSHT:
@@ -1952,6 +1992,22 @@ impl Node {
                     None
                 } else {
                     Some(Op::Closest(lookup))
+                }
+            }
+            Op::Check(contact) => {
+                // Any answer, an error included, shows the node alive; a
+                // failure comes only after the RPC's retries.
+                let alive = match outcome {
+                    Outcome::Reply { .. } => Some(true),
+                    Outcome::Failed { .. } => Some(false),
+                    Outcome::Start | Outcome::Hedge => None,
+                };
+                match alive {
+                    Some(alive) => {
+                        self.events.push_back(Event::Checked { op, contact, alive });
+                        None
+                    }
+                    None => Some(Op::Check(contact)),
                 }
             }
         };
@@ -3022,6 +3078,40 @@ mod tests {
         assert!(hints.iter().all(|h| {
             h.contact.addr.ip().to_string().starts_with("10.0.0.") && h.rtt == Some(Duration::ZERO)
         }));
+    }
+
+    #[test]
+    fn check_live_tells_a_live_node_from_a_silent_one() {
+        let mut net = Net::new(4, &flat());
+        net.join_all();
+        let live = net.nodes[3].contact();
+        let op = net.nodes[1].check_live(net.now, live).unwrap();
+        net.after(Duration::from_secs(1));
+        assert_eq!(
+            net.take_event(1, op),
+            Some(Event::Checked {
+                op,
+                contact: live,
+                alive: true
+            })
+        );
+        let silent = Contact {
+            id: Id([0x5a; 20]),
+            addr: "10.9.9.9:8091".parse().unwrap(),
+            services: Services::HTTP,
+        };
+        let op = net.nodes[1].check_live(net.now, silent).unwrap();
+        net.after(Duration::from_secs(1));
+        assert_eq!(net.take_event(1, op), None, "still retrying");
+        net.after(Duration::from_secs(10));
+        assert_eq!(
+            net.take_event(1, op),
+            Some(Event::Checked {
+                op,
+                contact: silent,
+                alive: false
+            })
+        );
     }
 
     #[test]

@@ -110,6 +110,7 @@ impl Net {
                     | Event::GetDone { op: o, .. }
                     | Event::NodesFound { op: o, .. }
                     | Event::HintsFound { op: o, .. }
+                    | Event::Checked { op: o, .. }
                     | Event::PutDone { op: o, .. }
                     | Event::ClosestFound { op: o, .. } => *o == op,
                     Event::ClusterChanged { .. } => false,

@@ -31,9 +31,10 @@
 //!   a connect accepted or refused is the RTT (one round trip, no
 //!   privileges needed), a timeout or any other error is unmeasurable. At
 //!   most `max_probes_in_flight` run at once; the core queues the rest.
-//! - **Hint lookups** run on the node with [`Node::find_hinted`]; the
-//!   `NodesFound` events that finish them are taken here before anyone
-//!   else sees them.
+//! - **Hint lookups** run on the node with [`Node::find_hinted`], and
+//!   **liveness checks** of the proxies they name with
+//!   [`Node::check_live`]; the `HintsFound` and `Checked` events that
+//!   finish them are taken here before anyone else sees them.
 //!
 //! There is no timer: connection and probe deadlines sit in one ordered
 //! set, and its first entry and [`DnsServer::poll_timeout`] join the
@@ -44,7 +45,7 @@ use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant as StdInstant};
 
-use coral_core::contact::Services;
+use coral_core::contact::{Contact, Services};
 use coral_core::dns::{DnsServer, DnsStats, Handled, Transport};
 use coral_core::time::Instant as CoreInstant;
 use coral_core::{Event, Node, OpId};
@@ -265,6 +266,8 @@ pub(crate) struct Dns {
     timers: BTreeSet<(StdInstant, Timer)>,
     /// Hint lookups running on the node, by operation.
     lookups: BTreeMap<OpId, IpAddr>,
+    /// Liveness checks running on the node, by operation.
+    checks: BTreeMap<OpId, Contact>,
     /// The core's response to a TCP query.
     out: Vec<u8>,
     scratch: Vec<u8>,
@@ -328,6 +331,7 @@ impl Dns {
             probe_timeout: options.probe_timeout,
             timers: BTreeSet::new(),
             lookups: BTreeMap::new(),
+            checks: BTreeMap::new(),
             out: Vec::with_capacity(4096),
             scratch: vec![0; READ_CHUNK],
             drops: Drops::default(),
@@ -375,6 +379,7 @@ impl Dns {
         if self.udp_more
             || !self.more.is_empty()
             || (self.accept_pending && self.conns.len() < self.max_conns)
+            || self.server.has_checks()
         {
             return Some(Duration::ZERO);
         }
@@ -439,6 +444,7 @@ impl Dns {
         }
         self.start_probes(node, registry);
         self.start_lookups(node);
+        self.start_checks(node);
         self.deliver(node, registry);
         self.flush(registry);
     }
@@ -461,6 +467,16 @@ impl Dns {
                     None
                 }
                 None => Some(Event::HintsFound { op, hints }),
+            },
+            Event::Checked { op, contact, alive } => match self.checks.remove(&op) {
+                Some(_) => {
+                    let now = self.now();
+                    self.server.handle_check_result(now, node, contact, alive);
+                    self.deliver(node, registry);
+                    self.flush(registry);
+                    None
+                }
+                None => Some(Event::Checked { op, contact, alive }),
             },
             other => Some(other),
         }
@@ -741,6 +757,21 @@ impl Dns {
         let now = self.now();
         // A TCP connect traces no route: no router hints.
         self.server.handle_probe_result(now, node, target, rtt, &[]);
+    }
+
+    /// Starts the liveness checks the core asks for on the node. A lookup
+    /// that ends in an event asks for them where the node cannot be
+    /// borrowed; [`Self::wait`] then keeps the loop awake until this turn.
+    fn start_checks(&mut self, node: &mut Node) {
+        while let Some(c) = self.server.poll_check() {
+            let now = self.now();
+            match node.check_live(now, c) {
+                Ok(op) => {
+                    self.checks.insert(op, c);
+                }
+                Err(_) => self.server.handle_check_result(now, node, c, false),
+            }
+        }
     }
 
     /// Starts the hint lookups the core asks for on the node.

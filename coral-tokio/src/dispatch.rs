@@ -303,6 +303,7 @@ pub fn op_of(event: &Event) -> Option<OpId> {
         | Event::PutDone { op, .. }
         | Event::NodesFound { op, .. }
         | Event::HintsFound { op, .. }
+        | Event::Checked { op, .. }
         | Event::ClosestFound { op, .. } => Some(*op),
         _ => None,
     }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coral_core::OpId;
+use coral_core::contact::Contact;
 use coral_core::dns::{DnsConfig, DnsServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -130,6 +131,8 @@ pub(crate) struct DnsState {
     pub(crate) next_token: u64,
     /// Hint lookups running in the node, by operation.
     pub(crate) lookups: BTreeMap<OpId, IpAddr>,
+    /// Liveness checks running in the node, by operation.
+    pub(crate) checks: BTreeMap<OpId, Contact>,
 }
 
 /// The receiving ends the node task's loop waits on.
@@ -176,6 +179,7 @@ pub(crate) fn start(
             tcp_waiting: BTreeMap::new(),
             next_token: 0,
             lookups: BTreeMap::new(),
+            checks: BTreeMap::new(),
         },
         DnsInputs {
             tcp: tcp_rx,

@@ -661,25 +661,43 @@ impl Driver {
         let now = self.now();
         let Some(d) = self.dns.as_mut() else { return };
         d.start_probes();
-        let mut started = false;
-        while let Some(l) = d.server.poll_lookup() {
-            match self
-                .node
-                .find_hinted(now, l.level, l.count, l.target, &l.routers, Services::NONE)
-            {
-                Ok(op) => {
-                    d.lookups.insert(op, l.target);
-                    started = true;
+        loop {
+            let Some(d) = self.dns.as_mut() else { return };
+            let mut started = false;
+            while let Some(l) = d.server.poll_lookup() {
+                match self.node.find_hinted(
+                    now,
+                    l.level,
+                    l.count,
+                    l.target,
+                    &l.routers,
+                    Services::NONE,
+                ) {
+                    Ok(op) => {
+                        d.lookups.insert(op, l.target);
+                        started = true;
+                    }
+                    Err(_) => d
+                        .server
+                        .handle_lookup_result(now, &self.node, l.target, Vec::new()),
                 }
-                Err(_) => d
-                    .server
-                    .handle_lookup_result(now, &self.node, l.target, Vec::new()),
             }
-        }
-        if started {
-            // The lookups' first datagrams go out, and a lookup the node
-            // could answer alone finishes, releasing held queries before
-            // their answers are sent below.
+            while let Some(c) = d.server.poll_check() {
+                match self.node.check_live(now, c) {
+                    Ok(op) => {
+                        d.checks.insert(op, c);
+                        started = true;
+                    }
+                    Err(_) => d.server.handle_check_result(now, &self.node, c, false),
+                }
+            }
+            if !started {
+                break;
+            }
+            // The first datagrams go out, and a lookup the node could
+            // answer alone finishes (asking for checks, taken above on the
+            // next turn), releasing held queries before their answers are
+            // sent below.
             self.drain().await;
         }
         let Some(d) = self.dns.as_mut() else { return };
@@ -749,6 +767,15 @@ impl Driver {
             let now = CoreInstant::from_duration(self.epoch.elapsed());
             d.server
                 .handle_lookup_result(now, &self.node, target, hints.clone());
+            return;
+        }
+        if let Event::Checked { op, contact, alive } = &event
+            && let Some(d) = self.dns.as_mut()
+            && d.checks.remove(op).is_some()
+        {
+            let now = CoreInstant::from_duration(self.epoch.elapsed());
+            d.server
+                .handle_check_result(now, &self.node, *contact, *alive);
             return;
         }
         let Some(event) = self.dispatch.event(event) else {

@@ -72,7 +72,11 @@
 //! [`Node::find_hinted`](coral_core::Node::find_hinted) on the server's
 //! node in the simulator ([`Command::FindHinted`]), and its `HintsFound`
 //! (empty on failure) goes back through
-//! [`DnsServer::handle_lookup_result`]. Held queries are answered at their
+//! [`DnsServer::handle_lookup_result`]; a liveness check
+//! ([`DnsServer::poll_check`]) runs as
+//! [`Node::check_live`](coral_core::Node::check_live) the same way
+//! ([`Command::CheckLive`]) and goes back through
+//! [`DnsServer::handle_check_result`]. Held queries are answered at their
 //! deadline through [`DnsServer::handle_timeout`]. After every input to a
 //! server every `poll_*` is drained. DNS messages, probes and server
 //! timeouts wait in this module's own event queue at exact virtual times;
@@ -100,7 +104,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coral_core::Event;
-use coral_core::contact::{Level, Services};
+use coral_core::contact::{Contact, Level, Services};
 use coral_core::dns::{DnsConfig, DnsConfigError, DnsServer, DnsStats, Handled, Transport};
 use coral_core::dsht::hints::Router;
 use coral_core::rng::Rng;
@@ -355,6 +359,11 @@ pub struct ServerTotals {
     pub hint_lookup_nodes_mean: f64,
     /// Median time a finished hint lookup took, ms.
     pub hint_lookup_ms_p50: f64,
+    /// Liveness checks of hinted proxies asked for, and of those the ones
+    /// that failed.
+    pub checks: u64,
+    /// See `checks`.
+    pub checks_failed: u64,
     /// Answers naming proxies, per level they were chosen at.
     pub answered_at_level: Vec<u64>,
     /// Answers that named any known proxy (none heard from recently).
@@ -525,6 +534,8 @@ struct Driver {
     sent: Vec<Sent>,
     /// Hint lookups running: tag → (server, target, started).
     lookups: BTreeMap<u64, (usize, IpAddr, Instant)>,
+    /// Liveness checks running: tag → (server, proxy checked).
+    checks: BTreeMap<u64, (usize, Contact)>,
     next_tag: u64,
     lookups_done: Vec<LookupDone>,
     node_at: BTreeMap<IpAddr, usize>,
@@ -597,6 +608,17 @@ impl Driver {
     /// Hint lookups that finished in the simulator.
     fn completions(&mut self) {
         for c in self.sim.take_completions() {
+            if let Some((server, contact)) = self.checks.remove(&c.tag) {
+                let alive = matches!(
+                    c.outcome,
+                    Outcome::Event(Event::Checked { alive: true, .. })
+                );
+                if let Some(node) = self.sim.node(server) {
+                    self.servers[server].handle_check_result(c.done, node, contact, alive);
+                }
+                self.drain(c.done, server);
+                continue;
+            }
             let Some((server, target, started)) = self.lookups.remove(&c.tag) else {
                 continue;
             };
@@ -657,6 +679,13 @@ impl Driver {
                 services: Services::NONE,
             };
             self.sim.schedule(now, s, tag, cmd);
+        }
+        while let Some(contact) = self.servers[s].poll_check() {
+            self.next_tag += 1;
+            let tag = self.next_tag;
+            self.checks.insert(tag, (s, contact));
+            self.sim
+                .schedule(now, s, tag, Command::CheckLive { contact });
         }
         while let Some(a) = self.servers[s].poll_answer() {
             let q = usize::try_from(a.token).unwrap_or(usize::MAX);
@@ -827,6 +856,8 @@ impl Driver {
             t.probes += st.probes;
             t.probe_results += st.probe_results;
             t.hint_lookups += st.hint_lookups;
+            t.checks += st.checks;
+            t.checks_failed += st.checks_failed;
             t.fallback_answers += st.fallback_answers;
             t.no_proxy += st.no_proxy;
             for (a, b) in t.answered_at_level.iter_mut().zip(st.answered_at_level) {
@@ -929,6 +960,7 @@ pub fn dns(p: &DnsParams) -> Result<DnsReport, DnsConfigError> {
         resolvers,
         sent: Vec::new(),
         lookups: BTreeMap::new(),
+        checks: BTreeMap::new(),
         next_tag: 0,
         lookups_done: Vec::new(),
         node_at,
@@ -1174,7 +1206,7 @@ impl DnsReport {
         let t = &self.servers;
         let _ = writeln!(
             s,
-            "  servers: {} queries, {} held ({} until the deadline), {} probes, {} hint lookups ({} done, {} empty, {:.1} nodes mean, p50 {:.0} ms); answers by level {:?}, fallback {}, no proxy {}, dropped {}",
+            "  servers: {} queries, {} held ({} until the deadline), {} probes, {} hint lookups ({} done, {} empty, {:.1} nodes mean, p50 {:.0} ms), {} liveness checks ({} failed); answers by level {:?}, fallback {}, no proxy {}, dropped {}",
             t.queries,
             t.held,
             t.held_expired,
@@ -1184,6 +1216,8 @@ impl DnsReport {
             t.hint_lookups_empty,
             t.hint_lookup_nodes_mean,
             t.hint_lookup_ms_p50,
+            t.checks,
+            t.checks_failed,
             t.answered_at_level,
             t.fallback_answers,
             t.no_proxy,

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coral_core::config::{Config, LevelConfig};
-use coral_core::contact::{Level, Services};
+use coral_core::contact::{Contact, Level, Services};
 use coral_core::dsht::hints::Router;
 use coral_core::id::Id;
 use coral_core::rng::Rng;
@@ -144,6 +144,12 @@ pub enum Command {
         routers: Vec<Router>,
         /// Services the nodes must offer.
         services: Services,
+    },
+    /// [`Node::check_live`]: one ping, as the DNS server asks before
+    /// naming a proxy its node has not heard from.
+    CheckLive {
+        /// The node to check.
+        contact: Contact,
     },
 }
 
@@ -634,6 +640,7 @@ impl Sim {
                 routers,
                 services,
             } => node.find_hinted(now, level, count, target, &routers, services),
+            Command::CheckLive { contact } => node.check_live(now, contact),
         }
         .map_err(SimError::Refused)?;
         self.pending.insert((i as u32, op.0), (now, tag));
@@ -1005,6 +1012,7 @@ impl Sim {
             | Event::PutDone { op, .. }
             | Event::NodesFound { op, .. }
             | Event::HintsFound { op, .. }
+            | Event::Checked { op, .. }
             | Event::ClosestFound { op, .. } => Some(*op),
             _ => None,
         };

@@ -63,6 +63,7 @@ use std::time::Duration;
 
 use crate::contact::{Contact, Level, Services};
 use crate::dsht::hints::{Hint, Router};
+use crate::id::Id;
 use crate::node::Node;
 use crate::time::Instant;
 
@@ -135,6 +136,10 @@ pub struct DnsConfig {
     pub answer_cache: Duration,
     /// Most answers kept in that cache.
     pub answer_cache_entries: usize,
+    /// How long a liveness check of a proxy counts (spec §6.3: a proxy is
+    /// named only if this node heard from it recently, itself or by a
+    /// check; [`DnsServer::poll_check`]).
+    pub checked_ttl: Duration,
 }
 
 impl Default for DnsConfig {
@@ -164,6 +169,7 @@ impl Default for DnsConfig {
             partial_ns_ttl: Duration::from_secs(600),
             answer_cache: Duration::from_secs(1),
             answer_cache_entries: 4096,
+            checked_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -351,6 +357,10 @@ pub struct DnsStats {
     pub held_expired: u64,
     /// Hint lookups asked for.
     pub hint_lookups: u64,
+    /// Liveness checks of hinted proxies asked of the adapter.
+    pub checks: u64,
+    /// Of those, proxies that did not answer.
+    pub checks_failed: u64,
     /// Answers whose records came from the answer cache.
     pub cached_answers: u64,
     /// Of those, answers sent as a cached encoding behind the query's own
@@ -454,6 +464,16 @@ impl DnsStats {
                 self.hint_lookups,
             ),
             (
+                "liveness_checks",
+                "Liveness checks of hinted proxies not heard from recently.",
+                self.checks,
+            ),
+            (
+                "liveness_checks_failed",
+                "Liveness checks the proxy did not answer.",
+                self.checks_failed,
+            ),
+            (
                 "cached_answers",
                 "Answers whose records were reused from the answer cache.",
                 self.cached_answers,
@@ -540,6 +560,14 @@ pub struct DnsServer {
     answers: VecDeque<Answer>,
     lookups: VecDeque<HintLookup>,
     cache: BTreeMap<CacheKey, Cached>,
+    /// Liveness checks to start.
+    checks: VecDeque<Contact>,
+    /// Checks outstanding, and the resolver prefixes waiting for each.
+    checking: BTreeMap<Id, Vec<Prefix>>,
+    /// Checks outstanding per waiting prefix.
+    waiting: BTreeMap<Prefix, usize>,
+    /// When each checked proxy last answered.
+    verified: BTreeMap<Id, Instant>,
 }
 
 impl DnsServer {
@@ -586,6 +614,10 @@ impl DnsServer {
             answers: VecDeque::new(),
             lookups: VecDeque::new(),
             cache: BTreeMap::new(),
+            checks: VecDeque::new(),
+            checking: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            verified: BTreeMap::new(),
         })
     }
 
@@ -724,8 +756,93 @@ impl DnsServer {
                 },
             );
         }
+        let prefix = Prefix::of(target);
+        // The proxies the answer would name first that this node has not
+        // heard from itself are checked first (spec §6.3: a dead proxy is
+        // what browsers handle worst); the resolver's queries wait for the
+        // checks as for the lookup.
+        let fresh = fresh_nodes(now, node, Services::HTTP);
+        let unheard: Vec<Contact> = hints
+            .iter()
+            .map(|h| h.contact)
+            .filter(|c| {
+                c.services.contains(Services::HTTP)
+                    && (!c.services.contains(Services::LOCAL_ONLY)
+                        || Prefix::of(c.addr.ip()) == prefix)
+            })
+            .take(self.config.answer_count)
+            .filter(|c| !fresh.iter().any(|f| f.id == c.id) && !self.is_verified(now, &c.id))
+            .collect();
         self.rtts.set_near(target, hints);
-        self.release(now, node, Some(Prefix::of(target)));
+        for c in unheard {
+            if !self.checking.contains_key(&c.id) {
+                if self.checking.len() >= self.config.max_pending_probes {
+                    continue;
+                }
+                self.stats.checks += 1;
+                self.checks.push_back(c);
+            }
+            let waiters = self.checking.entry(c.id).or_default();
+            if !waiters.contains(&prefix) {
+                waiters.push(prefix);
+                *self.waiting.entry(prefix).or_default() += 1;
+            }
+        }
+        self.release(now, node, Some(prefix));
+    }
+
+    /// The next proxy to check: the adapter pings it
+    /// ([`Node::check_live`]) and reports with
+    /// [`Self::handle_check_result`].
+    #[must_use]
+    pub fn poll_check(&mut self) -> Option<Contact> {
+        self.checks.pop_front()
+    }
+
+    /// Whether a check waits to be taken by [`Self::poll_check`] (for an
+    /// adapter that cannot take it at once).
+    pub fn has_checks(&self) -> bool {
+        !self.checks.is_empty()
+    }
+
+    /// The outcome of a check asked for by [`Self::poll_check`]. Answers
+    /// held queries that now have all they wait for.
+    pub fn handle_check_result(
+        &mut self,
+        now: Instant,
+        node: &Node,
+        contact: Contact,
+        alive: bool,
+    ) {
+        if alive {
+            if self.verified.len() >= self.config.max_prefixes {
+                let ttl = self.config.checked_ttl;
+                self.verified
+                    .retain(|_, at| now.saturating_duration_since(*at) < ttl);
+            }
+            if self.verified.len() < self.config.max_prefixes {
+                self.verified.insert(contact.id, now);
+            }
+        } else {
+            self.stats.checks_failed += 1;
+            self.verified.remove(&contact.id);
+        }
+        for p in self.checking.remove(&contact.id).unwrap_or_default() {
+            if let Some(n) = self.waiting.get_mut(&p) {
+                *n -= 1;
+                if *n == 0 {
+                    self.waiting.remove(&p);
+                }
+            }
+            self.release(now, node, Some(p));
+        }
+    }
+
+    /// Whether a check showed `id` alive within `checked_ttl`.
+    fn is_verified(&self, now: Instant, id: &Id) -> bool {
+        self.verified
+            .get(id)
+            .is_some_and(|at| now.saturating_duration_since(*at) < self.config.checked_ttl)
     }
 
     /// Answers the held queries whose deadline has passed.
@@ -763,7 +880,17 @@ impl DnsServer {
     /// RTT, and the nodes hints name near it (unless no lookup was asked
     /// for). Asks for a probe when none was.
     fn ready(&mut self, now: Instant, resolver: IpAddr) -> bool {
-        self.rtts.view(now, resolver).1
+        self.view(now, resolver).1
+    }
+
+    /// The resolver's RTT as known, and whether all is known of it: the
+    /// RTT, the hint lookup and the checks of the proxies it named.
+    fn view(&mut self, now: Instant, resolver: IpAddr) -> (Rtt, bool) {
+        let (rtt, ready) = self.rtts.view(now, resolver);
+        (
+            rtt,
+            ready && !self.waiting.contains_key(&Prefix::of(resolver)),
+        )
     }
 
     /// Answers held queries: those of `prefix` that are ready, and every
@@ -826,7 +953,7 @@ impl DnsServer {
         {
             return None;
         }
-        let (rtt, ready) = self.rtts.view(now, resolver);
+        let (rtt, ready) = self.view(now, resolver);
         let rtt = match rtt {
             Rtt::Measured(d) => Some(d),
             Rtt::Pending | Rtt::Unmeasurable => None,
@@ -1278,7 +1405,8 @@ impl DnsServer {
                     || Prefix::of(c.addr.ip()) == Prefix::of(resolver))
         };
         // Proxies hints name near the resolver, if we have heard from them
-        // ourselves (a dead proxy is what browsers handle worst).
+        // ourselves or checked them (a dead proxy is what browsers handle
+        // worst).
         let first: Vec<Contact> = if near.is_empty() {
             Vec::new()
         } else {
@@ -1286,7 +1414,7 @@ impl DnsServer {
             near.iter()
                 .map(|h| h.contact)
                 .filter(|c| c.services.contains(Services::HTTP) && allowed(c))
-                .filter(|c| fresh.iter().any(|f| f.id == c.id))
+                .filter(|c| fresh.iter().any(|f| f.id == c.id) || self.is_verified(now, &c.id))
                 .take(self.config.answer_count)
                 .collect()
         };
@@ -1834,6 +1962,60 @@ mod tests {
         let r = seen(&s.poll_answer().unwrap().bytes);
         let addrs = |rrs: &[(String, u16, u32, String)]| rrs.iter().map(|a| a.3.clone()).collect();
         (addrs(&r.answers), addrs(&r.additional))
+    }
+
+    #[test]
+    fn a_hinted_proxy_not_heard_from_is_checked_before_it_is_named() {
+        let net = net();
+        let node = &net.nodes[0];
+        let ms = Duration::from_millis;
+        let stranger = |n: u8| Contact {
+            id: Id([n; 20]),
+            addr: format!("203.0.113.{n}:8091").parse().unwrap(),
+            services: Services::HTTP.with(Services::DNS),
+        };
+        for alive in [true, false] {
+            let mut s = DnsServer::new(DnsConfig::default(), 3).unwrap();
+            let q = query("x.nyud.net.", A, None);
+            let mut out = Vec::new();
+            s.handle_query(net.now, node, resolver(), Transport::Udp, 7, &q, &mut out);
+            let target = s.poll_probe().unwrap();
+            s.handle_probe_result(net.now, node, target, Some(ms(90)), &[]);
+            let l = s.poll_lookup().unwrap();
+            // Two hinted proxies this node never heard from, nearer the
+            // resolver than it is.
+            let hints = [(stranger(91), ms(5)), (stranger(92), ms(9))]
+                .into_iter()
+                .map(|(contact, rtt)| Hint {
+                    contact,
+                    rtt: Some(rtt),
+                })
+                .collect();
+            s.handle_lookup_result(net.now, node, l.target, hints);
+            assert_eq!(s.poll_check(), Some(stranger(91)));
+            assert_eq!(s.poll_check(), Some(stranger(92)));
+            assert_eq!(s.poll_check(), None);
+            assert!(s.poll_answer().is_none(), "waiting for the checks");
+            s.handle_check_result(net.now, node, stranger(91), alive);
+            assert!(s.poll_answer().is_none(), "one check still out");
+            s.handle_check_result(net.now, node, stranger(92), true);
+            let a = s.poll_answer().expect("answered once checked");
+            assert_eq!(a.token, 7);
+            let r = seen(&a.bytes);
+            let answers: Vec<&str> = r.answers.iter().map(|a| a.3.as_str()).collect();
+            if alive {
+                assert_eq!(answers, ["203.0.113.91", "203.0.113.92"]);
+            } else {
+                assert_eq!(answers[0], "203.0.113.92", "the dead one left out");
+                assert!(!answers.contains(&"203.0.113.91"));
+            }
+            let st = s.stats();
+            assert_eq!((st.checks, st.checks_failed), (2, u64::from(!alive)));
+            // The resolver's next query is answered at once, unchecked.
+            let r = udp(&mut s, &net, "y.nyud.net.", A);
+            assert!(!r.answers.is_empty());
+            assert_eq!(s.poll_check(), None);
+        }
     }
 
     #[test]
