@@ -688,18 +688,14 @@ impl DnsServer {
     ) {
         self.stats.probe_results += 1;
         self.rtts.record(target, rtt);
-        // Ask the hints which nodes are near the resolver (spec §5). For a
-        // resolver within our tightest cluster the lookup stays in that
-        // cluster, among near nodes, and is quick. Any other resolver's
-        // nearest nodes are most likely outside our cluster at its level
-        // (it is at least that level's diameter from us, and so are they
-        // from us, on its far side), so the lookup searches the whole
-        // network, to hand it on to servers near it.
-        let top = (self.levels - 1) as Level;
-        let level = match self.level_for(node, rtt) {
-            l if l == top => l,
-            _ => 0,
-        };
+        // Ask the hints which nodes are near the resolver (spec §5), in the
+        // tightest cluster that holds every node nearer the resolver than
+        // we are: those are within twice its RTT of us. For a resolver
+        // 5 ms away that is our level-2 cluster, where the lookup is
+        // quick; for one 15 ms away our level-1 cluster (its nearest nodes
+        // may be 30 ms from us, outside our level-2 one); for a far one
+        // the whole network, to hand it on to servers near it.
+        let level = self.level_for(node, rtt.map(|r| r * 2));
         if self.config.hint_count > 0 && self.rtts.start_near(target) {
             if self.lookups.len() < self.config.max_pending_probes {
                 self.stats.hint_lookups += 1;
@@ -1756,6 +1752,7 @@ mod tests {
         let net = net();
         for (rtt_ms, zone, level, hint_level) in [
             (5, "L2.L1.L0.nyucd.net.", 2, 2),
+            (15, "L2.L1.L0.nyucd.net.", 2, 1),
             (40, "L1.L0.nyucd.net.", 1, 0),
             (150, "L0.nyucd.net.", 0, 0),
         ] {
@@ -1770,8 +1767,8 @@ mod tests {
                 Some(Duration::from_millis(rtt_ms)),
                 &[],
             );
-            // Every measured resolver gets a hint lookup: in our level-2
-            // cluster for a resolver within it, else in the whole network.
+            // Every measured resolver gets a hint lookup, in the tightest
+            // cluster of ours wider than twice its RTT.
             let l = s.poll_lookup().expect("a hint lookup");
             assert_eq!(
                 (l.target, l.level),
