@@ -1300,6 +1300,15 @@ impl Harness {
         self.settle(None);
     }
 
+    /// What find_nodes or find_hinted operation `op` asked for: how many
+    /// nodes, offering what.
+    fn asked(&self, op: OpId) -> (usize, Services) {
+        self.nodes_asked
+            .get(&op)
+            .copied()
+            .unwrap_or((0, Services::NONE))
+    }
+
     fn busy(&self) -> bool {
         self.node.ops_in_flight() >= self.config.dsht.max_ops
     }
@@ -1478,11 +1487,7 @@ impl Harness {
                 (*op, AppKind::Put, Some(*key))
             }
             Event::NodesFound { op, nodes, hinted } => {
-                let (count, services) = self
-                    .nodes_asked
-                    .get(op)
-                    .copied()
-                    .unwrap_or((0, Services::NONE));
+                let (count, services) = self.asked(*op);
                 assert!(nodes.len() <= count, "{event:?}");
                 assert!(*hinted <= nodes.len() || nodes.len() == count, "{event:?}");
                 for (i, c) in nodes.iter().enumerate() {
@@ -1495,11 +1500,7 @@ impl Harness {
                 (*op, AppKind::Nodes, None)
             }
             Event::HintsFound { op, hints } => {
-                let (count, services) = self
-                    .nodes_asked
-                    .get(op)
-                    .copied()
-                    .unwrap_or((0, Services::NONE));
+                let (count, services) = self.asked(*op);
                 assert!(hints.len() <= count, "{event:?}");
                 for (i, h) in hints.iter().enumerate() {
                     assert!(h.contact.services.contains(services), "{event:?}");

@@ -449,37 +449,30 @@ impl Dns {
         self.flush(registry);
     }
 
-    /// A core event: the end of a hint lookup is taken here; anything else
-    /// is handed back.
+    /// A core event: the end of a hint lookup or of a liveness check is
+    /// taken here; anything else is handed back.
     pub(crate) fn on_event(
         &mut self,
         node: &Node,
         registry: &Registry,
         event: Event,
     ) -> Option<Event> {
+        let now = self.now();
         match event {
-            Event::HintsFound { op, hints } => match self.lookups.remove(&op) {
-                Some(target) => {
-                    let now = self.now();
+            Event::HintsFound { op, hints } if self.lookups.contains_key(&op) => {
+                if let Some(target) = self.lookups.remove(&op) {
                     self.server.handle_lookup_result(now, node, target, hints);
-                    self.deliver(node, registry);
-                    self.flush(registry);
-                    None
                 }
-                None => Some(Event::HintsFound { op, hints }),
-            },
-            Event::Checked { op, contact, alive } => match self.checks.remove(&op) {
-                Some(_) => {
-                    let now = self.now();
-                    self.server.handle_check_result(now, node, contact, alive);
-                    self.deliver(node, registry);
-                    self.flush(registry);
-                    None
-                }
-                None => Some(Event::Checked { op, contact, alive }),
-            },
-            other => Some(other),
+            }
+            Event::Checked { op, contact, alive } if self.checks.contains_key(&op) => {
+                self.checks.remove(&op);
+                self.server.handle_check_result(now, node, contact, alive);
+            }
+            other => return Some(other),
         }
+        self.deliver(node, registry);
+        self.flush(registry);
+        None
     }
 
     /// Up to [`RECV_TURNS`] `recvmmsg` batches, each answered into the
