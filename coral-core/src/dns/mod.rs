@@ -788,8 +788,9 @@ impl DnsServer {
     }
 
     /// The next proxy to check: the adapter pings it
-    /// ([`Node::check_live`]) and reports with
-    /// [`Self::handle_check_result`].
+    /// ([`Node::check_live`]) and MUST report every check with
+    /// [`Self::handle_check_result`] (alive `false` when it could not
+    /// start one): the resolver's later queries wait for it.
     #[must_use]
     pub fn poll_check(&mut self) -> Option<Contact> {
         self.checks.pop_front()
