@@ -4,8 +4,9 @@
 //! store, the lookups of running operations — and dispatches between them.
 //! It keeps the RPC bookkeeping: every request in flight has a random id, a
 //! deadline derived from the contact's RTT estimate, and (for lookups) a
-//! hedge deadline, all in one ordered set, so a reply cancels its timers in
-//! O(log n) and `poll_timeout` is the first entry.
+//! hedge deadline before it; the next of a request's two deadlines is its
+//! entry in one ordered set, so a reply cancels its timer in O(log n) and
+//! `poll_timeout` is the first entry.
 //!
 //! Operations (spec §2–3):
 //! - **get** walks each requested level, fastest first, with get-probes and
@@ -319,6 +320,8 @@ struct Inflight {
     level: Option<Level>,
     sent: Instant,
     deadline: Instant,
+    /// While set, the request's one entry in `deadlines` is its hedge;
+    /// the timeout's entry goes in when the hedge fires (always earlier).
     hedge_at: Option<Instant>,
     purpose: Purpose,
     /// The request, kept for retransmission.
@@ -835,12 +838,12 @@ impl Node {
             match timer {
                 Timer::Rpc(req) => self.on_rpc_timeout(now, req),
                 Timer::Hedge(req) => {
-                    if let Some(Inflight {
-                        purpose: Purpose::Op(op),
-                        ..
-                    }) = self.inflight.get(&req)
-                    {
-                        let op = *op;
+                    let Some(f) = self.inflight.get_mut(&req) else {
+                        continue;
+                    };
+                    f.hedge_at = None;
+                    self.deadlines.insert((f.deadline, Timer::Rpc(req)));
+                    if let Purpose::Op(op) = f.purpose {
                         self.advance(now, op, Outcome::Hedge);
                     }
                 }
@@ -1678,10 +1681,14 @@ impl Node {
         let (timeout, hedge_after) = self.rto(id, level);
         let deadline = now + timeout;
         let hedge_at = Some(now + hedge_after).filter(|h| may_hedge && *h < deadline);
-        self.deadlines.insert((deadline, Timer::Rpc(req)));
-        if let Some(h) = hedge_at {
-            self.deadlines.insert((h, Timer::Hedge(req)));
-        }
+        // One entry per request: most replies come before the hedge, and
+        // the timeout's entry would be inserted and removed for nothing.
+        // Timers still fire in the same order: the hedge is strictly
+        // earlier, and its timeout goes in before anything later is due.
+        match hedge_at {
+            Some(h) => self.deadlines.insert((h, Timer::Hedge(req))),
+            None => self.deadlines.insert((deadline, Timer::Rpc(req))),
+        };
         let body = request.body();
         self.count_out(&body);
         self.send_message(now, to, req, &body);
@@ -1704,10 +1711,10 @@ impl Node {
     }
 
     fn clear_timers(&mut self, req: u64, f: &Inflight) {
-        self.deadlines.remove(&(f.deadline, Timer::Rpc(req)));
-        if let Some(h) = f.hedge_at {
-            self.deadlines.remove(&(h, Timer::Hedge(req)));
-        }
+        match f.hedge_at {
+            Some(h) => self.deadlines.remove(&(h, Timer::Hedge(req))),
+            None => self.deadlines.remove(&(f.deadline, Timer::Rpc(req))),
+        };
     }
 
     /// Learns of `sender` at every level where it shares our cluster.
