@@ -234,8 +234,12 @@ pub struct DnsSection {
     /// How long a probe waits for the resolver, ms.
     pub probe_timeout_ms: u64,
     /// How long a first query from an unmeasured resolver may wait for its
-    /// probe and hint lookup, ms (0: answer at once, at level 0).
+    /// probe, hint lookup and the liveness checks of the proxies the hints
+    /// name, ms (0: answer at once, at level 0).
     pub hold_budget_ms: u64,
+    /// How long a liveness check of a hinted proxy this node has not heard
+    /// from counts, s.
+    pub checked_ttl_secs: u64,
     /// UDP responses per second per client /24 (0: unlimited).
     pub rrl_rate: u32,
     /// Every this many limited responses one goes out truncated (0: none).
@@ -260,6 +264,7 @@ impl Default for DnsSection {
             rtt_cache_secs: c.rtt_ttl.as_secs(),
             probe_timeout_ms: o.probe_timeout.as_millis() as u64,
             hold_budget_ms: c.hold_budget.as_millis() as u64,
+            checked_ttl_secs: c.checked_ttl.as_secs(),
             rrl_rate: c.rrl_rate,
             rrl_slip: c.rrl_slip,
             tcp_max_connections: o.tcp_max_connections,
@@ -660,6 +665,7 @@ impl FileConfig {
             rrl_rate: d.rrl_rate,
             rrl_slip: d.rrl_slip,
             hold_budget: Duration::from_millis(d.hold_budget_ms),
+            checked_ttl: Duration::from_secs(d.checked_ttl_secs),
             ..o.server
         };
         o.probe_timeout = Duration::from_millis(d.probe_timeout_ms);
