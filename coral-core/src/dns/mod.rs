@@ -32,9 +32,10 @@
 //! local").
 //!
 //! **A resolver not yet measured** waits: its first query is held until
-//! the probe comes back (and, for a resolver outside our tightest cluster,
-//! until the DSHT's hints have named nodes near it), at most `hold_budget`
-//! (500 ms, open question 13), then answered with what is known. An answer
+//! the probe comes back, the DSHT's hints have named nodes near it and the
+//! proxies among them this node has not heard from have answered a ping
+//! (spec §6.3), at most `hold_budget` (500 ms, open question 13), then
+//! answered with what is known. An answer
 //! made before all was known names this server as the level zone's only
 //! nameserver, for `partial_ns_ttl`, so the resolver's next query comes
 //! back here, where the probe and the hint lookup have finished by then;
