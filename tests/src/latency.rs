@@ -551,13 +551,7 @@ impl LatencyModel {
             .into_iter()
             .map(|(addr, pop)| {
                 let path_us = match (&self.kind, pop) {
-                    (Kind::Sphere(params), Pop::Point(p)) => {
-                        let dot =
-                            (src.p[0] * p[0] + src.p[1] * p[1] + src.p[2] * p[2]).clamp(-1.0, 1.0);
-                        let km = dot.acos() * params.radius_km;
-                        (2.0 * params.route_inflation * km / params.km_per_ms * 1000.0).round()
-                            as u64
-                    }
+                    (Kind::Sphere(params), Pop::Point(p)) => propagation_us(params, src.p, p),
                     (Kind::Matrix(m, _), Pop::Host(h)) => u64::from(m.rtt_us(src.host as usize, h)),
                     _ => 0,
                 };
@@ -650,10 +644,7 @@ impl LatencyModel {
             Kind::Constant { rtt_us } => u64::from(*rtt_us),
             Kind::Sphere(params) => {
                 let (a, b) = (&self.places[i], &self.places[j]);
-                let dot = (a.p[0] * b.p[0] + a.p[1] * b.p[1] + a.p[2] * b.p[2]).clamp(-1.0, 1.0);
-                let km = dot.acos() * params.radius_km;
-                let prop_ms = 2.0 * params.route_inflation * km / params.km_per_ms;
-                (prop_ms * 1000.0).round() as u64 + u64::from(a.access_us) + u64::from(b.access_us)
+                propagation_us(params, a.p, b.p) + u64::from(a.access_us) + u64::from(b.access_us)
             }
             Kind::Matrix(m, _) => {
                 let (a, b) = (&self.places[i], &self.places[j]);
@@ -673,6 +664,15 @@ impl LatencyModel {
     pub fn one_way_us(&self, i: usize, j: usize) -> u64 {
         self.rtt_us(i, j) / 2
     }
+}
+
+/// The fibre RTT between two points of the sphere, µs: the great-circle
+/// distance, inflated for indirect routes, both ways.
+fn propagation_us(params: &SphereParams, a: [f64; 3], b: [f64; 3]) -> u64 {
+    let dot = (a[0] * b[0] + a[1] * b[1] + a[2] * b[2]).clamp(-1.0, 1.0);
+    let km = dot.acos() * params.radius_km;
+    let prop_ms = 2.0 * params.route_inflation * km / params.km_per_ms;
+    (prop_ms * 1000.0).round() as u64
 }
 
 /// A standard normal draw (Box–Muller).
