@@ -538,27 +538,44 @@ impl LatencyModel {
 
     /// The routers on the last hops toward node `toward`
     /// ([`Self::routers`]), each with node `from`'s RTT to it, as a
-    /// traceroute from `from` would time it: the RTT to the point of
-    /// presence, which sits at the centre of its grid cell on the sphere
-    /// (the fibre delay there, inflated as every path is) and at its RTT
-    /// group's first host on a matrix (that host's RTT), plus `from`'s
-    /// access delay. A node's traceroute toward itself times its own hops.
+    /// traceroute from `from` would time it.
+    ///
+    /// A node's traceroute toward itself times its own hops: the RTT to
+    /// each point of presence, which sits at the centre of its grid cell
+    /// on the sphere (the fibre delay there, inflated as every path is)
+    /// and at its RTT group's first host on a matrix (that host's RTT),
+    /// plus the node's access delay. Any other traceroute reaches those
+    /// hops on its way to `toward`, so it times each one at the RTT to
+    /// `toward` less `toward`'s own RTT to the hop: what remains of the
+    /// path past a hop is the same whoever traces it. A hop that this
+    /// leaves less time to reach than `from`'s access delay is not on the
+    /// path (`from` is nearer `toward` than that hop is, so the path
+    /// turns before it) and is not shown.
     pub fn traced_routers(&self, toward: usize, from: usize) -> Vec<Router> {
-        let Some(src) = self.places.get(from) else {
+        let (Some(dst), Some(src)) = (self.places.get(toward), self.places.get(from)) else {
             return Vec::new();
         };
+        let end_us = self.rtt_us(from, toward);
         self.pops(toward)
             .into_iter()
-            .map(|(addr, pop)| {
+            .filter_map(|(addr, pop)| {
                 let path_us = match (&self.kind, pop) {
-                    (Kind::Sphere(params), Pop::Point(p)) => propagation_us(params, src.p, p),
-                    (Kind::Matrix(m, _), Pop::Host(h)) => u64::from(m.rtt_us(src.host as usize, h)),
+                    (Kind::Sphere(params), Pop::Point(p)) => propagation_us(params, dst.p, p),
+                    (Kind::Matrix(m, _), Pop::Host(h)) => u64::from(m.rtt_us(dst.host as usize, h)),
                     _ => 0,
                 };
-                Router {
+                let own_us = path_us + u64::from(dst.access_us);
+                let us = if from == toward {
+                    own_us
+                } else {
+                    end_us
+                        .checked_sub(own_us)
+                        .filter(|&us| us >= u64::from(src.access_us))?
+                };
+                Some(Router {
                     addr,
-                    rtt: Some(Duration::from_micros(path_us + u64::from(src.access_us))),
-                }
+                    rtt: Some(Duration::from_micros(us)),
+                })
             })
             .collect()
     }
@@ -851,6 +868,43 @@ mod tests {
         assert_eq!(r[0][2], r[3][2]);
         assert_ne!(r[0][2], r[4][2]);
         assert_eq!(model.routers(5), r[0], "a second machine at host 0");
+    }
+
+    #[test]
+    fn a_trace_times_the_hops_on_its_path_and_only_those() {
+        let m = Arc::new(RttMatrix::planetlab().unwrap());
+        let mut models = [LatencyModel::matrix(m, 3), LatencyModel::sphere(3)];
+        for model in &mut models {
+            // The matrix's 245 hosts, then extra machines behind access links.
+            model.ensure(300);
+            let (mut shown, mut hidden) = (0, 0);
+            for toward in (0..300).step_by(7) {
+                let own = model.traced_routers(toward, toward);
+                assert_eq!(own.len(), model.routers(toward).len());
+                for from in (1..300).step_by(11).filter(|&f| f != toward) {
+                    let end = model.rtt_us(from, toward);
+                    let access = u64::from(model.places[from].access_us);
+                    let traced = model.traced_routers(toward, from);
+                    for hop in &own {
+                        let own_us = hop.rtt.unwrap().as_micros() as u64;
+                        match traced.iter().find(|t| t.addr == hop.addr) {
+                            Some(t) => {
+                                shown += 1;
+                                // What is left past the hop is the target's own.
+                                let us = t.rtt.unwrap().as_micros() as u64;
+                                assert_eq!(end - us, own_us);
+                                assert!(us >= access);
+                            }
+                            None => {
+                                hidden += 1;
+                                assert!(end < own_us + access, "{end} {own_us} {access}");
+                            }
+                        }
+                    }
+                }
+            }
+            assert!(shown > 0 && hidden > 0, "{shown} shown, {hidden} hidden");
+        }
     }
 
     #[test]
