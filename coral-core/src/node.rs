@@ -1117,8 +1117,9 @@ impl Node {
     /// Publishes this node's network hints (spec §5): its IPv4 /24 (or
     /// IPv6 /48) prefix, and any `routers` on its path, each mapped to this
     /// node at every level, each router's hint with this node's RTT to it
-    /// when `rtt` is known ([`hints`]). Hints no longer listed (a router
-    /// gone, or its RTT changed) are withdrawn.
+    /// when `rtt` is known ([`hints`]). Only the first
+    /// [`MAX_ROUTER_HINTS`] routers count, as many as a lookup reads. Hints
+    /// no longer listed (a router gone, or its RTT changed) are withdrawn.
     pub fn publish_hints(&mut self, now: Instant, routers: &[Router]) {
         let ttl = self.config.dsht.hint_ttl;
         let prefix = match self.contact.addr.ip() {
@@ -1127,7 +1128,7 @@ impl Node {
         };
         // The first RTT given for a router counts.
         let mut hints: BTreeMap<Id, Bytes> = BTreeMap::new();
-        for r in routers {
+        for r in routers.iter().take(MAX_ROUTER_HINTS) {
             hints
                 .entry(Id::for_router(r.addr))
                 .or_insert_with(|| wire::hint_value(&self.contact, r.rtt));
@@ -2990,6 +2991,12 @@ mod tests {
         net.after(Duration::from_secs(1));
         let (values, _, _) = net.get_and_wait(7, Id::for_router(r2), Duration::from_secs(1));
         assert_eq!(values, vec![wire::contact_value(&net.nodes[3].contact())]);
+        // A trace's first hops count, as many as a lookup reads.
+        let many: Vec<Router> = (1..=8)
+            .map(|i| Router::unmeasured(IpAddr::from([192, 0, 2, 10 + i])))
+            .collect();
+        net.nodes[3].publish_hints(net.now, &many);
+        assert_eq!(net.nodes[3].publications(), 1 + MAX_ROUTER_HINTS);
     }
 
     #[test]

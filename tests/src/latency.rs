@@ -23,16 +23,19 @@
 //!
 //! Each model also says which routers sit on the last hops toward a node
 //! ([`LatencyModel::routers`]), what a traceroute toward it would show and
-//! what Coral's router hints (spec §5) are made of. On the sphere a node's
-//! last three hops are the points of presence of the 1°, 3° and 9° cells
-//! (about 110, 330 and 1000 km) of a latitude/longitude grid that hold it,
-//! so nodes in one metro area share their nearest hop and nodes in one
-//! region their farther ones. A measured matrix says nothing about routes
-//! or addresses, so both are inferred from its RTTs ([`MatrixTopology`]):
-//! hosts within [`MATRIX_LAN_US`] of each other are one site's LAN and share
-//! a /24 (PlanetLab sites ran two or three machines on one subnet, 0.1 to
-//! 0.3 ms apart), and a host's last three hops are the points of presence
-//! of RTT groups of radius 1, 3 and 9 ms, the sizes of the sphere's cells.
+//! what Coral's router hints (spec §5) are made of. A trace learns the
+//! last five hops (spec §5). On the sphere they are the points of presence
+//! of the 1°, 3°, 9°, 27° and 81° cells (about 110, 330, 1000, 3000 and
+//! 9000 km) of latitude/longitude grids that hold the node: nodes in one
+//! metro area share their nearest hop, nodes in one region the middle
+//! ones, and nodes on one continent the farthest, as access, metro,
+//! regional and backbone routers are shared. A measured matrix says
+//! nothing about routes or addresses, so both are inferred from its RTTs
+//! ([`MatrixTopology`]): hosts within [`MATRIX_LAN_US`] of each other are
+//! one site's LAN and share a /24 (PlanetLab sites ran two or three
+//! machines on one subnet, 0.1 to 0.3 ms apart), and a host's last five
+//! hops are the points of presence of RTT groups of radius 1, 3, 9, 27
+//! and 81 ms, about the RTTs across the sphere's cells.
 //!
 //! Per-node placement is drawn from an RNG seeded by the model seed and the
 //! node index alone, so a node's place does not depend on how many nodes
@@ -54,8 +57,9 @@ pub const PLANETLAB_RTT_PATH: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/data/planetlab-245-rtt.tsv");
 
 /// Cell sizes, in degrees, of the grids whose points of presence are a
-/// sphere node's last hops, nearest first.
-pub const ROUTER_CELLS_DEG: [f64; 3] = [1.0, 3.0, 9.0];
+/// sphere node's last hops, nearest first: the five hops a trace learns
+/// (spec §5).
+pub const ROUTER_CELLS_DEG: [f64; 5] = [1.0, 3.0, 9.0, 27.0, 81.0];
 
 /// The largest RTT, in µs, between two hosts of a measured matrix that
 /// [`MatrixTopology`] puts on one LAN (one /24): a campus network's RTT,
@@ -64,8 +68,8 @@ pub const MATRIX_LAN_US: u32 = 500;
 
 /// The radii, in µs, of the RTT groups whose points of presence are a
 /// matrix host's last hops, nearest first: about the RTT across the
-/// sphere's 1°, 3° and 9° cells.
-pub const MATRIX_POP_RADII_US: [u32; 3] = [1_000, 3_000, 9_000];
+/// sphere's cells ([`ROUTER_CELLS_DEG`]).
+pub const MATRIX_POP_RADII_US: [u32; 5] = [1_000, 3_000, 9_000, 27_000, 81_000];
 
 /// The range, in milliseconds, of the extra RTT an access link adds to every
 /// RTT of a node beyond the first `N` in [`LatencyModel::matrix`].
@@ -287,10 +291,10 @@ pub struct MatrixTopology {
     lan_size: Vec<usize>,
     /// Each host's point of presence at each radius of
     /// [`MATRIX_POP_RADII_US`].
-    pops: [Vec<usize>; 3],
+    pops: [Vec<usize>; MATRIX_POP_RADII_US.len()],
     /// The host each point of presence sits at (its group's leader), per
     /// radius.
-    pop_hosts: [Vec<usize>; 3],
+    pop_hosts: [Vec<usize>; MATRIX_POP_RADII_US.len()],
 }
 
 impl MatrixTopology {
@@ -616,9 +620,13 @@ impl LatencyModel {
             .map(|(hop, &deg)| {
                 let (row, col) = (((lat + 90.0) / deg).floor(), ((lon + 180.0) / deg).floor());
                 let cell = row as i64 * 4096 + col as i64;
+                // The middle of the part of the cell on the globe: a grid
+                // that does not divide 180° or 360° ends in a narrower row
+                // or column.
+                let mid = |i: f64, span: f64| (i * deg + ((i + 1.0) * deg).min(span)) / 2.0;
                 let centre = unit_vector(
-                    ((row + 0.5) * deg - 90.0).to_radians(),
-                    ((col + 0.5) * deg - 180.0).to_radians(),
+                    (mid(row, 180.0) - 90.0).to_radians(),
+                    (mid(col, 360.0) - 180.0).to_radians(),
                 );
                 (pop_addr(hop, cell as u64), Pop::Point(centre))
             })
@@ -850,6 +858,8 @@ mod tests {
         assert_eq!(topo.pops[0], [0, 0, 1, 2, 3]);
         assert_eq!(topo.pops[1], [0, 0, 0, 1, 2]);
         assert_eq!(topo.pops[2], [0, 0, 0, 0, 1]);
+        assert_eq!(topo.pops[3], [0, 0, 0, 0, 1]);
+        assert_eq!(topo.pops[4], [0, 0, 0, 0, 1]);
         let mut model = LatencyModel::matrix(Arc::new(m), 1);
         model.ensure(10);
         // One /24 per LAN, a distinct rank per node, extra machines included.
@@ -861,12 +871,15 @@ mod tests {
             "second machines at hosts 0, 1"
         );
         let r: Vec<Vec<IpAddr>> = (0..5).map(|i| model.routers(i)).collect();
-        assert!(r.iter().all(|v| v.len() == 3));
+        assert!(r.iter().all(|v| v.len() == 5));
         assert_eq!(r[0], r[1], "one LAN, one path");
         assert_ne!(r[0][0], r[2][0]);
-        assert_eq!(r[0][1..], r[2][1..], "host 2 shares the 3 and 9 ms PoPs");
+        assert_eq!(r[0][1..], r[2][1..], "host 2 shares the 3 ms PoP and up");
         assert_eq!(r[0][2], r[3][2]);
-        assert_ne!(r[0][2], r[4][2]);
+        assert!(
+            (0..5).all(|h| r[0][h] != r[4][h]),
+            "100 ms: host 4 shares none"
+        );
         assert_eq!(model.routers(5), r[0], "a second machine at host 0");
     }
 

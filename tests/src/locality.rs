@@ -626,8 +626,10 @@ pub struct NodesReport {
 /// its hints (its /24 and the routers the latency model puts on the last
 /// hops toward it, as an adapter's traceroute would find them), and one
 /// more virtual minute lets the puts land. The asked node then runs
-/// `find_nodes_via(level, 3, T, routers toward T, http)` (a DNS server
-/// probes the resolver's path the same way, spec §5) and the first answer
+/// `find_nodes_via(level, 3, T, routers toward T, http)` with the hops its
+/// own trace toward `T` shows ([`LatencyModel::traced_routers`]: those on
+/// its path; a DNS server probes the resolver's path the same way, spec §5)
+/// and the first answer
 /// that is not `T` itself counts: `T` would be at RTT 0 (a proxy on the
 /// resolver's own host), which makes the comparison with the nearest
 /// *other* node meaningless. Diagnostics: the local `nodes()` answer, the
@@ -732,7 +734,12 @@ pub fn nodes(p: &NodesParams) -> NodesReport {
             level: p.level,
             count: 3,
             target: sim.addr(t).ip(),
-            routers: lat.routers(t),
+            // The hops the asker's trace toward T shows: those on its way.
+            routers: lat
+                .traced_routers(t, asker)
+                .into_iter()
+                .map(|r| r.addr)
+                .collect(),
             services: Services::HTTP,
         };
         sim.schedule(now, asker, queries.len() as u64, cmd);
