@@ -8,8 +8,9 @@
 //! connection are answered in order); a malformed packet gets FORMERR and
 //! the server keeps answering; a foreign name gets REFUSED; the status
 //! snapshot and `/metrics` carry the DNS counters; a TCP connection over
-//! the limit waits in the backlog and an idle one is closed; and a mio DNS
-//! node names a tokio node's proxy.
+//! the limit waits in the backlog and an idle one is closed; a mio DNS
+//! node names a tokio node's proxy; and a proxy the hints name but that the
+//! server has not heard from is pinged first, and left out when dead.
 //!
 //! Every test runs on a worker thread bounded by [`LIMIT`], every socket
 //! read has a timeout, and assertions are on what comes back, never on
@@ -28,8 +29,11 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use coral_core::contact::Services;
+use coral_core::Levels;
+use coral_core::contact::{Contact, Services};
 use coral_core::http::HttpConfig;
+use coral_core::id::Id;
+use coral_core::wire;
 use coral_mio::{DnsSockets, Listeners, RunningNode};
 use coral_tokio::config::FileConfig;
 use coral_tokio::dns::DnsOptions;
@@ -60,11 +64,24 @@ fn mio_node(
     admin: Option<std::net::TcpListener>,
     tune: &dyn Fn(&mut DnsOptions),
 ) -> RunningNode {
+    mio_node_with(me, seed, proxy_port, admin, &|_| {}, tune)
+}
+
+/// [`mio_node`] with `file` adjusting its configuration.
+fn mio_node_with(
+    me: Ipv4Addr,
+    seed: u64,
+    proxy_port: u16,
+    admin: Option<std::net::TcpListener>,
+    file: &dyn Fn(&mut FileConfig),
+    tune: &dyn Fn(&mut DnsOptions),
+) -> RunningNode {
     let mut cfg = FileConfig::default();
     cfg.node.rpc = (me, 0).into();
     cfg.node.dns = (me, 0).into();
     cfg.dsht.rpc_timeout_min_ms = Some(50);
     cfg.dsht.rpc_timeout_max_ms = Some(300);
+    file(&mut cfg);
     let o = cfg.node_options(seed);
     // The proxy's fixed port first: a DNS listener on port 0 could be
     // given that very port on this address.
@@ -471,5 +488,83 @@ fn a_mio_dns_node_names_a_tokio_nodes_proxy() {
         let _ = stop.send(true);
         mio.shutdown();
         rt.block_on(tokio_node.shutdown());
+    });
+}
+
+/// A proxy that the hints name near the resolver but that this server has
+/// not heard from is pinged before it is named (spec §6.3), and a dead one
+/// is left out: coral-mio's loop runs the check and reports it.
+#[test]
+fn a_hinted_proxy_not_heard_from_is_checked_and_a_dead_one_not_named() {
+    bounded(|| {
+        // The resolver's /24 is 127.0.7.0: one live node there, and a hint
+        // naming a proxy at 127.0.7.61 that nothing runs (a node that
+        // published its hint and died: the hint outlives it). One level:
+        // the hints land in the one cluster at once (the latency clusters
+        // of a fresh loopback net take a while to form).
+        let at = |c: u8, d: u8| Ipv4Addr::new(127, 0, c, d);
+        let one_level = |f: &mut FileConfig| f.levels.diameters_ms = Vec::new();
+        let wait = |d: &mut DnsOptions| d.server.hold_budget = Duration::from_secs(20);
+        let mut nodes: Vec<RunningNode> = Vec::new();
+        for (i, me) in [at(5, 71), at(5, 72), at(7, 62)].into_iter().enumerate() {
+            let port = nodes
+                .first()
+                .map_or(0, |f| f.handle.proxy_addr().unwrap().port());
+            nodes.push(mio_node_with(
+                me,
+                7100 + i as u64,
+                port,
+                None,
+                &one_level,
+                &wait,
+            ));
+        }
+        join_all(&nodes);
+        nodes[2].handle.publish_hints(Vec::new()).unwrap();
+        let dead_addr = SocketAddr::from((at(7, 61), 9));
+        let dead = Contact::from_addr(dead_addr, Services::HTTP.with(Services::DNS));
+        let key = Id::for_ipv4_prefix(at(7, 0));
+        let put = nodes[1]
+            .handle
+            .put(
+                key,
+                wire::hint_value(&dead, None),
+                Duration::from_secs(600),
+                Levels::ALL,
+            )
+            .unwrap();
+        assert!(!put.stored.is_empty(), "{put:?}");
+        // Both hints readable before the resolver asks.
+        let mut values = 0;
+        for _ in 0..50 {
+            values = nodes[0].handle.get(key, Levels::ALL).unwrap().values.len();
+            if values >= 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(values, 2, "the live node's and the dead one's hints");
+        let m = ask(
+            dns_of(&nodes[0]),
+            at(7, 200),
+            "www.example.com.nyud.net.",
+            RecordType::A,
+        );
+        let named = addresses(&m);
+        assert_eq!(named.first(), Some(&IpAddr::from(at(7, 62))), "{m:?}");
+        assert!(
+            !named.contains(&dead_addr.ip()),
+            "the dead proxy is named: {m:?}"
+        );
+        assert!(counter(&nodes[0], "liveness_checks") >= 1);
+        assert_eq!(counter(&nodes[0], "liveness_checks_failed"), 1);
+        assert_eq!(
+            (
+                counter(&nodes[0], "held"),
+                counter(&nodes[0], "held_expired")
+            ),
+            (1, 0),
+            "the query waited for the check, not for its deadline"
+        );
     });
 }

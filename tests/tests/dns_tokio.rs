@@ -5,7 +5,9 @@
 //! authority section filled; apexes serve SOA and NS; a missing name gets
 //! NXDOMAIN with the SOA; a foreign one REFUSED; a malformed packet FORMERR
 //! while the server keeps answering; a UDP answer too large for 512 bytes
-//! comes truncated and whole over TCP. Every test is bounded by a timeout
+//! comes truncated and whole over TCP; a proxy the hints name but that the
+//! server has not heard from is pinged first, and left out when dead.
+//! Every test is bounded by a timeout
 //! and asserts on what came back, never on speed.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure is a bug to see
@@ -19,7 +21,11 @@ use dns_client::{addresses, query};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use coral_core::Levels;
+use coral_core::contact::{Contact, Services};
 use coral_core::http::HttpConfig;
+use coral_core::id::Id;
+use coral_core::wire;
 use coral_tokio::config::FileConfig;
 use coral_tokio::dns::{DnsOptions, DnsService};
 use coral_tokio::proxy::{self, ProxyOptions, RunningProxy};
@@ -43,16 +49,30 @@ struct Net {
 /// `n` nodes on 127.0.3.{base+1}.., each with a proxy and a DNS server
 /// (`tune` adjusts the DNS options), joined through the first.
 async fn net(base: u8, n: u8, tune: impl Fn(&mut DnsOptions)) -> Net {
+    let ips: Vec<Ipv4Addr> = (1..=n)
+        .map(|i| Ipv4Addr::new(127, 0, 3, base + i))
+        .collect();
+    net_on(&ips, |_| {}, tune).await
+}
+
+/// [`net`] with the nodes at `ips`, and `file` adjusting their
+/// configuration.
+async fn net_on(
+    ips: &[Ipv4Addr],
+    file: impl Fn(&mut FileConfig),
+    tune: impl Fn(&mut DnsOptions),
+) -> Net {
     let (stop, stop_rx) = watch::channel(false);
     let (mut nodes, mut proxies, mut dns) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 1..=n {
-        let ip = Ipv4Addr::new(127, 0, 3, base + i);
+    for (&ip, i) in ips.iter().zip(1u64..) {
         let mut cfg = FileConfig::default();
         cfg.node.rpc = SocketAddr::from((ip, 0));
         cfg.node.dns = SocketAddr::from((ip, 0));
         cfg.dsht.rpc_timeout_min_ms = Some(50);
         cfg.dsht.rpc_timeout_max_ms = Some(300);
-        let mut o = cfg.node_options(u64::from(base) * 100 + u64::from(i));
+        file(&mut cfg);
+        let seed = u64::from(u32::from(ip)) * 100 + i;
+        let mut o = cfg.node_options(seed);
         o.core.services = cfg.services(true);
         let mut d = cfg.dns_options().unwrap().unwrap();
         tune(&mut d);
@@ -326,6 +346,90 @@ async fn dig_gets_the_same_answers() {
         assert!(refused.contains("status: REFUSED"), "{refused}");
         let tc = run(with(&["+tcp", "nyucd.net", "SOA"])).await.unwrap();
         assert!(tc.contains("status: NOERROR") && tc.contains("SOA"), "{tc}");
+    })
+    .await
+    .unwrap();
+}
+
+/// A proxy that the hints name near the resolver but that this server has
+/// not heard from is pinged before it is named (spec §6.3), and a dead one
+/// is left out: the tokio adapter runs the check and reports it.
+#[tokio::test]
+async fn a_hinted_proxy_not_heard_from_is_checked_and_a_dead_one_not_named() {
+    timeout(LIMIT, async {
+        // The resolver's /24 is 127.0.6.0: one live node there, and a hint
+        // naming a proxy at 127.0.6.61 that nothing runs (a node that
+        // published its hint and died: the hint outlives it).
+        let ips = [
+            Ipv4Addr::new(127, 0, 3, 61),
+            Ipv4Addr::new(127, 0, 3, 62),
+            Ipv4Addr::new(127, 0, 6, 62),
+        ];
+        // One level: the hints land in the one cluster at once (the
+        // latency clusters of a fresh loopback net take a while to form).
+        let net = net_on(
+            &ips,
+            |f| f.levels.diameters_ms = Vec::new(),
+            |d| d.server.hold_budget = Duration::from_secs(20),
+        )
+        .await;
+        let live = &net.nodes[2].handle;
+        live.publish_hints(Vec::new()).await.unwrap();
+        let dead_addr = SocketAddr::from((Ipv4Addr::new(127, 0, 6, 61), 9));
+        let dead = Contact::from_addr(dead_addr, Services::HTTP.with(Services::DNS));
+        let key = Id::for_ipv4_prefix(Ipv4Addr::new(127, 0, 6, 0));
+        let put = net.nodes[1]
+            .handle
+            .put(
+                key,
+                wire::hint_value(&dead, None),
+                Duration::from_secs(600),
+                Levels::ALL,
+            )
+            .await
+            .unwrap();
+        assert!(!put.stored.is_empty(), "{put:?}");
+        // Both hints readable before the resolver asks (the live node's
+        // publication is under way when publish_hints returns).
+        let mut values = 0;
+        for _ in 0..50 {
+            let got = net.nodes[0].handle.get(key, Levels::ALL).await.unwrap();
+            values = got.values.len();
+            if values >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(values, 2, "the live node's and the dead one's hints");
+        let m = Message::from_vec(
+            &udp(
+                net.dns[0],
+                Ipv4Addr::new(127, 0, 6, 200),
+                &query("www.example.com.nyud.net.", RecordType::A, true),
+            )
+            .await,
+        )
+        .unwrap();
+        let st = net.nodes[0].handle.status().await.unwrap();
+        let d = st.dns.clone().expect("a DNS node reports DNS counters");
+        let count = |name: &str| d.iter().find(|c| c.name == name).map_or(0, |c| c.value);
+        let live_ip = IpAddr::from(ips[2]);
+        assert_eq!(
+            addresses(&m).first(),
+            Some(&live_ip),
+            "the hinted live proxy first: {m:?} {d:?}"
+        );
+        assert!(
+            !addresses(&m).contains(&dead_addr.ip()),
+            "the dead proxy is named: {m:?} {d:?}"
+        );
+        assert!(count("liveness_checks") >= 1, "{d:?}");
+        assert_eq!(count("liveness_checks_failed"), 1, "{d:?}");
+        assert_eq!(
+            (count("held"), count("held_expired")),
+            (1, 0),
+            "the query waited for the check, not for its deadline: {d:?}"
+        );
     })
     .await
     .unwrap();
