@@ -31,5 +31,6 @@ pub mod proxy_shared;
 pub mod runtime;
 pub mod status;
 pub mod testnet;
+pub mod trace;
 
 pub use runtime::{NodeError, NodeHandle, NodeOptions, RunningNode, spawn};
