@@ -524,7 +524,7 @@ fn a_hinted_proxy_not_heard_from_is_checked_and_a_dead_one_not_named() {
         let dead_addr = SocketAddr::from((at(7, 61), 9));
         let dead = Contact::from_addr(dead_addr, Services::HTTP.with(Services::DNS));
         let key = Id::for_ipv4_prefix(at(7, 0));
-        let put = nodes[1]
+        let put = nodes[2]
             .handle
             .put(
                 key,
@@ -534,7 +534,9 @@ fn a_hinted_proxy_not_heard_from_is_checked_and_a_dead_one_not_named() {
             )
             .unwrap();
         assert!(!put.stored.is_empty(), "{put:?}");
-        // Both hints readable before the resolver asks.
+        // The live node put both hints, so that one node holds both (a
+        // get reads the first holder it meets). Both readable before the
+        // resolver asks.
         let mut values = 0;
         for _ in 0..50 {
             values = nodes[0].handle.get(key, Levels::ALL).unwrap().values.len();

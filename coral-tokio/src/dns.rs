@@ -2,7 +2,8 @@
 //! which owns the `Node` and the core's [`DnsServer`] and answers them in
 //! its own loop; TCP connections are served by their own tasks, which pass
 //! each length-prefixed query to the node task and write its answer back;
-//! resolver probes are TCP connects timed here.
+//! resolver probes are TCP connects timed here, with a trace of the last
+//! hops toward the resolver made at the same time ([`probe_and_trace`]).
 //!
 //! Every decision (what to answer, when to probe, rate limits) is the
 //! core's; this file moves bytes, bounds connections and keeps time.
@@ -16,6 +17,8 @@ use std::time::Duration;
 use coral_core::OpId;
 use coral_core::contact::Contact;
 use coral_core::dns::{DnsConfig, DnsServer};
+use coral_core::dsht::hints::Router;
+use coral_core::node::MAX_ROUTER_HINTS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -23,6 +26,7 @@ use tracing::debug;
 
 use crate::batch_udp::{RecvBatch, SendQueue};
 use crate::runtime::BindError;
+use crate::trace::{TraceOptions, Tracer};
 
 /// How the adapter runs the DNS server; the answers are [`DnsConfig`]'s.
 #[derive(Clone, Debug)]
@@ -72,7 +76,7 @@ pub(crate) struct TcpQuery {
 }
 
 /// A probe's outcome, for the node task.
-pub(crate) type ProbeResult = (IpAddr, Option<Duration>);
+pub(crate) type ProbeResult = (IpAddr, Option<Duration>, Vec<Router>);
 
 /// The bound sockets and the redirector, ready for the node task.
 #[derive(Debug)]
@@ -199,9 +203,9 @@ impl DnsState {
             let tx = self.probe_results.clone();
             let timeout = self.probe_timeout;
             tokio::spawn(async move {
-                let rtt = probe(target, timeout).await;
-                debug!(%target, ?rtt, "resolver probed");
-                let _ = tx.send((target, rtt)).await;
+                let (rtt, routers) = probe_and_trace(target, timeout).await;
+                debug!(%target, ?rtt, hops = routers.len(), "resolver probed");
+                let _ = tx.send((target, rtt, routers)).await;
             });
         }
     }
@@ -217,6 +221,54 @@ pub async fn probe(target: IpAddr, timeout: Duration) -> Option<Duration> {
         Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Some(start.elapsed()),
         _ => None,
     }
+}
+
+/// The RTT to `target` and the last hops on the way to it (spec §5, §6.2),
+/// both within `timeout`: a TCP connect to its port 53 ([`probe`]) and a
+/// trace ([`Tracer`]) run at once. The RTT is the connect's, else the
+/// trace's when the target answered it; the hops are the last
+/// [`MAX_ROUTER_HINTS`] that answered, the nearest the target first.
+pub async fn probe_and_trace(target: IpAddr, timeout: Duration) -> (Option<Duration>, Vec<Router>) {
+    let opts = TraceOptions {
+        timeout,
+        ..TraceOptions::default()
+    };
+    let tracer = match Tracer::start(target, opts) {
+        Ok(t) => t,
+        Err(e) => {
+            debug!(%target, error = %e, "cannot trace toward a resolver");
+            None
+        }
+    };
+    let Some(mut t) = tracer.and_then(|t| t.with_socket(UdpSocket::from_std).ok()) else {
+        return (probe(target, timeout).await, Vec::new());
+    };
+    let tcp = probe(target, timeout);
+    tokio::pin!(tcp);
+    let mut connect: Option<Option<Duration>> = None;
+    loop {
+        if t.read().is_err() {
+            break;
+        }
+        let deadline = t.deadline(connect.flatten());
+        if connect.is_some() && (t.is_complete() || std::time::Instant::now() >= deadline) {
+            break;
+        }
+        tokio::select! {
+            r = &mut tcp, if connect.is_none() => connect = Some(r),
+            r = t.wait() => if r.is_err() { break },
+            () = tokio::time::sleep_until(deadline.into()), if connect.is_some() => {}
+        }
+    }
+    let connect = match connect {
+        Some(c) => c,
+        None => tcp.await,
+    };
+    let trace = t.finish();
+    (
+        connect.or(trace.reached.map(|(_, rtt)| rtt)),
+        trace.last_hops(MAX_ROUTER_HINTS),
+    )
 }
 
 async fn serve_tcp(

@@ -532,7 +532,7 @@ impl Driver {
                     None => tcp_queries = None,
                 },
                 p = next_of(probe_results.as_mut()) => match p {
-                    Some((target, rtt)) => self.probe_done(target, rtt),
+                    Some((target, rtt, routers)) => self.probe_done(target, rtt, &routers),
                     None => probe_results = None,
                 },
                 () = &mut sleep => {
@@ -645,13 +645,12 @@ impl Driver {
         }
     }
 
-    fn probe_done(&mut self, target: IpAddr, rtt: Option<Duration>) {
+    fn probe_done(&mut self, target: IpAddr, rtt: Option<Duration>, routers: &[Router]) {
         let now = self.now();
         if let Some(d) = self.dns.as_mut() {
             d.probes_in_flight = d.probes_in_flight.saturating_sub(1);
-            // A TCP connect traces no route: no router hints.
             d.server
-                .handle_probe_result(now, &self.node, target, rtt, &[]);
+                .handle_probe_result(now, &self.node, target, rtt, routers);
         }
     }
 

@@ -20,12 +20,14 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use coral_core::dsht::hints::Router;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, setsockopt, sockopt};
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, SockaddrIn, recv, recvmsg, setsockopt, sockopt,
+};
 
 /// ICMP type of a TTL that ran out on the way.
 const ICMP_TIME_EXCEEDED: u8 = 11;
@@ -92,8 +94,14 @@ impl Trace {
 /// `Interest::ERROR`), and [`Tracer::finish`] once [`Tracer::is_complete`]
 /// or [`Tracer::deadline`] has passed. The socket is non-blocking.
 #[derive(Debug)]
-pub struct Tracer {
-    socket: UdpSocket,
+pub struct Tracer<S = UdpSocket> {
+    socket: S,
+    state: State,
+}
+
+/// A trace's progress, apart from its socket.
+#[derive(Debug)]
+struct State {
     target: Ipv4Addr,
     opts: TraceOptions,
     /// When each TTL's datagram went out (index `ttl - 1`).
@@ -137,19 +145,90 @@ impl Tracer {
         }
         Ok(Some(Self {
             socket,
-            target,
-            opts,
-            sent,
-            hops: Vec::new(),
-            reached: None,
-            ended: None,
+            state: State {
+                target,
+                opts,
+                sent,
+                hops: Vec::new(),
+                reached: None,
+                ended: None,
+            },
         }))
+    }
+
+    /// The same trace on `f`'s socket made of this one (an event loop's
+    /// own type, such as tokio's).
+    pub fn with_socket<T: AsRawFd>(
+        self,
+        f: impl FnOnce(UdpSocket) -> io::Result<T>,
+    ) -> io::Result<Tracer<T>> {
+        Ok(Tracer {
+            socket: f(self.socket)?,
+            state: self.state,
+        })
+    }
+}
+
+impl Tracer<tokio::net::UdpSocket> {
+    /// Waits until reports may be queued, and takes them.
+    pub async fn wait(&mut self) -> io::Result<()> {
+        let Self { socket, state } = self;
+        socket
+            .ready(tokio::io::Interest::READABLE | tokio::io::Interest::ERROR)
+            .await?;
+        let fd = socket.as_raw_fd();
+        // Read inside try_io: readiness is cleared only if nothing came in
+        // meanwhile.
+        for interest in [tokio::io::Interest::ERROR, tokio::io::Interest::READABLE] {
+            let taken = socket.try_io(interest, || {
+                state.read(fd)?;
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
+            if let Err(e) = taken
+                && e.kind() != io::ErrorKind::WouldBlock
+            {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsRawFd> Tracer<S> {
+    /// The socket, to register with an event loop.
+    pub fn socket(&self) -> &S {
+        &self.socket
     }
 
     /// Takes every report queued on the socket.
     pub fn read(&mut self) -> io::Result<()> {
+        self.state.read(self.socket.as_raw_fd())
+    }
+
+    /// The target answered, or a router said the path ends with it, and
+    /// every TTL before did too.
+    pub fn is_complete(&self) -> bool {
+        self.state.is_complete()
+    }
+
+    /// When to stop waiting: the timeout after sending, or sooner once the
+    /// target's RTT is known (its own answer, or `known`, another probe's):
+    /// every hop is nearer than the target, so its report is in by twice
+    /// that RTT and [`ICMP_SLACK`].
+    pub fn deadline(&self, known: Option<Duration>) -> Instant {
+        self.state.deadline(known)
+    }
+
+    /// What was found (see [`trace`]).
+    pub fn finish(self) -> Trace {
+        self.state.finish()
+    }
+}
+
+impl State {
+    fn read(&mut self, fd: RawFd) -> io::Result<()> {
         let max = self.opts.max_hops.max(1);
-        while let Some(report) = read_report(&self.socket)? {
+        while let Some(report) = read_report(fd)? {
             let Some(ttl) = report
                 .port
                 .checked_sub(self.opts.base_port)
@@ -192,17 +271,14 @@ impl Tracer {
         // that readiness does not stay up.
         let mut buf = [0u8; 64];
         for _ in 0..usize::from(max) {
-            match self.socket.recv_from(&mut buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                _ => {}
+            if recv(fd, &mut buf, MsgFlags::MSG_DONTWAIT) == Err(nix::errno::Errno::EAGAIN) {
+                break;
             }
         }
         Ok(())
     }
 
-    /// The target answered, or a router said the path ends with it, and
-    /// every TTL before did too.
-    pub fn is_complete(&self) -> bool {
+    fn is_complete(&self) -> bool {
         let end = match (self.reached, self.ended) {
             (Some((at, _)), Some(e)) => at.min(e),
             (Some((at, _)), None) => at,
@@ -212,11 +288,7 @@ impl Tracer {
         self.hops.iter().filter(|h| h.ttl < end).count() + 1 >= usize::from(end)
     }
 
-    /// When to stop waiting: the timeout after sending, or sooner once the
-    /// target's RTT is known (its own answer, or `known`, another probe's):
-    /// every hop is nearer than the target, so its report is in by twice
-    /// that RTT and [`ICMP_SLACK`].
-    pub fn deadline(&self, known: Option<Duration>) -> Instant {
+    fn deadline(&self, known: Option<Duration>) -> Instant {
         let start = self.sent[0];
         let limit = start + self.opts.timeout;
         match self.reached.map(|(_, rtt)| rtt).or(known) {
@@ -225,8 +297,7 @@ impl Tracer {
         }
     }
 
-    /// What was found (see [`trace`]).
-    pub fn finish(self) -> Trace {
+    fn finish(self) -> Trace {
         let mut hops = self.hops;
         if let Some((at, _)) = self.reached {
             hops.retain(|h| h.ttl < at);
@@ -247,12 +318,6 @@ impl Tracer {
             hops,
             reached: self.reached,
         }
-    }
-}
-
-impl AsRawFd for Tracer {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.socket.as_raw_fd()
     }
 }
 
@@ -297,12 +362,12 @@ struct Report {
 }
 
 /// The next report on the error queue, if any.
-fn read_report(socket: &UdpSocket) -> io::Result<Option<Report>> {
+fn read_report(fd: RawFd) -> io::Result<Option<Report>> {
     let mut payload = [0u8; 64];
     let mut iov = [io::IoSliceMut::new(&mut payload)];
     let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
     let msg = match recvmsg::<SockaddrIn>(
-        socket.as_raw_fd(),
+        fd,
         &mut iov,
         Some(&mut cmsg),
         MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,

@@ -4,7 +4,8 @@
 //! passes, since nothing can be built; the loopback case in the unit
 //! tests needs no privilege). The trace from the source, made on a thread
 //! that entered the source's namespace, must name both routers, at TTLs 1
-//! and 2, with their RTTs, and reach the target at TTL 3.
+//! and 2, with their RTTs, and reach the target at TTL 3; the DNS probe
+//! (TCP connect and trace at once) reports the RTT and those hops.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure is a bug to see
 
@@ -12,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::Duration;
 
+use coral_tokio::dns::probe_and_trace;
 use coral_tokio::trace::{TraceOptions, Tracer, trace};
 use nix::sched::{CloneFlags, setns};
 
@@ -153,6 +155,26 @@ fn a_trace_names_each_router_on_the_way_and_reaches_the_target() {
     // A DNS server keeps the hops nearest the resolver first.
     let last: Vec<IpAddr> = t.last_hops(5).iter().map(|r| r.addr).collect();
     assert_eq!(last, [v4(10, 201, 2, 2), v4(10, 201, 1, 2)]);
+    // What a DNS server's probe of a resolver there reports: the RTT (its
+    // TCP connect to port 53 is refused) and the hops, nearest it first.
+    let (rtt, routers) = in_namespace(&source, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(probe_and_trace(target, Duration::from_millis(500)))
+    });
+    assert!(
+        rtt.is_some_and(|r| r < Duration::from_millis(500)),
+        "{rtt:?}"
+    );
+    let addrs: Vec<IpAddr> = routers.iter().map(|r| r.addr).collect();
+    assert_eq!(addrs, [v4(10, 201, 2, 2), v4(10, 201, 1, 2)]);
+    assert!(
+        routers
+            .iter()
+            .all(|r| r.rtt.is_some_and(|h| h <= rtt.unwrap() * 2))
+    );
     // A target that router 1 has no route to: it names itself at TTL 1
     // and says "unreachable" past it, which ends the trace there.
     let lost = in_namespace(&source, move || {

@@ -378,7 +378,7 @@ async fn a_hinted_proxy_not_heard_from_is_checked_and_a_dead_one_not_named() {
         let dead_addr = SocketAddr::from((Ipv4Addr::new(127, 0, 6, 61), 9));
         let dead = Contact::from_addr(dead_addr, Services::HTTP.with(Services::DNS));
         let key = Id::for_ipv4_prefix(Ipv4Addr::new(127, 0, 6, 0));
-        let put = net.nodes[1]
+        let put = net.nodes[2]
             .handle
             .put(
                 key,
@@ -389,8 +389,10 @@ async fn a_hinted_proxy_not_heard_from_is_checked_and_a_dead_one_not_named() {
             .await
             .unwrap();
         assert!(!put.stored.is_empty(), "{put:?}");
-        // Both hints readable before the resolver asks (the live node's
-        // publication is under way when publish_hints returns).
+        // The live node put both hints, so that one node holds both (a
+        // get reads the first holder it meets). Both readable before the
+        // resolver asks (the publication is under way when publish_hints
+        // returns).
         let mut values = 0;
         for _ in 0..50 {
             let got = net.nodes[0].handle.get(key, Levels::ALL).await.unwrap();
