@@ -29,8 +29,12 @@
 //! - **Probes**: a non-blocking TCP connect to the resolver's port 53,
 //!   registered on the poller with a `probe_timeout` deadline; the time to
 //!   a connect accepted or refused is the RTT (one round trip, no
-//!   privileges needed), a timeout or any other error is unmeasurable. At
-//!   most `max_probes_in_flight` run at once; the core queues the rest.
+//!   privileges needed), a timeout or any other error is unmeasurable.
+//!   With it a trace of the last hops toward the resolver
+//!   ([`coral_tokio::trace::Tracer`]) runs on its own registered socket;
+//!   the probe ends when the connect has come back and the trace is
+//!   complete or past its deadline, and hands the core both. At most
+//!   `max_probes_in_flight` run at once; the core queues the rest.
 //! - **Hint lookups** run on the node with [`Node::find_hinted`], and
 //!   **liveness checks** of the proxies they name with
 //!   [`Node::check_live`]; the `HintsFound` and `Checked` events that
@@ -43,15 +47,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant as StdInstant};
 
 use coral_core::contact::{Contact, Services};
 use coral_core::dns::{DnsServer, DnsStats, Handled, Transport};
+use coral_core::dsht::hints::Router;
+use coral_core::node::MAX_ROUTER_HINTS;
 use coral_core::time::Instant as CoreInstant;
 use coral_core::{Event, Node, OpId};
 use coral_tokio::dns::DnsOptions;
 use coral_tokio::runtime::BindError;
+use coral_tokio::trace::{TraceOptions, Tracer};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 use tracing::debug;
@@ -68,10 +77,12 @@ pub(crate) const FIRST_DNS_CONN: usize = 1 << 30;
 const MAX_KEYS: usize = 1 << 28;
 /// Probe tokens are slab keys plus this.
 const FIRST_DNS_PROBE: usize = FIRST_DNS_CONN + MAX_KEYS;
+/// A probe's trace socket: its slab key plus this.
+const FIRST_DNS_TRACE: usize = FIRST_DNS_PROBE + MAX_KEYS;
 // The DNS ranges start above the proxy's and end within a 32-bit usize.
 const _: () = assert!(
     FIRST_DNS_CONN > crate::proxy::FIRST_PROXY_CONN
-        && FIRST_DNS_PROBE.checked_add(MAX_KEYS).is_some()
+        && FIRST_DNS_TRACE.checked_add(MAX_KEYS).is_some()
 );
 
 /// Connections accepted per turn before the loop looks at its other sources.
@@ -186,11 +197,17 @@ impl Conn {
     }
 }
 
-/// A resolver probe: a TCP connect in flight.
+/// A resolver probe: a TCP connect, and a trace of the last hops toward
+/// the resolver, in flight at once.
 struct Probe {
     stream: TcpStream,
+    /// What the connect came to, once it did (the RTT, or `None`).
+    connect: Option<Option<Duration>>,
+    /// The trace, when one could be started (IPv4).
+    tracer: Option<Tracer>,
     target: IpAddr,
     started: StdInstant,
+    /// The probe's timer: the connect's limit, then the trace's.
     deadline: StdInstant,
 }
 
@@ -205,6 +222,30 @@ struct Drops {
     tcp_answers_lost: u64,
     /// TCP connections closed for idling.
     tcp_idle_closed: u64,
+}
+
+/// Starts a trace toward `target` for probe `key`, registered on the
+/// poller, ending by `timeout`; `None` when it cannot (IPv6, or a socket error).
+fn start_trace(
+    registry: &Registry,
+    target: IpAddr,
+    key: usize,
+    timeout: Duration,
+) -> Option<Tracer> {
+    let opts = TraceOptions {
+        timeout,
+        ..TraceOptions::default()
+    };
+    let tracer = Tracer::start(target, opts)
+        .inspect_err(|e| debug!(%target, error = %e, "cannot trace toward a resolver"))
+        .ok()??;
+    let fd = tracer.socket().as_raw_fd();
+    let token = Token(FIRST_DNS_TRACE + key);
+    registry
+        .register(&mut SourceFd(&fd), token, Interest::READABLE)
+        .inspect_err(|e| debug!(%target, error = %e, "cannot register a trace"))
+        .ok()?;
+    Some(tracer)
 }
 
 /// Whether a probe's error still measures a round trip: a refused connect
@@ -415,7 +456,9 @@ impl Dns {
     /// ready; a connection's turn writes whatever the edge was, and reads
     /// when it was readable.
     pub(crate) fn ready(&mut self, node: &Node, registry: &Registry, token: usize, readable: bool) {
-        if token >= FIRST_DNS_PROBE {
+        if token >= FIRST_DNS_TRACE {
+            self.trace_ready(node, registry, token - FIRST_DNS_TRACE);
+        } else if token >= FIRST_DNS_PROBE {
             self.probe_ready(node, registry, token - FIRST_DNS_PROBE);
         } else if let Some(c) = self.conns.get_mut(token - FIRST_DNS_CONN) {
             c.readable |= readable;
@@ -701,7 +744,7 @@ impl Dns {
                 Ok(s) => s,
                 Err(e) => {
                     let rtt = refused(&e).then(|| started.elapsed());
-                    self.probe_done(node, target, rtt);
+                    self.probe_done(node, target, rtt, &[]);
                     continue;
                 }
             };
@@ -710,13 +753,16 @@ impl Dns {
             let token = Token(FIRST_DNS_PROBE + key);
             if let Err(e) = registry.register(&mut stream, token, Interest::WRITABLE) {
                 debug!(%target, error = %e, "cannot register a resolver probe");
-                self.probe_done(node, target, None);
+                self.probe_done(node, target, None, &[]);
                 continue;
             }
             let deadline = started + self.probe_timeout;
             self.timers.insert((deadline, Timer::Probe(key)));
+            let tracer = start_trace(registry, target, key, self.probe_timeout);
             entry.insert(Probe {
                 stream,
+                connect: None,
+                tracer,
                 target,
                 started,
                 deadline,
@@ -730,26 +776,83 @@ impl Dns {
         let Some(p) = self.probes.get_mut(key) else {
             return;
         };
-        if let Some(rtt) = probe_outcome(&p.stream, p.started) {
-            self.end_probe(node, registry, key, rtt);
+        if p.connect.is_none()
+            && let Some(rtt) = probe_outcome(&p.stream, p.started)
+        {
+            p.connect = Some(rtt);
+            self.probe_progress(node, registry, key);
         }
     }
 
-    /// Drops probe `key`'s socket and reports `rtt` to the core.
-    fn end_probe(&mut self, node: &Node, registry: &Registry, key: usize, rtt: Option<Duration>) {
+    /// Probe `key`'s trace socket is ready: its reports are taken.
+    fn trace_ready(&mut self, node: &Node, registry: &Registry, key: usize) {
+        let Some(p) = self.probes.get_mut(key) else {
+            return;
+        };
+        if let Some(t) = &mut p.tracer
+            && let Err(e) = t.read()
+        {
+            debug!(target = %p.target, error = %e, "trace failed");
+            if let Some(t) = p.tracer.take() {
+                let _ = registry.deregister(&mut SourceFd(&t.socket().as_raw_fd()));
+            }
+        }
+        self.probe_progress(node, registry, key);
+    }
+
+    /// Ends probe `key` once its connect has come back and its trace is
+    /// complete or past its deadline (which the connect's RTT brings
+    /// forward: every hop is nearer than the resolver); else its timer
+    /// moves to that deadline.
+    fn probe_progress(&mut self, node: &Node, registry: &Registry, key: usize) {
+        let Some(p) = self.probes.get_mut(key) else {
+            return;
+        };
+        let Some(connect) = p.connect else { return };
+        let due = match &p.tracer {
+            Some(t) if !t.is_complete() => t.deadline(connect),
+            _ => StdInstant::now(),
+        };
+        if due <= StdInstant::now() {
+            self.end_probe(node, registry, key);
+        } else if due != p.deadline {
+            self.timers.remove(&(p.deadline, Timer::Probe(key)));
+            p.deadline = due;
+            self.timers.insert((due, Timer::Probe(key)));
+        }
+    }
+
+    /// Drops probe `key`'s sockets and reports its RTT (the connect's,
+    /// else the trace's) and the last hops the trace found to the core.
+    fn end_probe(&mut self, node: &Node, registry: &Registry, key: usize) {
         let Some(mut p) = self.probes.try_remove(key) else {
             return;
         };
         let _ = registry.deregister(&mut p.stream);
         self.timers.remove(&(p.deadline, Timer::Probe(key)));
-        debug!(target = %p.target, ?rtt, "resolver probed");
-        self.probe_done(node, p.target, rtt);
+        let trace = p.tracer.map(|t| {
+            let _ = registry.deregister(&mut SourceFd(&t.socket().as_raw_fd()));
+            t.finish()
+        });
+        let rtt = p
+            .connect
+            .flatten()
+            .or_else(|| trace.as_ref()?.reached.map(|(_, rtt)| rtt));
+        let routers = trace.map_or_else(Vec::new, |t| t.last_hops(MAX_ROUTER_HINTS));
+        debug!(target = %p.target, ?rtt, hops = routers.len(), "resolver probed");
+        self.probe_done(node, p.target, rtt, &routers);
     }
 
-    fn probe_done(&mut self, node: &Node, target: IpAddr, rtt: Option<Duration>) {
+    fn probe_done(
+        &mut self,
+        node: &Node,
+        target: IpAddr,
+        rtt: Option<Duration>,
+        routers: &[Router],
+    ) {
         let now = self.now();
-        // A TCP connect traces no route: no router hints.
-        self.server.handle_probe_result(now, node, target, rtt, &[]);
+        self.server
+            .handle_probe_result(now, node, target, rtt, routers);
     }
 
     /// Starts the liveness checks the core asks for on the node. A lookup
@@ -829,7 +932,13 @@ impl Dns {
                     self.drops.tcp_idle_closed += 1;
                     self.close(registry, key);
                 }
-                Timer::Probe(key) => self.end_probe(node, registry, key, None),
+                Timer::Probe(key) => {
+                    // The connect's limit (silence: no RTT), or the trace's.
+                    if let Some(p) = self.probes.get_mut(key) {
+                        p.connect.get_or_insert(None);
+                    }
+                    self.end_probe(node, registry, key);
+                }
             }
         }
     }

@@ -9,8 +9,10 @@
 //! the server keeps answering; a foreign name gets REFUSED; the status
 //! snapshot and `/metrics` carry the DNS counters; a TCP connection over
 //! the limit waits in the backlog and an idle one is closed; a mio DNS
-//! node names a tokio node's proxy; and a proxy the hints name but that the
-//! server has not heard from is pinged first, and left out when dead.
+//! node names a tokio node's proxy; a proxy the hints name but that the
+//! server has not heard from is pinged first, and left out when dead; and
+//! across network namespaces (root only) the probe traces the routers
+//! toward a resolver, whose hints then name its proxy.
 //!
 //! Every test runs on a worker thread bounded by [`LIMIT`], every socket
 //! read has a timeout, and assertions are on what comes back, never on
@@ -22,6 +24,8 @@
 mod common;
 #[path = "../../tests/tests/common/dns_client.rs"]
 mod dns_client;
+#[path = "../../tests/tests/common/netns.rs"]
+mod netns;
 
 use dns_client::{addresses, glue, nameservers, query};
 
@@ -568,5 +572,76 @@ fn a_hinted_proxy_not_heard_from_is_checked_and_a_dead_one_not_named() {
             (1, 0),
             "the query waited for the check, not for its deadline"
         );
+    });
+}
+
+/// A resolver two routers away (network namespaces; root only, else the
+/// test says SKIPPED): coral-mio's probe traces the hops toward it, and a
+/// router hint under the last of them names a proxy that the server would
+/// otherwise name second, after itself. Both servers sit at the source,
+/// on 10.201.1.1 (the DNS node asked) and 10.201.1.3 (the hinted proxy).
+#[test]
+fn a_probe_traces_the_hops_to_the_resolver_and_their_hints_name_its_proxy() {
+    let Some(ns) = netns::build() else {
+        eprintln!("SKIPPED: cannot make network namespaces here (not root, or no `ip`)");
+        return;
+    };
+    let source = ns.source().to_owned();
+    let target = ns.target().to_owned();
+    bounded(move || {
+        let _ns = ns;
+        let v4 = |d: u8| Ipv4Addr::new(10, 201, 1, d);
+        // The nodes' threads are made in the source's namespace, so their
+        // sockets (the trace's too) are there.
+        let nodes = netns::in_namespace(&source, move || {
+            let one_level = |f: &mut FileConfig| f.levels.diameters_ms = Vec::new();
+            let wait = |d: &mut DnsOptions| d.server.hold_budget = Duration::from_secs(20);
+            let d = mio_node_with(v4(1), 8101, 0, None, &one_level, &wait);
+            let port = d.handle.proxy_addr().unwrap().port();
+            let p = mio_node_with(v4(3), 8102, port, None, &one_level, &wait);
+            let nodes = vec![d, p];
+            join_all(&nodes);
+            nodes
+        });
+        // The proxy's hint under router 2 (10.201.2.2), the resolver's
+        // last hop, at RTT zero: nearer the resolver than the server is.
+        let p = &nodes[1].handle;
+        let me = Contact::from_addr(p.addr(), Services::HTTP.with(Services::DNS));
+        let key = Id::for_router(IpAddr::V4(Ipv4Addr::new(10, 201, 2, 2)));
+        let value = wire::hint_value(&me, Some(Duration::ZERO));
+        let put = p
+            .put(key, value, Duration::from_secs(600), Levels::ALL)
+            .unwrap();
+        assert!(!put.stored.is_empty(), "{put:?}");
+        let mut found = false;
+        for _ in 0..50 {
+            found = !nodes[0]
+                .handle
+                .get(key, Levels::ALL)
+                .unwrap()
+                .values
+                .is_empty();
+            if found {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(found, "the router hint is readable");
+        let server = dns_of(&nodes[0]);
+        let m = netns::in_namespace(&target, move || {
+            ask(
+                server,
+                Ipv4Addr::new(10, 201, 3, 2),
+                "www.example.com.nyud.net.",
+                RecordType::A,
+            )
+        });
+        assert_eq!(
+            addresses(&m),
+            [IpAddr::V4(v4(3)), IpAddr::V4(v4(1))],
+            "the hinted proxy first, then the server: {m:?}"
+        );
+        assert_eq!(counter(&nodes[0], "hint_lookups"), 1);
+        assert_eq!(counter(&nodes[0], "held_expired"), 0);
     });
 }

@@ -1,0 +1,138 @@
+//! Four network namespaces joined by veth pairs, for tests that need real
+//! routers between two hosts: source 10.201.1.1 (and .3) → router 1 (10.201.1.2 |
+//! 10.201.2.1) → router 2 (10.201.2.2 | 10.201.3.1) → target 10.201.3.2,
+//! made with `ip netns` (root only) and removed on drop.
+#![allow(dead_code)]
+
+use std::process::Command;
+
+use nix::sched::{CloneFlags, setns};
+
+/// Namespaces made for one run, removed (with their veth pairs) on drop.
+pub(crate) struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    /// The source's namespace.
+    pub(crate) fn source(&self) -> &str {
+        &self.0[0]
+    }
+
+    /// The target's namespace.
+    pub(crate) fn target(&self) -> &str {
+        &self.0[3]
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn in_ns(ns: &str, args: &[&str]) {
+    let mut v = vec!["netns", "exec", ns];
+    v.extend_from_slice(args);
+    let ok = Command::new("ip")
+        .args(&v)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "ip {v:?} failed");
+}
+
+/// Builds the four namespaces (see the module doc); `None` when namespaces
+/// cannot be made here (not root, or no `ip`).
+pub(crate) fn build() -> Option<Namespaces> {
+    let tag = std::process::id();
+    let names: Vec<String> = ["s", "r1", "r2", "t"]
+        .iter()
+        .map(|n| format!("coral-trace-{tag}-{n}"))
+        .collect();
+    if !ip(&["netns", "add", &names[0]]) {
+        return None;
+    }
+    let guard = Namespaces(vec![names[0].clone()]);
+    let mut guard = guard;
+    for n in &names[1..] {
+        assert!(ip(&["netns", "add", n]), "netns add {n}");
+        guard.0.push(n.clone());
+    }
+    let [s, r1, r2, t] = [&names[0], &names[1], &names[2], &names[3]];
+    // One veth pair per link, each end moved into its namespace.
+    let links = [(s, r1, "1"), (r1, r2, "2"), (r2, t, "3")];
+    for (a, b, net) in links {
+        let (ea, eb) = (format!("ct{tag}a{net}"), format!("ct{tag}b{net}"));
+        assert!(ip(&[
+            "link", "add", &ea, "netns", a, "type", "veth", "peer", "name", &eb, "netns", b
+        ]));
+        in_ns(
+            a,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.201.{net}.1/24"),
+                "dev",
+                &ea,
+            ],
+        );
+        in_ns(
+            b,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.201.{net}.2/24"),
+                "dev",
+                &eb,
+            ],
+        );
+        in_ns(a, &["ip", "link", "set", &ea, "up"]);
+        in_ns(b, &["ip", "link", "set", &eb, "up"]);
+        if net == "1" {
+            // A second host address at the source, for a second server.
+            in_ns(a, &["ip", "addr", "add", "10.201.1.3/24", "dev", &ea]);
+        }
+    }
+    for n in &names {
+        in_ns(n, &["ip", "link", "set", "lo", "up"]);
+    }
+    for r in [r1, r2] {
+        in_ns(r, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    }
+    in_ns(s, &["ip", "route", "add", "default", "via", "10.201.1.2"]);
+    in_ns(
+        r1,
+        &["ip", "route", "add", "10.201.3.0/24", "via", "10.201.2.2"],
+    );
+    in_ns(
+        r2,
+        &["ip", "route", "add", "10.201.1.0/24", "via", "10.201.2.1"],
+    );
+    in_ns(t, &["ip", "route", "add", "default", "via", "10.201.3.1"]);
+    Some(guard)
+}
+
+/// Runs `f` on a thread inside namespace `ns` (a socket belongs to the
+/// namespace of the thread that makes it).
+pub(crate) fn in_namespace<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        setns(file, CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
