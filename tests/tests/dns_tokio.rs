@@ -6,7 +6,9 @@
 //! NXDOMAIN with the SOA; a foreign one REFUSED; a malformed packet FORMERR
 //! while the server keeps answering; a UDP answer too large for 512 bytes
 //! comes truncated and whole over TCP; a proxy the hints name but that the
-//! server has not heard from is pinged first, and left out when dead.
+//! server has not heard from is pinged first, and left out when dead;
+//! across network namespaces (root only) the probe traces the routers
+//! toward a resolver, whose hints then name its proxy.
 //! Every test is bounded by a timeout
 //! and asserts on what came back, never on speed.
 
@@ -15,6 +17,8 @@
 mod common;
 #[path = "common/dns_client.rs"]
 mod dns_client;
+#[path = "common/netns.rs"]
+mod netns;
 
 use dns_client::{addresses, query};
 
@@ -435,4 +439,87 @@ async fn a_hinted_proxy_not_heard_from_is_checked_and_a_dead_one_not_named() {
     })
     .await
     .unwrap();
+}
+
+/// A resolver two routers away (network namespaces; root only, else the
+/// test says SKIPPED): the tokio node's probe traces the hops toward it,
+/// and a router hint under the last of them names a proxy that the server
+/// would otherwise name second, after itself. Both servers sit at the
+/// source, on 10.201.1.1 (the DNS node asked) and 10.201.1.3 (the hinted
+/// proxy).
+#[test]
+fn a_probe_traces_the_hops_to_the_resolver_and_their_hints_name_its_proxy() {
+    let Some(ns) = netns::build() else {
+        eprintln!("SKIPPED: cannot make network namespaces here (not root, or no `ip`)");
+        return;
+    };
+    // A socket stays in the namespace it was made in.
+    let client = netns::in_namespace(ns.target(), || {
+        std::net::UdpSocket::bind((Ipv4Addr::new(10, 201, 3, 2), 0)).unwrap()
+    });
+    let v4 = |d: u8| Ipv4Addr::new(10, 201, 1, d);
+    // The runtime's threads are made in the source's namespace, so the
+    // nodes' sockets (the traces' too) are there.
+    let (m, d) = netns::in_namespace(ns.source(), move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            timeout(LIMIT, async move {
+                let net = net_on(
+                    &[v4(1), v4(3)],
+                    |f| f.levels.diameters_ms = Vec::new(),
+                    |d| d.server.hold_budget = Duration::from_secs(20),
+                )
+                .await;
+                // The proxy's hint under router 2 (10.201.2.2), the resolver's
+                // last hop, at RTT zero: nearer the resolver than the server.
+                let p = &net.nodes[1].handle;
+                let me = Contact::from_addr(p.addr(), Services::HTTP.with(Services::DNS));
+                let key = Id::for_router(IpAddr::V4(Ipv4Addr::new(10, 201, 2, 2)));
+                let value = wire::hint_value(&me, Some(Duration::ZERO));
+                let put = p
+                    .put(key, value, Duration::from_secs(600), Levels::ALL)
+                    .await
+                    .unwrap();
+                assert!(!put.stored.is_empty(), "{put:?}");
+                let mut found = false;
+                for _ in 0..50 {
+                    let got = net.nodes[0].handle.get(key, Levels::ALL).await.unwrap();
+                    found = !got.values.is_empty();
+                    if found {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                assert!(found, "the router hint is readable");
+                client.set_nonblocking(true).unwrap();
+                let client = UdpSocket::from_std(client).unwrap();
+                let q = query("www.example.com.nyud.net.", RecordType::A, true);
+                client.send_to(&q, net.dns[0]).await.unwrap();
+                let mut buf = vec![0u8; 65_536];
+                let (n, _) = timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+                    .await
+                    .expect("the DNS server answers within 5 s")
+                    .unwrap();
+                let st = net.nodes[0].handle.status().await.unwrap();
+                (Message::from_vec(&buf[..n]).unwrap(), st.dns.unwrap())
+            })
+            .await
+        })
+        .unwrap()
+    });
+    assert_eq!(
+        addresses(&m),
+        [IpAddr::V4(v4(3)), IpAddr::V4(v4(1))],
+        "the hinted proxy first, then the server: {m:?}"
+    );
+    let count = |name: &str| d.iter().find(|c| c.name == name).map_or(0, |c| c.value);
+    assert_eq!(
+        (count("hint_lookups"), count("held_expired")),
+        (1, 0),
+        "{d:?}"
+    );
 }
