@@ -5,11 +5,14 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+use coral_core::dsht::hints::Router;
+use coral_core::node::MAX_ROUTER_HINTS;
 use coral_core::time::Instant as CoreInstant;
 use coral_core::{Event, Node};
 use coral_tokio::config::FileConfig;
 use coral_tokio::daemon::resolve_seed;
 use coral_tokio::runtime::{BindError, bind_udp};
+use coral_tokio::trace::own_hops;
 use tracing::{info, warn};
 
 use crate::dns::DnsSockets;
@@ -19,6 +22,9 @@ use crate::runtime::{App, Driver, Listeners, LogEvents};
 /// network hints, as `coral node` does.
 struct Daemon {
     bootstrap: Vec<SocketAddr>,
+    /// The first hops of the node's way out, traced before the loop
+    /// started: its router hints.
+    routers: Vec<Router>,
 }
 
 impl App for Daemon {
@@ -30,7 +36,7 @@ impl App for Daemon {
                 } else {
                     info!(contacts, "joined the network");
                 }
-                node.publish_hints(now, &[]);
+                node.publish_hints(now, &self.routers);
             }
             other => LogEvents.on_event(node, now, other),
         }
@@ -75,8 +81,12 @@ pub fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<()> {
         .context("check `node.dns` in the config (is another DNS server running?)")?;
     info!(seed, from = seed_from, "RNG seed");
     let bootstrap = cfg.node.join.clone();
+    // Traced once, before the loop runs (at most the trace's 500 ms), so
+    // that the loop never blocks on it.
+    let routers = own_hops(bootstrap.first().map(SocketAddr::ip), MAX_ROUTER_HINTS);
     let app = Box::new(Daemon {
         bootstrap: bootstrap.clone(),
+        routers,
     });
     let listeners = Listeners {
         admin: Some(listener),

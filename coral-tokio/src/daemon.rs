@@ -3,10 +3,12 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+use coral_core::node::MAX_ROUTER_HINTS;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::FileConfig;
+use crate::trace::own_hops;
 use crate::{admin, httpd, identity, proxy, runtime};
 
 /// The node's RNG seed and where it came from, for the log line that
@@ -91,7 +93,12 @@ pub async fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<(
             Ok(j) => info!(contacts = j.contacts, "joined the network"),
             Err(e) => warn!(error = %e, "join failed"),
         }
-        if let Err(e) = joiner.publish_hints(Vec::new()).await {
+        // The first hops toward a bootstrap peer, for the router hints.
+        let peer = bootstrap.first().map(SocketAddr::ip);
+        let routers = tokio::task::spawn_blocking(move || own_hops(peer, MAX_ROUTER_HINTS))
+            .await
+            .unwrap_or_default();
+        if let Err(e) = joiner.publish_hints(routers).await {
             warn!(error = %e, "cannot publish network hints");
         }
     });

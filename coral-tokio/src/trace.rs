@@ -343,6 +343,28 @@ pub fn trace(target: IpAddr, opts: TraceOptions) -> io::Result<Trace> {
     }
 }
 
+/// The first hops of this host's way out, as a node publishes its router
+/// hints under them (spec §5): a blocking [`trace`] toward `peer` (a
+/// bootstrap node, the one far place a new node knows), the nearest this
+/// host first, at most `keep`. Empty without a peer, when nothing answered,
+/// or when the trace could not run (logged).
+pub fn own_hops(peer: Option<IpAddr>, keep: usize) -> Vec<Router> {
+    let Some(peer) = peer else {
+        return Vec::new();
+    };
+    match trace(peer, TraceOptions::default()) {
+        Ok(t) => {
+            let hops = t.first_hops(keep);
+            tracing::info!(%peer, hops = hops.len(), "traced the first hops for router hints");
+            hops
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot trace a route: router hints left out");
+            Vec::new()
+        }
+    }
+}
+
 enum Kind {
     /// ICMP time-exceeded from this router.
     TimeExceeded(IpAddr),
