@@ -304,6 +304,8 @@ pub(crate) struct Dns {
     probes: Slab<Probe>,
     max_probes: usize,
     probe_timeout: Duration,
+    /// Whether probes trace the hops toward the resolver too.
+    trace: bool,
     timers: BTreeSet<(StdInstant, Timer)>,
     /// Hint lookups running on the node, by operation.
     lookups: BTreeMap<OpId, IpAddr>,
@@ -370,6 +372,7 @@ impl Dns {
             probes: Slab::new(),
             max_probes: options.max_probes_in_flight.clamp(1, MAX_KEYS),
             probe_timeout: options.probe_timeout,
+            trace: options.trace,
             timers: BTreeSet::new(),
             lookups: BTreeMap::new(),
             checks: BTreeMap::new(),
@@ -758,7 +761,11 @@ impl Dns {
             }
             let deadline = started + self.probe_timeout;
             self.timers.insert((deadline, Timer::Probe(key)));
-            let tracer = start_trace(registry, target, key, self.probe_timeout);
+            let tracer = if self.trace {
+                start_trace(registry, target, key, self.probe_timeout)
+            } else {
+                None
+            };
             entry.insert(Probe {
                 stream,
                 connect: None,

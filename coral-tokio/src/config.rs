@@ -233,6 +233,8 @@ pub struct DnsSection {
     pub rtt_cache_secs: u64,
     /// How long a probe waits for the resolver, ms.
     pub probe_timeout_ms: u64,
+    /// Whether a probe also traces the last hops toward the resolver.
+    pub trace: bool,
     /// How long a first query from an unmeasured resolver may wait for its
     /// probe, hint lookup and the liveness checks of the proxies the hints
     /// name, ms (0: answer at once, at level 0).
@@ -263,6 +265,7 @@ impl Default for DnsSection {
             ns_ttl_secs: c.ns_ttl.as_secs(),
             rtt_cache_secs: c.rtt_ttl.as_secs(),
             probe_timeout_ms: o.probe_timeout.as_millis() as u64,
+            trace: o.trace,
             hold_budget_ms: c.hold_budget.as_millis() as u64,
             checked_ttl_secs: c.checked_ttl.as_secs(),
             rrl_rate: c.rrl_rate,
@@ -669,6 +672,7 @@ impl FileConfig {
             ..o.server
         };
         o.probe_timeout = Duration::from_millis(d.probe_timeout_ms);
+        o.trace = d.trace;
         o.recv_buffer_bytes = self.socket.recv_buffer_bytes;
         o.tcp_max_connections = d.tcp_max_connections;
         o.tcp_idle_timeout = Duration::from_secs(d.tcp_idle_timeout_secs);
@@ -697,10 +701,12 @@ mod tests {
 
     #[test]
     fn dns_section_sets_the_redirector_and_refuses_zero() {
-        let text = "[node]\ncoral_domain = \"coral.example\"\n[dns]\nhold_budget_ms = 0\nrrl_rate = 5\nns_count = 4\n";
+        let text = "[node]\ncoral_domain = \"coral.example\"\n[dns]\nhold_budget_ms = 0\nrrl_rate = 5\nns_count = 4\ntrace = false\n";
         let cfg = FileConfig::parse(text, Path::new("t.toml")).unwrap();
         let o = cfg.dns_options().unwrap().expect("DNS is on by default");
         assert_eq!(o.server.hold_budget, Duration::ZERO);
+        assert!(!o.trace, "dns.trace reaches the probes");
+        assert!(FileConfig::default().dns_options().unwrap().unwrap().trace);
         assert_eq!((o.server.rrl_rate, o.server.ns_count), (5, 4));
         assert_eq!(
             o.server.alias.as_deref(),

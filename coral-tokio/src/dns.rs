@@ -45,6 +45,9 @@ pub struct DnsOptions {
     pub probe_timeout: Duration,
     /// Most probes in flight at once.
     pub max_probes_in_flight: usize,
+    /// Whether a probe also traces the last hops toward the resolver, for
+    /// the router hints (spec §5). Off, only its /24's hints apply.
+    pub trace: bool,
     /// Kernel receive buffer of the UDP socket, bytes (0: the OS default):
     /// a burst of queries waits there while the node task works.
     pub recv_buffer_bytes: usize,
@@ -60,6 +63,7 @@ impl DnsOptions {
             tcp_idle_timeout: Duration::from_secs(10),
             probe_timeout: Duration::from_millis(500),
             max_probes_in_flight: 32,
+            trace: true,
             // As the RPC socket's (coral.example.toml's socket section).
             recv_buffer_bytes: 4 << 20,
         }
@@ -127,6 +131,7 @@ pub(crate) struct DnsState {
     pub(crate) rx: RecvBatch,
     pub(crate) tx: SendQueue,
     pub(crate) probe_timeout: Duration,
+    pub(crate) trace: bool,
     pub(crate) max_probes: usize,
     pub(crate) probes_in_flight: usize,
     pub(crate) probe_results: mpsc::Sender<ProbeResult>,
@@ -177,6 +182,7 @@ pub(crate) fn start(
             rx: RecvBatch::new(),
             tx: SendQueue::new(),
             probe_timeout: service.options.probe_timeout,
+            trace: service.options.trace,
             max_probes: service.options.max_probes_in_flight.max(1),
             probes_in_flight: 0,
             probe_results: probe_tx,
@@ -202,8 +208,13 @@ impl DnsState {
             self.probes_in_flight += 1;
             let tx = self.probe_results.clone();
             let timeout = self.probe_timeout;
+            let trace = self.trace;
             tokio::spawn(async move {
-                let (rtt, routers) = probe_and_trace(target, timeout).await;
+                let (rtt, routers) = if trace {
+                    probe_and_trace(target, timeout).await
+                } else {
+                    (probe(target, timeout).await, Vec::new())
+                };
                 debug!(%target, ?rtt, hops = routers.len(), "resolver probed");
                 let _ = tx.send((target, rtt, routers)).await;
             });
