@@ -106,7 +106,7 @@ pub(crate) fn build() -> Option<Namespaces> {
         in_ns(n, &["ip", "link", "set", "lo", "up"]);
     }
     for r in [r1, r2] {
-        in_ns(r, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        in_ns(r, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
     }
     in_ns(s, &["ip", "route", "add", "default", "via", "10.201.1.2"]);
     in_ns(
