@@ -38,87 +38,78 @@ fn ip(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn in_ns(ns: &str, args: &[&str]) {
+/// `ip netns exec ns args...`; the command line when it fails.
+fn in_ns(ns: &str, args: &[&str]) -> Result<(), String> {
     let mut v = vec!["netns", "exec", ns];
     v.extend_from_slice(args);
-    let ok = Command::new("ip")
-        .args(&v)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "ip {v:?} failed");
+    if ip(&v) {
+        Ok(())
+    } else {
+        Err(format!("ip {}", v.join(" ")))
+    }
 }
 
-/// Builds the four namespaces (see the module doc); `None` when namespaces
-/// cannot be made here (not root, or no `ip`).
+/// Builds the four namespaces (see the module doc); `None` when they
+/// cannot be made here (not root, no `ip`, no veth), said on stderr.
 pub(crate) fn build() -> Option<Namespaces> {
     let tag = std::process::id();
     let names: Vec<String> = ["s", "r1", "r2", "t"]
         .iter()
         .map(|n| format!("coral-trace-{tag}-{n}"))
         .collect();
-    if !ip(&["netns", "add", &names[0]]) {
-        return None;
+    let mut guard = Namespaces(Vec::new());
+    match setup(tag, &names, &mut guard) {
+        Ok(()) => Some(guard),
+        Err(step) => {
+            eprintln!("cannot build the test namespaces: {step} failed");
+            None
+        }
     }
-    let guard = Namespaces(vec![names[0].clone()]);
-    let mut guard = guard;
-    for n in &names[1..] {
-        assert!(ip(&["netns", "add", n]), "netns add {n}");
+}
+
+fn setup(tag: u32, names: &[String], guard: &mut Namespaces) -> Result<(), String> {
+    for n in names {
+        if !ip(&["netns", "add", n]) {
+            return Err(format!("ip netns add {n}"));
+        }
         guard.0.push(n.clone());
     }
     let [s, r1, r2, t] = [&names[0], &names[1], &names[2], &names[3]];
-    // One veth pair per link, each end moved into its namespace.
-    let links = [(s, r1, "1"), (r1, r2, "2"), (r2, t, "3")];
-    for (a, b, net) in links {
+    // One veth pair per link, each end made in its namespace.
+    for (a, b, net) in [(s, r1, 1), (r1, r2, 2), (r2, t, 3)] {
         let (ea, eb) = (format!("ct{tag}a{net}"), format!("ct{tag}b{net}"));
-        assert!(ip(&[
-            "link", "add", &ea, "netns", a, "type", "veth", "peer", "name", &eb, "netns", b
-        ]));
-        in_ns(
-            a,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("10.201.{net}.1/24"),
-                "dev",
-                &ea,
-            ],
-        );
-        in_ns(
-            b,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("10.201.{net}.2/24"),
-                "dev",
-                &eb,
-            ],
-        );
-        in_ns(a, &["ip", "link", "set", &ea, "up"]);
-        in_ns(b, &["ip", "link", "set", &eb, "up"]);
-        if net == "1" {
+        let veth = [
+            "link", "add", &ea, "netns", a, "type", "veth", "peer", "name", &eb, "netns", b,
+        ];
+        if !ip(&veth) {
+            return Err(format!("ip {}", veth.join(" ")));
+        }
+        let (aa, ab) = (format!("10.201.{net}.1/24"), format!("10.201.{net}.2/24"));
+        in_ns(a, &["ip", "addr", "add", &aa, "dev", &ea])?;
+        in_ns(b, &["ip", "addr", "add", &ab, "dev", &eb])?;
+        in_ns(a, &["ip", "link", "set", &ea, "up"])?;
+        in_ns(b, &["ip", "link", "set", &eb, "up"])?;
+        if net == 1 {
             // A second host address at the source, for a second server.
-            in_ns(a, &["ip", "addr", "add", "10.201.1.3/24", "dev", &ea]);
+            in_ns(a, &["ip", "addr", "add", "10.201.1.3/24", "dev", &ea])?;
         }
     }
-    for n in &names {
-        in_ns(n, &["ip", "link", "set", "lo", "up"]);
+    for n in names {
+        in_ns(n, &["ip", "link", "set", "lo", "up"])?;
     }
     for r in [r1, r2] {
-        in_ns(r, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        in_ns(r, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
     }
-    in_ns(s, &["ip", "route", "add", "default", "via", "10.201.1.2"]);
+    in_ns(s, &["ip", "route", "add", "default", "via", "10.201.1.2"])?;
     in_ns(
         r1,
         &["ip", "route", "add", "10.201.3.0/24", "via", "10.201.2.2"],
-    );
+    )?;
     in_ns(
         r2,
         &["ip", "route", "add", "10.201.1.0/24", "via", "10.201.2.1"],
-    );
-    in_ns(t, &["ip", "route", "add", "default", "via", "10.201.3.1"]);
-    Some(guard)
+    )?;
+    in_ns(t, &["ip", "route", "add", "default", "via", "10.201.3.1"])
 }
 
 /// Runs `f` on a thread inside namespace `ns` (a socket belongs to the
