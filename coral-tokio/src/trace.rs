@@ -15,8 +15,9 @@
 //! target gets an empty trace.
 //!
 //! A [`Tracer`] is driven by an event loop (coral-mio registers its
-//! socket, the tokio node waits on it with `AsyncFd`); [`trace`] drives
-//! one to the end, blocking. Either way it ends by its deadline.
+//! socket; the tokio node makes it a tokio socket and waits on
+//! [`Tracer::wait`]); [`trace`] drives one to the end, blocking. Either
+//! way it ends by its deadline.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
