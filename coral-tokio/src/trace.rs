@@ -215,7 +215,7 @@ impl<S: AsRawFd> Tracer<S> {
     /// When to stop waiting: the timeout after sending, or sooner once the
     /// target's RTT is known (its own answer, or `known`, another probe's):
     /// every hop is nearer than the target, so its report is in by twice
-    /// that RTT and [`ICMP_SLACK`].
+    /// that RTT and 20 ms of slack (ICMP is made on a router's slow path).
     pub fn deadline(&self, known: Option<Duration>) -> Instant {
         self.state.deadline(known)
     }
