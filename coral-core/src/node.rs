@@ -798,7 +798,10 @@ impl Node {
 
     /// A datagram arrived on the RPC socket. Malformed input is counted and dropped.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let Ok(msg) = Message::decode(data) else {
+        // Borrowed where it was decoded: a message is sized for the longest
+        // reply, and each move of it is a copy of some 700 bytes.
+        let decoded = Message::decode(data);
+        let Ok(msg) = &decoded else {
             self.stats.malformed += 1;
             return;
         };
@@ -824,7 +827,7 @@ impl Node {
             self.on_reply(now, sender, msg.request_id, f, rtt, &msg.body);
         } else {
             self.observe(now, sender, &msg.clusters, None);
-            self.on_request(now, sender, msg.request_id, msg.body);
+            self.on_request(now, sender, msg.request_id, &msg.body);
         }
     }
 
@@ -1780,9 +1783,9 @@ impl Node {
             .unwrap_or_default()
     }
 
-    fn on_request(&mut self, now: Instant, from: Contact, req: u64, body: Body) {
+    fn on_request(&mut self, now: Instant, from: Contact, req: u64, body: &Body) {
         let c = &mut self.stats.rpcs_in;
-        match &body {
+        match body {
             Body::Ping => c.ping += 1,
             Body::FindNear { .. } => c.find_near += 1,
             Body::GetProbe { .. } => c.get_probe += 1,
@@ -1791,7 +1794,7 @@ impl Node {
             Body::Neighbours => c.neighbours += 1,
             _ => {}
         }
-        let reply = match body {
+        let reply = match *body {
             Body::Ping => Body::Pong,
             Body::Neighbours => Body::Nodes {
                 contacts: self
@@ -1836,7 +1839,7 @@ impl Node {
             Body::Store {
                 scope,
                 key,
-                value,
+                ref value,
                 ttl_secs,
             } => match self.check_scope(&scope) {
                 Err(code) => Body::Error { code },
@@ -1848,7 +1851,7 @@ impl Node {
                 Ok(()) => {
                     let ttl =
                         Duration::from_secs(u64::from(ttl_secs)).min(self.config.dsht.max_ttl);
-                    let result = self.store.store(now, scope.level, key, value, ttl);
+                    let result = self.store.store(now, scope.level, key, value.clone(), ttl);
                     match result {
                         StoreResult::Full => self.stats.refused_full += 1,
                         StoreResult::Loaded => self.stats.refused_loaded += 1,
