@@ -25,6 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
+use slab::Slab;
 use smallvec::SmallVec;
 
 use crate::config::{Config, LevelConfig};
@@ -333,6 +334,51 @@ struct Inflight {
     retransmitted: bool,
 }
 
+/// Requests awaiting a reply, by request id. They stay put in a slab and
+/// the ordered map holds only their slots: a request is some 200 bytes,
+/// and a map of them moved whole requests about on every insert and
+/// removal, a window's worth of them in flight. Never iterated, so the
+/// slots' order reaches no output.
+#[derive(Default)]
+struct InflightTable {
+    slots: Slab<Inflight>,
+    by_id: BTreeMap<u64, usize>,
+}
+
+impl InflightTable {
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn contains_key(&self, req: &u64) -> bool {
+        self.by_id.contains_key(req)
+    }
+
+    fn get(&self, req: &u64) -> Option<&Inflight> {
+        self.by_id.get(req).and_then(|&i| self.slots.get(i))
+    }
+
+    fn get_mut(&mut self, req: &u64) -> Option<&mut Inflight> {
+        self.by_id.get(req).and_then(|&i| self.slots.get_mut(i))
+    }
+
+    /// Files `f` under `req`, in place of any request already there.
+    fn insert(&mut self, req: u64, f: Inflight) {
+        match self.get_mut(&req) {
+            Some(old) => *old = f,
+            None => {
+                let slot = self.slots.insert(f);
+                self.by_id.insert(req, slot);
+            }
+        }
+    }
+
+    fn remove(&mut self, req: &u64) -> Option<Inflight> {
+        let slot = self.by_id.remove(req)?;
+        self.slots.try_remove(slot)
+    }
+}
+
 /// What happened to an operation: an RPC's fate, or the kick that starts a step.
 enum Outcome<'a> {
     /// Nothing came back yet: take the first steps.
@@ -556,9 +602,10 @@ pub struct Node {
     store: Store,
     rtt: RttEstimator,
     /// Requests awaiting a reply.
-    inflight: BTreeMap<u64, Inflight>,
+    inflight: InflightTable,
     deadlines: BTreeSet<(Instant, Timer)>,
-    /// Running operations, boxed for the same reason as `inflight`.
+    /// Running operations, boxed: an ordered map shifts its values about
+    /// on every insert and removal, and an operation is hundreds of bytes.
     ops: BTreeMap<OpId, Box<Op>>,
     next_op: u64,
     /// Operations taken out of `ops` while they take a step; they still
@@ -674,7 +721,7 @@ impl Node {
             neighbours,
             store,
             rtt: RttEstimator::default(),
-            inflight: BTreeMap::new(),
+            inflight: InflightTable::default(),
             deadlines: BTreeSet::new(),
             ops: BTreeMap::new(),
             next_op: 0,
@@ -3238,6 +3285,37 @@ mod tests {
                 assert_eq!(closest.id, want, "key {k}, asker {asker}");
             }
         }
+    }
+
+    #[test]
+    fn inflight_table_files_one_request_per_id_and_reuses_slots() {
+        let request = |to: SocketAddr, retries_left| Inflight {
+            to,
+            id: None,
+            level: None,
+            sent: Instant::from_millis(0),
+            deadline: Instant::from_millis(1000),
+            hedge_at: None,
+            purpose: Purpose::Probe,
+            request: Request::Ping,
+            retries_left,
+            retransmitted: false,
+        };
+        let (a, b) = (addr(1), addr(2));
+        let mut t = InflightTable::default();
+        t.insert(7, request(a, 2));
+        t.insert(9, request(b, 2));
+        // A retransmission files the request again under its id.
+        t.insert(7, request(a, 1));
+        assert_eq!(t.len(), 2);
+        assert!(t.contains_key(&7) && !t.contains_key(&8));
+        assert_eq!(t.get(&7).map(|f| f.retries_left), Some(1));
+        assert_eq!(t.remove(&7).map(|f| f.to), Some(a));
+        assert!(t.get(&7).is_none() && t.remove(&7).is_none());
+        assert_eq!(t.get(&9).map(|f| f.to), Some(b));
+        t.insert(11, request(a, 2));
+        assert_eq!(t.slots.len(), 2, "the freed slot is reused");
+        assert_eq!(t.get_mut(&11).map(|f| f.to), Some(a));
     }
 
     #[test]
