@@ -623,6 +623,8 @@ pub struct Node {
     /// `published` ordered by next refresh, so refreshes never scan.
     refresh_due: BTreeSet<(Instant, Id, Bytes)>,
     outbox: Outbox,
+    /// The message every datagram is decoded into (see [`Node::handle_datagram`]).
+    rx: Option<Box<Message>>,
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -732,6 +734,7 @@ impl Node {
             published: BTreeMap::new(),
             refresh_due: BTreeSet::new(),
             outbox: Outbox::default(),
+            rx: None,
             events: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -845,13 +848,20 @@ impl Node {
 
     /// A datagram arrived on the RPC socket. Malformed input is counted and dropped.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        // Borrowed where it was decoded: a message is sized for the longest
-        // reply, and each move of it is a copy of some 700 bytes.
-        let decoded = Message::decode(data);
-        let Ok(msg) = &decoded else {
-            self.stats.malformed += 1;
-            return;
-        };
+        // Decoded into the node's one message, taken out while it is read
+        // (the node's methods take `&mut self`) and put back after: a
+        // message is sized for the longest reply, and each move of one is
+        // a copy of some 700 bytes.
+        let mut msg = self.rx.take().unwrap_or_else(|| Box::new(Message::empty()));
+        match msg.decode_into(data) {
+            Ok(()) => self.handle_message(now, from, &msg),
+            Err(_) => self.stats.malformed += 1,
+        }
+        self.rx = Some(msg);
+    }
+
+    /// A datagram that decoded as `msg`.
+    fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: &Message) {
         if msg.sender == self.contact.id {
             self.stats.malformed += 1;
             return;
