@@ -25,6 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
+use slab::Slab;
 use smallvec::SmallVec;
 
 use crate::config::{Config, LevelConfig};
@@ -333,6 +334,51 @@ struct Inflight {
     retransmitted: bool,
 }
 
+/// Requests awaiting a reply, by request id. They stay put in a slab and
+/// the ordered map holds only their slots: a request is some 200 bytes,
+/// and a map of them moved whole requests about on every insert and
+/// removal, a window's worth of them in flight. Never iterated, so the
+/// slots' order reaches no output.
+#[derive(Default)]
+struct InflightTable {
+    slots: Slab<Inflight>,
+    by_id: BTreeMap<u64, usize>,
+}
+
+impl InflightTable {
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn contains_key(&self, req: &u64) -> bool {
+        self.by_id.contains_key(req)
+    }
+
+    fn get(&self, req: &u64) -> Option<&Inflight> {
+        self.by_id.get(req).and_then(|&i| self.slots.get(i))
+    }
+
+    fn get_mut(&mut self, req: &u64) -> Option<&mut Inflight> {
+        self.by_id.get(req).and_then(|&i| self.slots.get_mut(i))
+    }
+
+    /// Files `f` under `req`, in place of any request already there.
+    fn insert(&mut self, req: u64, f: Inflight) {
+        match self.get_mut(&req) {
+            Some(old) => *old = f,
+            None => {
+                let slot = self.slots.insert(f);
+                self.by_id.insert(req, slot);
+            }
+        }
+    }
+
+    fn remove(&mut self, req: &u64) -> Option<Inflight> {
+        let slot = self.by_id.remove(req)?;
+        self.slots.try_remove(slot)
+    }
+}
+
 /// What happened to an operation: an RPC's fate, or the kick that starts a step.
 enum Outcome<'a> {
     /// Nothing came back yet: take the first steps.
@@ -556,9 +602,10 @@ pub struct Node {
     store: Store,
     rtt: RttEstimator,
     /// Requests awaiting a reply.
-    inflight: BTreeMap<u64, Inflight>,
+    inflight: InflightTable,
     deadlines: BTreeSet<(Instant, Timer)>,
-    /// Running operations, boxed for the same reason as `inflight`.
+    /// Running operations, boxed: an ordered map shifts its values about
+    /// on every insert and removal, and an operation is hundreds of bytes.
     ops: BTreeMap<OpId, Box<Op>>,
     next_op: u64,
     /// Operations taken out of `ops` while they take a step; they still
@@ -576,6 +623,8 @@ pub struct Node {
     /// `published` ordered by next refresh, so refreshes never scan.
     refresh_due: BTreeSet<(Instant, Id, Bytes)>,
     outbox: Outbox,
+    /// The message every datagram is decoded into (see [`Node::handle_datagram`]).
+    rx: Option<Box<Message>>,
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -674,7 +723,7 @@ impl Node {
             neighbours,
             store,
             rtt: RttEstimator::default(),
-            inflight: BTreeMap::new(),
+            inflight: InflightTable::default(),
             deadlines: BTreeSet::new(),
             ops: BTreeMap::new(),
             next_op: 0,
@@ -685,6 +734,7 @@ impl Node {
             published: BTreeMap::new(),
             refresh_due: BTreeSet::new(),
             outbox: Outbox::default(),
+            rx: None,
             events: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -798,10 +848,20 @@ impl Node {
 
     /// A datagram arrived on the RPC socket. Malformed input is counted and dropped.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let Ok(msg) = Message::decode(data) else {
-            self.stats.malformed += 1;
-            return;
-        };
+        // Decoded into the node's one message, taken out while it is read
+        // (the node's methods take `&mut self`) and put back after: a
+        // message is sized for the longest reply, and each move of one is
+        // a copy of some 700 bytes.
+        let mut msg = self.rx.take().unwrap_or_else(|| Box::new(Message::empty()));
+        match msg.decode_into(data) {
+            Ok(()) => self.handle_message(now, from, &msg),
+            Err(_) => self.stats.malformed += 1,
+        }
+        self.rx = Some(msg);
+    }
+
+    /// A datagram that decoded as `msg`.
+    fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: &Message) {
         if msg.sender == self.contact.id {
             self.stats.malformed += 1;
             return;
@@ -824,7 +884,7 @@ impl Node {
             self.on_reply(now, sender, msg.request_id, f, rtt, &msg.body);
         } else {
             self.observe(now, sender, &msg.clusters, None);
-            self.on_request(now, sender, msg.request_id, msg.body);
+            self.on_request(now, sender, msg.request_id, &msg.body);
         }
     }
 
@@ -1781,9 +1841,9 @@ impl Node {
             .unwrap_or_default()
     }
 
-    fn on_request(&mut self, now: Instant, from: Contact, req: u64, body: Body) {
+    fn on_request(&mut self, now: Instant, from: Contact, req: u64, body: &Body) {
         let c = &mut self.stats.rpcs_in;
-        match &body {
+        match body {
             Body::Ping => c.ping += 1,
             Body::FindNear { .. } => c.find_near += 1,
             Body::GetProbe { .. } => c.get_probe += 1,
@@ -1792,7 +1852,7 @@ impl Node {
             Body::Neighbours => c.neighbours += 1,
             _ => {}
         }
-        let reply = match body {
+        let reply = match *body {
             Body::Ping => Body::Pong,
             Body::Neighbours => Body::Nodes {
                 contacts: self
@@ -1837,7 +1897,7 @@ impl Node {
             Body::Store {
                 scope,
                 key,
-                value,
+                ref value,
                 ttl_secs,
             } => match self.check_scope(&scope) {
                 Err(code) => Body::Error { code },
@@ -1849,7 +1909,7 @@ impl Node {
                 Ok(()) => {
                     let ttl =
                         Duration::from_secs(u64::from(ttl_secs)).min(self.config.dsht.max_ttl);
-                    let result = self.store.store(now, scope.level, key, value, ttl);
+                    let result = self.store.store(now, scope.level, key, value.clone(), ttl);
                     match result {
                         StoreResult::Full => self.stats.refused_full += 1,
                         StoreResult::Loaded => self.stats.refused_loaded += 1,
@@ -3242,6 +3302,37 @@ mod tests {
                 assert_eq!(closest.id, want, "key {k}, asker {asker}");
             }
         }
+    }
+
+    #[test]
+    fn inflight_table_files_one_request_per_id_and_reuses_slots() {
+        let request = |to: SocketAddr, retries_left| Inflight {
+            to,
+            id: None,
+            level: None,
+            sent: Instant::from_millis(0),
+            deadline: Instant::from_millis(1000),
+            hedge_at: None,
+            purpose: Purpose::Probe,
+            request: Request::Ping,
+            retries_left,
+            retransmitted: false,
+        };
+        let (a, b) = (addr(1), addr(2));
+        let mut t = InflightTable::default();
+        t.insert(7, request(a, 2));
+        t.insert(9, request(b, 2));
+        // A retransmission files the request again under its id.
+        t.insert(7, request(a, 1));
+        assert_eq!(t.len(), 2);
+        assert!(t.contains_key(&7) && !t.contains_key(&8));
+        assert_eq!(t.get(&7).map(|f| f.retries_left), Some(1));
+        assert_eq!(t.remove(&7).map(|f| f.to), Some(a));
+        assert!(t.get(&7).is_none() && t.remove(&7).is_none());
+        assert_eq!(t.get(&9).map(|f| f.to), Some(b));
+        t.insert(11, request(a, 2));
+        assert_eq!(t.slots.len(), 2, "the freed slot is reused");
+        assert_eq!(t.get_mut(&11).map(|f| f.to), Some(a));
     }
 
     #[test]

@@ -518,6 +518,28 @@ impl Message {
     /// allocated before the bytes that justify it have been seen: a list's
     /// count is checked against its cap and against the bytes left first.
     pub fn decode(datagram: &[u8]) -> Result<Self, DecodeError> {
+        let mut msg = Self::empty();
+        msg.decode_into(datagram)?;
+        Ok(msg)
+    }
+
+    /// A message to decode into: all zeros, a ping.
+    pub(crate) fn empty() -> Self {
+        Self {
+            request_id: 0,
+            sender: Id::ZERO,
+            services: Services::NONE,
+            clusters: SmallVec::new(),
+            body: Body::Ping,
+        }
+    }
+
+    /// [`Message::decode`] into `self`, reusing its lists: a node decodes
+    /// every datagram into one message, and a message is sized for the
+    /// longest reply (some 700 bytes), which a decode that returns it by
+    /// value copies several times over. Every field is written on success;
+    /// after an error `self` holds some mix of old and new fields.
+    pub(crate) fn decode_into(&mut self, datagram: &[u8]) -> Result<(), DecodeError> {
         if datagram.len() > MAX_DATAGRAM {
             return Err(DecodeError::TooLong(datagram.len()));
         }
@@ -544,91 +566,117 @@ impl Message {
         ) {
             return Err(DecodeError::UnknownType(ty));
         }
-        let request_id = r.u64()?;
-        let sender = Id(r.id()?);
-        let services = Services(r.u8()?);
+        self.request_id = r.u64()?;
+        self.sender = Id(r.id()?);
+        self.services = Services(r.u8()?);
         let n = r.count("clusters", MAX_LEVELS, CLUSTER_LEN)?;
-        let mut clusters = SmallVec::with_capacity(n);
+        self.clusters.clear();
         for _ in 0..n {
-            clusters.push(ClusterInfo {
+            self.clusters.push(ClusterInfo {
                 level: r.u8()?,
                 cluster: Id(r.id()?),
                 size: r.u32()?,
                 age_secs: r.u32()?,
             });
         }
-        let body = match ty {
-            T_PING => Body::Ping,
-            T_NEIGHBOURS => Body::Neighbours,
-            T_PONG => Body::Pong,
+        // The list-carrying bodies are filled where they lie (after a
+        // switch of variant, which a node sees rarely: its peers mostly
+        // send it one kind of message).
+        match ty {
+            T_PING => self.body = Body::Ping,
+            T_NEIGHBOURS => self.body = Body::Neighbours,
+            T_PONG => self.body = Body::Pong,
             T_FIND_NEAR => {
                 let (scope, key, target) = r.probe()?;
-                Body::FindNear { scope, key, target }
+                self.body = Body::FindNear { scope, key, target };
             }
             T_GET_PROBE => {
                 let (scope, key, target) = r.probe()?;
-                Body::GetProbe { scope, key, target }
+                self.body = Body::GetProbe { scope, key, target };
             }
             T_PUT_PROBE => {
                 let (scope, key, target) = r.probe()?;
-                Body::PutProbe { scope, key, target }
+                self.body = Body::PutProbe { scope, key, target };
             }
-            T_STORE => Body::Store {
-                scope: r.scope()?,
-                key: Id(r.id()?),
-                value: r.value()?,
-                ttl_secs: r.u32()?,
-            },
-            T_NODES => Body::Nodes {
-                contacts: r.contacts()?,
-            },
-            T_GET_REPLY => {
-                let n = r.count("values", MAX_VALUES, 1)?;
-                let mut values = SmallVec::with_capacity(n);
-                for _ in 0..n {
-                    values.push(r.value()?);
+            T_STORE => {
+                self.body = Body::Store {
+                    scope: r.scope()?,
+                    key: Id(r.id()?),
+                    value: r.value()?,
+                    ttl_secs: r.u32()?,
                 }
-                Body::GetReply {
-                    values,
-                    contacts: r.contacts()?,
+            }
+            T_NODES => {
+                if !matches!(self.body, Body::Nodes { .. }) {
+                    self.body = Body::Nodes {
+                        contacts: SmallVec::new(),
+                    };
+                }
+                if let Body::Nodes { contacts } = &mut self.body {
+                    r.contacts_into(contacts)?;
+                }
+            }
+            T_GET_REPLY => {
+                if !matches!(self.body, Body::GetReply { .. }) {
+                    self.body = Body::GetReply {
+                        values: SmallVec::new(),
+                        contacts: SmallVec::new(),
+                    };
+                }
+                if let Body::GetReply { values, contacts } = &mut self.body {
+                    let n = r.count("values", MAX_VALUES, 1)?;
+                    values.clear();
+                    for _ in 0..n {
+                        values.push(r.value()?);
+                    }
+                    r.contacts_into(contacts)?;
                 }
             }
             T_PUT_PROBE_REPLY => {
-                let loaded = match r.u8()? {
+                let loaded_now = match r.u8()? {
                     0 => false,
                     1 => true,
                     _ => return Err(DecodeError::Invalid("loaded")),
                 };
-                let n = r.count("stored", MAX_STORED, STORED_LEN)?;
-                let mut stored = SmallVec::with_capacity(n);
-                for _ in 0..n {
-                    stored.push(StoredInfo {
-                        fingerprint: r.u64()?,
-                        ttl_secs: r.u32()?,
-                    });
+                if !matches!(self.body, Body::PutProbeReply { .. }) {
+                    self.body = Body::PutProbeReply {
+                        loaded: false,
+                        stored: SmallVec::new(),
+                        contacts: SmallVec::new(),
+                    };
                 }
-                Body::PutProbeReply {
+                if let Body::PutProbeReply {
                     loaded,
                     stored,
-                    contacts: r.contacts()?,
+                    contacts,
+                } = &mut self.body
+                {
+                    *loaded = loaded_now;
+                    let n = r.count("stored", MAX_STORED, STORED_LEN)?;
+                    stored.clear();
+                    for _ in 0..n {
+                        stored.push(StoredInfo {
+                            fingerprint: r.u64()?,
+                            ttl_secs: r.u32()?,
+                        });
+                    }
+                    r.contacts_into(contacts)?;
                 }
             }
-            T_STORE_REPLY => Body::StoreReply {
-                result: StoreResult::from_byte(r.u8()?)?,
-            },
+            T_STORE_REPLY => {
+                self.body = Body::StoreReply {
+                    result: StoreResult::from_byte(r.u8()?)?,
+                }
+            }
             // T_ERROR: the only type byte left after the check above.
-            _ => Body::Error {
-                code: ErrorCode::from_byte(r.u8()?)?,
-            },
-        };
+            _ => {
+                self.body = Body::Error {
+                    code: ErrorCode::from_byte(r.u8()?)?,
+                }
+            }
+        }
         match r.0.remaining() {
-            0 => Ok(Self {
-                request_id,
-                sender,
-                services,
-                clusters,
-                body,
-            }),
+            0 => Ok(()),
             n => Err(DecodeError::Trailing(n)),
         }
     }
@@ -819,13 +867,15 @@ impl Reader<'_> {
         Ok(self.0.copy_to_bytes(len))
     }
 
-    fn contacts(&mut self) -> Result<SmallVec<[Contact; 8]>, DecodeError> {
+    /// A contact list, into `out` (cleared first).
+    fn contacts_into(&mut self, out: &mut SmallVec<[Contact; 8]>) -> Result<(), DecodeError> {
         let n = self.count("contacts", MAX_CONTACTS, CONTACT_MIN_LEN)?;
-        let mut out = SmallVec::with_capacity(n);
+        out.clear();
+        out.reserve(n);
         for _ in 0..n {
             out.push(self.contact()?);
         }
-        Ok(out)
+        Ok(())
     }
 
     fn contact(&mut self) -> Result<Contact, DecodeError> {
@@ -1643,6 +1693,23 @@ mod tests {
             prop_assert_eq!(m.encoded_len(), b.len());
             prop_assert!(b.len() <= MAX_DATAGRAM);
             prop_assert_eq!(Message::decode(b), Ok(m));
+        }
+
+        /// A node decodes every datagram into one message: whatever that
+        /// held before, a datagram cut short included, the result is the
+        /// fresh decode.
+        #[test]
+        fn one_message_decodes_a_run_of_datagrams(
+            run in vec((message(), any::<prop::sample::Index>()), 1..8),
+        ) {
+            let mut rx = Message::empty();
+            for (m, cut) in run {
+                let b = enc(&m);
+                let short = &b[..cut.index(b.len())];
+                prop_assert_eq!(rx.decode_into(short).is_err(), Message::decode(short).is_err());
+                prop_assert_eq!(rx.decode_into(&b), Ok(()));
+                prop_assert_eq!(&rx, &m);
+            }
         }
 
         #[test]

@@ -17,8 +17,13 @@
 //!
 //! This type only decides whom to ask next; the node sends the RPCs, times
 //! them out and feeds replies back.
+//!
+//! The candidates are a `Vec` sorted by distance rather than an ordered
+//! map: a get in a small table starts and ends with a handful of them, and
+//! a map's first node (about a kilobyte) cost more than the walk itself.
+//! A reply's contacts are merged in with one pass from the back.
 
-use std::collections::BTreeMap;
+use smallvec::SmallVec;
 
 use crate::contact::Contact;
 use crate::id::{Distance, Id};
@@ -31,8 +36,10 @@ enum State {
     Failed,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Candidate {
+    /// The contact's distance to the key, which orders the candidates.
+    distance: Distance,
     contact: Contact,
     state: State,
 }
@@ -55,7 +62,8 @@ pub struct Lookup {
     position: Distance,
     /// The node at `position`, `None` while it is still ourselves.
     at: Option<Contact>,
-    candidates: BTreeMap<Distance, Candidate>,
+    /// Every node known, by distance to the key, closest first; one per distance.
+    candidates: Vec<Candidate>,
     /// A node to ask first regardless of the halving rule: where the previous
     /// level's walk stopped (spec §3.5).
     first: Option<Contact>,
@@ -84,7 +92,7 @@ impl Lookup {
             own,
             position,
             at: None,
-            candidates: BTreeMap::new(),
+            candidates: Vec::new(),
             first: None,
             in_flight: 0,
             rpcs: 0,
@@ -93,7 +101,11 @@ impl Lookup {
             sweep: 0,
             stopped: false,
         };
-        l.learn(seeds);
+        // One sort for the whole table rather than a merge per seed; the
+        // stable sort keeps the first of equal distances, as `learn` does.
+        l.candidates = l.unknown(seeds).collect();
+        l.candidates.sort_by_key(|c| c.distance);
+        l.candidates.dedup_by_key(|c| c.distance);
         l
     }
 
@@ -136,17 +148,63 @@ impl Lookup {
         self.key
     }
 
-    /// Adds contacts learned from a reply or the routing table.
-    pub fn learn(&mut self, contacts: impl IntoIterator<Item = Contact>) {
-        for c in contacts {
-            if c.id == self.own {
-                continue;
-            }
-            let d = c.id.distance(&self.key);
-            self.candidates.entry(d).or_insert(Candidate {
+    /// `contacts` other than ourselves, as candidates not yet asked.
+    fn unknown(
+        &self,
+        contacts: impl IntoIterator<Item = Contact>,
+    ) -> impl Iterator<Item = Candidate> {
+        let (own, key) = (self.own, self.key);
+        contacts
+            .into_iter()
+            .filter(move |c| c.id != own)
+            .map(move |c| Candidate {
+                distance: c.id.distance(&key),
                 contact: c,
                 state: State::NotAsked,
+            })
+    }
+
+    /// Where the candidate at distance `d` is, or would be inserted.
+    fn find(&self, d: &Distance) -> Result<usize, usize> {
+        self.candidates.binary_search_by(|c| c.distance.cmp(d))
+    }
+
+    fn get_mut(&mut self, d: &Distance) -> Option<&mut Candidate> {
+        let i = self.find(d).ok()?;
+        self.candidates.get_mut(i)
+    }
+
+    /// How many candidates are nearer the key than `d` (or, with
+    /// `inclusive`, at most as near).
+    fn rank(&self, d: &Distance, inclusive: bool) -> usize {
+        self.candidates
+            .partition_point(|c| c.distance < *d || (inclusive && c.distance == *d))
+    }
+
+    /// Adds contacts learned from a reply or the routing table. A distance
+    /// already known keeps its candidate; among new ones, the first wins.
+    pub fn learn(&mut self, contacts: impl IntoIterator<Item = Contact>) {
+        // Filled in place: collecting would build it and then move it here
+        // whole, inline room and all, for a reply that is often empty.
+        let mut new: SmallVec<[Candidate; 8]> = SmallVec::new();
+        new.extend(self.unknown(contacts));
+        new.sort_by_key(|c| c.distance);
+        new.dedup_by_key(|c| c.distance);
+        new.retain(|c| self.find(&c.distance).is_err());
+        // Merge from the back, largest new first: each known candidate
+        // beyond the nearest new one moves once, by the number of new ones
+        // nearer than it.
+        let mut end = self.candidates.len();
+        self.candidates.extend_from_slice(&new);
+        for (j, c) in new.iter().enumerate().rev() {
+            let at = self.candidates.get(..end).map_or(0, |known| {
+                known.partition_point(|k| k.distance < c.distance)
             });
+            self.candidates.copy_within(at..end, at + j + 1);
+            if let Some(slot) = self.candidates.get_mut(at + j) {
+                *slot = *c;
+            }
+            end = at;
         }
     }
 
@@ -161,15 +219,16 @@ impl Lookup {
             None => self.pick(),
         };
         let d = chosen?;
-        let cand = self.candidates.get_mut(&d)?;
+        let cand = self.get_mut(&d)?;
         if cand.state != State::NotAsked {
             return self.next_hop();
         }
         cand.state = State::InFlight;
+        let contact = cand.contact;
         self.in_flight += 1;
         self.rpcs += 1;
         Some(Hop {
-            contact: cand.contact,
+            contact,
             target: d.half(),
         })
     }
@@ -184,32 +243,24 @@ impl Lookup {
     /// 0.01·D and waste hops.
     fn pick(&self) -> Option<Distance> {
         let half = self.position.half();
-        let at_or_below = self
-            .candidates
-            .range(..=half)
-            .rev()
-            .find(|(_, c)| c.state == State::NotAsked)
-            .map(|(d, _)| *d);
-        at_or_below
+        let not_asked = |c: &&Candidate| c.state == State::NotAsked;
+        self.candidates
+            .get(..self.rank(&half, true))
+            .and_then(|at_or_below| at_or_below.iter().rev().find(not_asked))
             .or_else(|| {
+                let above = self.rank(&half, false)..self.rank(&self.position, false);
                 self.candidates
-                    .range(half..self.position)
-                    .find(|(_, c)| c.state == State::NotAsked)
-                    .map(|(d, _)| *d)
+                    .get(above)
+                    .and_then(|above| above.iter().find(not_asked))
             })
-            .or_else(|| {
-                self.candidates
-                    .iter()
-                    .take(self.sweep)
-                    .find(|(_, c)| c.state == State::NotAsked)
-                    .map(|(d, _)| *d)
-            })
+            .or_else(|| self.candidates.iter().take(self.sweep).find(not_asked))
+            .map(|c| c.distance)
     }
 
     /// `from` answered with `contacts`. Returns whether it moved the walk closer.
     pub fn on_reply(&mut self, from: &Contact, contacts: &[Contact]) -> bool {
         let d = from.id.distance(&self.key);
-        let Some(cand) = self.candidates.get_mut(&d) else {
+        let Some(cand) = self.get_mut(&d) else {
             return false;
         };
         if cand.state != State::InFlight {
@@ -232,7 +283,7 @@ impl Lookup {
     /// The RPC to `id` failed (timeout or refusal).
     pub fn on_failure(&mut self, id: &Id) {
         let d = id.distance(&self.key);
-        if let Some(cand) = self.candidates.get_mut(&d)
+        if let Some(cand) = self.get_mut(&d)
             && cand.state == State::InFlight
         {
             cand.state = State::Failed;
@@ -285,7 +336,7 @@ impl Lookup {
     /// failed), closest first.
     pub fn closest_unanswered(&self, n: usize) -> Vec<Contact> {
         self.candidates
-            .values()
+            .iter()
             .filter(|c| c.state != State::Answered)
             .take(n)
             .map(|c| c.contact)
@@ -295,7 +346,7 @@ impl Lookup {
     /// The `n` closest nodes that answered, closest first.
     pub fn closest_answered(&self, n: usize) -> Vec<Contact> {
         self.candidates
-            .values()
+            .iter()
             .filter(|c| c.state == State::Answered)
             .take(n)
             .map(|c| c.contact)
@@ -410,6 +461,49 @@ mod tests {
         let mut l = Lookup::new(id(14), id(4), [c(13), c(0)], 10);
         l.start_at(c(5));
         assert_eq!(l.next_hop().unwrap().contact.id, id(5));
+    }
+
+    /// A contact `n` reached at `port`: the same id at two ports tells
+    /// which copy a lookup kept.
+    fn at_port(n: u8, port: u16) -> Contact {
+        Contact {
+            addr: SocketAddr::from(([10, 0, 0, n], port)),
+            ..c(n)
+        }
+    }
+
+    proptest::proptest! {
+        /// Seeds and every reply's contacts end up as an ordered map
+        /// filled with `or_insert` would hold them: by distance, one per
+        /// id, the first copy heard, never ourselves.
+        #[test]
+        fn candidates_are_what_an_ordered_map_would_hold(
+            own in 0u8..40,
+            key in 0u8..=255,
+            seeds in proptest::collection::vec((0u8..40, 0u16..3), 0..30),
+            replies in proptest::collection::vec(
+                proptest::collection::vec((0u8..40, 0u16..3), 0..20),
+                0..6,
+            ),
+        ) {
+            let mut model = std::collections::BTreeMap::new();
+            let mut heard = |batch: &[(u8, u16)]| {
+                let contacts: Vec<Contact> =
+                    batch.iter().map(|&(n, port)| at_port(n, port)).collect();
+                for c in &contacts {
+                    if c.id != id(own) {
+                        model.entry(c.id.distance(&id(key))).or_insert(*c);
+                    }
+                }
+                contacts
+            };
+            let mut l = Lookup::new(id(own), id(key), heard(&seeds), 10);
+            for batch in &replies {
+                l.learn(heard(batch));
+            }
+            let want: Vec<Contact> = model.into_values().collect();
+            proptest::prop_assert_eq!(l.closest_unanswered(usize::MAX), want);
+        }
     }
 
     #[test]
