@@ -1,7 +1,9 @@
 //! RPC round trips per second between two Coral nodes on loopback — the
 //! mio loop and the tokio actor — next to two UDP echo pairs measured in the
-//! same run: one system call per datagram (the plain ceiling) and
-//! `recvmmsg`/`sendmmsg` batches (the batched ceiling).
+//! same run: one system call per datagram (the plain ceiling),
+//! `recvmmsg`/`sendmmsg` batches (the batched ceiling), and those batches
+//! with each run to one peer sent as one GSO send, as the mio node sends
+//! (the GSO ceiling).
 //!
 //! Every pair is a server thread and a client thread, pinned to one core
 //! each where the machine has two (`sched_setaffinity` through nix's safe
@@ -145,7 +147,17 @@ fn plain_client(c: UdpSocket, server: SocketAddr, measure: Duration) -> f64 {
 }
 
 fn batched_server(s: UdpSocket, stop: &AtomicBool) {
+    echo_batches(s, stop, false);
+}
+
+/// The batched echo server with its replies sent as GSO runs.
+fn gso_server(s: UdpSocket, stop: &AtomicBool) {
+    echo_batches(s, stop, true);
+}
+
+fn echo_batches(s: UdpSocket, stop: &AtomicBool, gso: bool) {
     let (mut r, mut q) = (RecvBatch::new(), SendQueue::new());
+    q.set_gso(gso);
     let (mut rh, mut sh) = (Headers::new(), Headers::new());
     while !stop.load(Ordering::Relaxed) {
         let Ok(n) = r.recv(&s, &mut rh) else { continue };
@@ -164,10 +176,27 @@ fn batched_client(c: UdpSocket, server: SocketAddr, measure: Duration) -> f64 {
     replay_client(c, server, &[vec![7u8; PAYLOAD]], measure)
 }
 
+/// The batched echo client with its requests sent as GSO runs.
+fn gso_client(c: UdpSocket, server: SocketAddr, measure: Duration) -> f64 {
+    replay_with(c, server, &[vec![7u8; PAYLOAD]], measure, true)
+}
+
 /// Keeps `WINDOW` datagrams in flight to `server`, cycling through
 /// `payloads`, with recvmmsg/sendmmsg; counts every datagram that comes back.
 fn replay_client(c: UdpSocket, server: SocketAddr, payloads: &[Vec<u8>], measure: Duration) -> f64 {
+    replay_with(c, server, payloads, measure, false)
+}
+
+/// [`replay_client`], sending GSO runs when `gso` is on.
+fn replay_with(
+    c: UdpSocket,
+    server: SocketAddr,
+    payloads: &[Vec<u8>],
+    measure: Duration,
+    gso: bool,
+) -> f64 {
     let (mut r, mut q) = (RecvBatch::new(), SendQueue::new());
+    q.set_gso(gso);
     let (mut rh, mut sh) = (Headers::new(), Headers::new());
     let mut next = 0usize;
     let mut send = |q: &mut SendQueue, n: usize| {
@@ -451,10 +480,13 @@ fn main() {
                     "batched echo {:.0}",
                     echo_pair(batched_server, batched_client, measure)
                 ),
+                "gso" => println!("GSO echo {:.0}", echo_pair(gso_server, gso_client, measure)),
                 "mio" => print_node("mio nodes", &mio_nodes(measure)),
                 "tokio" => print_node("tokio nodes", &tokio_nodes(measure)),
                 other => {
-                    eprintln!("CORAL_BENCH_ONLY: no pair {other:?} (plain, batched, mio, tokio)")
+                    eprintln!(
+                        "CORAL_BENCH_ONLY: no pair {other:?} (plain, batched, gso, mio, tokio)"
+                    )
                 }
             }
         }
@@ -462,6 +494,7 @@ fn main() {
     }
     let plain = echo_pair(plain_server, plain_client, measure);
     let batched = echo_pair(batched_server, batched_client, measure);
+    let gso = echo_pair(gso_server, gso_client, measure);
     let mio = mio_nodes(measure);
     let tokio = tokio_nodes(measure);
     let cap = capacity(measure);
@@ -478,6 +511,7 @@ fn main() {
     println!("node pairs (B runs DSHT gets against A; echo clients do nothing per reply):");
     println!("  UDP echo, 1 syscall/datagram {plain:>10.0} round trips/s");
     println!("  UDP echo, recvmmsg/sendmmsg  {batched:>10.0} round trips/s");
+    println!("  UDP echo, the same + GSO     {gso:>10.0} round trips/s");
     print_node("mio nodes: RPCs", &mio);
     print_node("tokio nodes: RPCs", &tokio);
     println!(
@@ -486,6 +520,10 @@ fn main() {
         r(mio.rpcs_per_sec, plain),
         r(mio.rpcs_per_sec, tokio.rpcs_per_sec),
         r(tokio.rpcs_per_sec, plain)
+    );
+    println!(
+        "  mio / GSO echo {:.2} (both send runs to one peer as one GSO send)",
+        r(mio.rpcs_per_sec, gso)
     );
     println!(
         "server capacity (one batched client replays {WINDOW} captured get-probes to each server):"
@@ -514,7 +552,7 @@ fn main() {
         r(cap.tokio, cap.plain_echo)
     );
     println!(
-        "{{\"echo_plain\":{plain:.0},\"echo_batched\":{batched:.0},\"mio_rpcs\":{:.0},\"tokio_rpcs\":{:.0},\"mio_gets\":{:.0},\"tokio_gets\":{:.0},\"mio_timeouts\":{},\"tokio_timeouts\":{},\"capacity_echo_plain\":{:.0},\"capacity_echo_batched\":{:.0},\"capacity_mio\":{:.0},\"capacity_tokio\":{:.0}}}",
+        "{{\"echo_plain\":{plain:.0},\"echo_batched\":{batched:.0},\"echo_gso\":{gso:.0},\"mio_rpcs\":{:.0},\"tokio_rpcs\":{:.0},\"mio_gets\":{:.0},\"tokio_gets\":{:.0},\"mio_timeouts\":{},\"tokio_timeouts\":{},\"capacity_echo_plain\":{:.0},\"capacity_echo_batched\":{:.0},\"capacity_mio\":{:.0},\"capacity_tokio\":{:.0}}}",
         mio.rpcs_per_sec,
         tokio.rpcs_per_sec,
         mio.gets_per_sec,

@@ -100,6 +100,7 @@ pub fn run(mut cfg: FileConfig, join: Vec<SocketAddr>) -> anyhow::Result<()> {
         app,
         options.command_queue,
     )?;
+    driver.set_gso(options.gso);
     driver.stop_on_signals()?;
     if let Some(http) = handle.proxy_addr() {
         info!(%http, "HTTP proxy: Coralized URLs such as http://www.example.com.nyud.net/");

@@ -365,12 +365,18 @@ pub fn spawn_with_dns(
     // The driver holds kernel message headers (raw pointers, not `Send`),
     // so it is built on the thread that runs it and only the handle comes back.
     let (tx, rx) = mpsc::channel();
-    let (core, queue, addr) = (options.core, options.command_queue, options.rpc_addr);
+    let (core, queue, addr, gso) = (
+        options.core,
+        options.command_queue,
+        options.rpc_addr,
+        options.gso,
+    );
     let thread = std::thread::Builder::new()
         .name(format!("coral-mio {addr}"))
         .spawn(
             move || match Driver::build_with_dns(core, socket, listeners, dns, app, queue) {
-                Ok((driver, handle)) => {
+                Ok((mut driver, handle)) => {
+                    driver.set_gso(gso);
                     let _ = tx.send(Ok(handle));
                     if let Err(e) = driver.run() {
                         warn!(error = %e, "node loop failed");
@@ -427,6 +433,8 @@ pub struct Driver {
     /// wait: on loopback every freed send buffer would otherwise wake us).
     want_writable: bool,
     stop: bool,
+    /// GSO was asked for and the kernel has not refused it yet.
+    gso_wanted: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -556,6 +564,7 @@ impl Driver {
             commands_more: true,
             want_writable: false,
             stop: false,
+            gso_wanted: false,
         };
         let handle = Handle {
             commands: tx,
@@ -567,6 +576,13 @@ impl Driver {
             seed,
         };
         Ok((driver, handle))
+    }
+
+    /// Sends runs of RPC datagrams to one peer with UDP segmentation
+    /// offload where the kernel allows (see `coral_tokio::batch_udp`).
+    pub fn set_gso(&mut self, on: bool) {
+        self.send.set_gso(on);
+        self.gso_wanted = on;
     }
 
     /// Stops the loop cleanly on SIGINT or SIGTERM (for the binary).
@@ -799,6 +815,10 @@ impl Driver {
             return;
         }
         let f = self.send.flush(&self.socket, &mut self.send_headers);
+        if self.gso_wanted && !self.send.gso() {
+            self.gso_wanted = false;
+            warn!("the kernel refused UDP segmentation offload: RPC datagrams go one by one");
+        }
         self.counters.datagrams_out += f.sent as u64;
         self.counters.send_errors += f.failed as u64;
         let want = !self.send.is_empty();

@@ -137,6 +137,9 @@ pub struct SocketSection {
     pub recv_buffer_bytes: usize,
     /// `SO_SNDBUF` in bytes; 0 keeps the OS default.
     pub send_buffer_bytes: usize,
+    /// Send runs of RPC datagrams to one peer with UDP segmentation
+    /// offload (`UDP_SEGMENT`) where the kernel allows (coral-mio).
+    pub gso: bool,
 }
 
 impl Default for SocketSection {
@@ -144,6 +147,7 @@ impl Default for SocketSection {
         Self {
             recv_buffer_bytes: 4 << 20,
             send_buffer_bytes: 1 << 20,
+            gso: true,
         }
     }
 }
@@ -691,6 +695,7 @@ impl FileConfig {
         let mut o = NodeOptions::new(self.core_config(seed), self.node.rpc);
         o.recv_buffer_bytes = self.socket.recv_buffer_bytes;
         o.send_buffer_bytes = self.socket.send_buffer_bytes;
+        o.gso = self.socket.gso;
         o
     }
 }

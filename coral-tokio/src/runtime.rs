@@ -116,6 +116,10 @@ pub struct NodeOptions {
     pub send_buffer_bytes: usize,
     /// Application commands that may wait for the node task at once.
     pub command_queue: usize,
+    /// Whether RPC datagrams to one peer leave in one send with UDP
+    /// segmentation offload where the kernel allows (coral-mio's loop;
+    /// see `batch_udp`).
+    pub gso: bool,
 }
 
 impl NodeOptions {
@@ -127,6 +131,7 @@ impl NodeOptions {
             recv_buffer_bytes: 4 << 20,
             send_buffer_bytes: 1 << 20,
             command_queue: 1024,
+            gso: true,
         }
     }
 }
