@@ -303,11 +303,18 @@ impl SendQueue {
         let mut out = Flushed::default();
         while self.len > 0 {
             let run = if self.gso { self.gso_run(0) } else { 1 };
+            // Datagrams that no run takes, up to where one starts, go out
+            // together with sendmmsg; so does a run the kernel refused as
+            // a whole, so that only the datagram at fault is dropped.
+            let mut n = self.len;
             if run > 1 {
-                let done = match self.send_gso(socket, run) {
+                match self.send_gso(socket, run) {
                     Ok(true) => {
                         out.sent += run;
-                        run
+                        self.bufs[..self.len].rotate_left(run);
+                        self.dests[..self.len].rotate_left(run);
+                        self.len -= run;
+                        continue;
                     }
                     Ok(false) => {
                         self.blocked = true;
@@ -317,20 +324,9 @@ impl SendQueue {
                         self.gso = false;
                         continue;
                     }
-                    Err(Some(_)) => {
-                        out.failed += run;
-                        run
-                    }
-                };
-                self.bufs[..self.len].rotate_left(done);
-                self.dests[..self.len].rotate_left(done);
-                self.len -= done;
-                continue;
-            }
-            // Datagrams that no run takes, up to where one starts, go out
-            // together with sendmmsg.
-            let mut n = self.len;
-            if self.gso {
+                    Err(Some(_)) => n = run,
+                }
+            } else if self.gso {
                 n = 1;
                 while n < self.len && self.gso_run(n) == 1 {
                     n += 1;
@@ -515,6 +511,27 @@ mod tests {
             [(1, 50), (2, 50), (3, 50), (5, 40), (6, 40), (7, 60)]
         );
         assert_eq!(tags(drain(&c)), [(4, 50), (0, 0)]);
+    }
+
+    #[test]
+    fn a_run_the_kernel_refuses_loses_only_its_own_datagrams() {
+        let (a, b) = pair();
+        let mut q = SendQueue::new();
+        q.set_gso(true);
+        // A run to an IPv6 address, refused on this IPv4 socket, then a
+        // run to b.
+        for to in ["[::1]:9".parse().unwrap(); 3] {
+            queue(&mut q, to, &[1; 10]);
+        }
+        for _ in 0..2 {
+            queue(&mut q, b.local_addr().unwrap(), &[2; 10]);
+        }
+        assert_eq!(
+            q.flush(&a, &mut Headers::new()),
+            Flushed { sent: 2, failed: 3 }
+        );
+        assert!(q.gso(), "a refused address is no reason to stop GSO");
+        assert_eq!(drain(&b), vec![vec![2u8; 10]; 2]);
     }
 
     #[test]
