@@ -820,6 +820,7 @@ impl Driver {
             warn!("the kernel refused UDP segmentation offload: RPC datagrams go one by one");
         }
         self.counters.datagrams_out += f.sent as u64;
+        self.counters.datagrams_out_gso += f.gso as u64;
         self.counters.send_errors += f.failed as u64;
         let want = !self.send.is_empty();
         if want != self.want_writable {

@@ -148,6 +148,8 @@ pub struct Flushed {
     pub sent: usize,
     /// Datagrams dropped because the kernel refused them (not for blocking).
     pub failed: usize,
+    /// Of those sent, datagrams that left within GSO sends.
+    pub gso: usize,
 }
 
 /// Outgoing datagrams waiting for `sendmmsg`: a bounded queue of [`BATCH`]
@@ -311,6 +313,7 @@ impl SendQueue {
                 match self.send_gso(socket, run) {
                     Ok(true) => {
                         out.sent += run;
+                        out.gso += run;
                         self.bufs[..self.len].rotate_left(run);
                         self.dests[..self.len].rotate_left(run);
                         self.len -= run;
@@ -405,7 +408,8 @@ mod tests {
             f,
             Flushed {
                 sent: BATCH,
-                failed: 0
+                failed: 0,
+                gso: 0
             }
         );
         assert!(q.is_empty() && !q.is_blocked());
@@ -467,8 +471,10 @@ mod tests {
             f,
             Flushed {
                 sent: BATCH,
-                failed: 0
-            }
+                failed: 0,
+                gso: BATCH
+            },
+            "one GSO send carried them all"
         );
         assert!(q.is_empty() && q.gso(), "this kernel takes UDP_SEGMENT");
         assert_eq!(drain(&b), sent, "the same datagrams, in order");
@@ -499,7 +505,11 @@ mod tests {
         assert_eq!(runs, [3, 2, 1, 1, 2, 1, 1, 1]);
         assert_eq!(
             q.flush(&a, &mut Headers::new()),
-            Flushed { sent: 8, failed: 0 }
+            Flushed {
+                sent: 8,
+                failed: 0,
+                gso: 5
+            }
         );
         let tags = |v: Vec<Vec<u8>>| -> Vec<(u8, usize)> {
             v.iter()
@@ -528,7 +538,11 @@ mod tests {
         }
         assert_eq!(
             q.flush(&a, &mut Headers::new()),
-            Flushed { sent: 2, failed: 3 }
+            Flushed {
+                sent: 2,
+                failed: 3,
+                gso: 2
+            }
         );
         assert!(q.gso(), "a refused address is no reason to stop GSO");
         assert_eq!(drain(&b), vec![vec![2u8; 10]; 2]);
@@ -565,7 +579,11 @@ mod tests {
         }
         assert_eq!(
             q.flush(&a, &mut Headers::new()),
-            Flushed { sent: 1, failed: 1 }
+            Flushed {
+                sent: 1,
+                failed: 1,
+                gso: 0
+            }
         );
         let mut r = RecvBatch::new();
         assert_eq!(r.recv(&b, &mut Headers::new()).unwrap(), 1);

@@ -207,6 +207,9 @@ pub struct AdapterCounters {
     pub datagrams_in: u64,
     /// Datagrams sent.
     pub datagrams_out: u64,
+    /// Of those, datagrams that left within GSO sends (coral-mio).
+    #[serde(default)]
+    pub datagrams_out_gso: u64,
     /// `send_to` failures.
     pub send_errors: u64,
     /// `recv_from` failures.
@@ -536,6 +539,11 @@ pub fn prometheus(s: &NodeStatus) -> String {
             "coral_datagrams_out_total",
             "Datagrams sent on the RPC socket.",
             a.datagrams_out,
+        ),
+        (
+            "coral_datagrams_out_gso_total",
+            "Datagrams sent on the RPC socket within GSO sends.",
+            a.datagrams_out_gso,
         ),
         (
             "coral_send_errors_total",

@@ -549,3 +549,64 @@ fn an_application_on_the_loop_sees_the_events_of_its_operations() {
         b.shutdown();
     });
 }
+
+/// Counts the gets a mio node finishes.
+struct GetsDone(Arc<std::sync::atomic::AtomicUsize>);
+
+impl coral_mio::App for GetsDone {
+    fn on_event(
+        &mut self,
+        _node: &mut coral_core::Node,
+        _now: coral_core::time::Instant,
+        event: coral_core::Event,
+    ) {
+        if let coral_core::Event::GetDone { .. } = event {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// A burst of gets from a mio node leaves as GSO runs (its get-probes to
+/// its one peer are one size), and a tokio peer, whose socket does no GRO,
+/// receives them as the plain datagrams they are and answers every one.
+#[test]
+fn a_burst_of_gets_leaves_as_gso_runs_that_a_tokio_peer_answers() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    bounded(|| {
+        let a = TestNode::start(Kind::Tokio, v4(191), 51);
+        a.join(vec![]);
+        let done = Arc::new(AtomicUsize::new(0));
+        let b = coral_mio::spawn_with(
+            config(v4(192)).node_options(52),
+            None,
+            Box::new(GetsDone(Arc::clone(&done))),
+        )
+        .unwrap();
+        assert_eq!(b.handle.join(vec![a.addr()]).unwrap().contacts, 1);
+        const GETS: usize = 32;
+        // All started in one turn: their probes are queued together.
+        b.handle
+            .call(|node, now| {
+                for i in 0..GETS {
+                    let key = Id::for_url(&format!("http://burst.invalid/{i}"));
+                    node.get(now, key, Levels::ALL).unwrap();
+                }
+            })
+            .unwrap();
+        while done.load(Ordering::Relaxed) < GETS {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let sb = b.handle.status().unwrap();
+        assert!(
+            sb.adapter.datagrams_out_gso >= GETS as u64 / 2,
+            "the probes left in GSO sends: {:?}",
+            sb.adapter
+        );
+        let sa = a.status();
+        assert!(sa.stats.rpcs_in.get_probe >= GETS as u64, "{:?}", sa.stats);
+        assert_eq!(sa.stats.malformed, 0);
+        assert_eq!(sb.stats.malformed, 0);
+        b.shutdown();
+        a.shutdown();
+    });
+}
