@@ -60,19 +60,9 @@ fn ip(last: u8) -> Ipv4Addr {
 }
 
 /// A mio node on `me` with a proxy on `proxy_port` (0: any), a DNS server
-/// (`tune` adjusts its options) and optionally an admin endpoint.
+/// (`tune` adjusts its options, `file` its configuration) and optionally
+/// an admin endpoint.
 fn mio_node(
-    me: Ipv4Addr,
-    seed: u64,
-    proxy_port: u16,
-    admin: Option<std::net::TcpListener>,
-    tune: &dyn Fn(&mut DnsOptions),
-) -> RunningNode {
-    mio_node_with(me, seed, proxy_port, admin, &|_| {}, tune)
-}
-
-/// [`mio_node`] with `file` adjusting its configuration.
-fn mio_node_with(
     me: Ipv4Addr,
     seed: u64,
     proxy_port: u16,
@@ -116,7 +106,7 @@ fn net(base: u8, n: u8, tune: &dyn Fn(&mut DnsOptions)) -> Vec<RunningNode> {
             .first()
             .map_or(0, |f| f.handle.proxy_addr().unwrap().port());
         let seed = u64::from(base) * 100 + u64::from(i);
-        let node = mio_node(ip(base + i), seed, port, None, tune);
+        let node = mio_node(ip(base + i), seed, port, None, &|_| {}, tune);
         nodes.push(node);
     }
     join_all(&nodes);
@@ -395,7 +385,7 @@ fn tcp_connections_are_limited_idle_ones_closed_and_metrics_shown() {
         };
         let admin = std::net::TcpListener::bind((ip(40), 0)).unwrap();
         let admin_addr = admin.local_addr().unwrap();
-        let node = mio_node(ip(40), 4000, 0, Some(admin), &tune);
+        let node = mio_node(ip(40), 4000, 0, Some(admin), &|_| {}, &tune);
         join_all(std::slice::from_ref(&node));
         let server = dns_of(&node);
         let me = ip(203);
@@ -450,7 +440,7 @@ fn a_mio_dns_node_names_a_tokio_nodes_proxy() {
             .build()
             .unwrap();
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let mio = mio_node(ip(51), 5001, 0, None, &|_| {});
+        let mio = mio_node(ip(51), 5001, 0, None, &|_| {}, &|_| {});
         let port = mio.handle.proxy_addr().unwrap().port();
         let tokio_ip = ip(52);
         let mut cfg = FileConfig::default();
@@ -514,14 +504,7 @@ fn a_hinted_proxy_not_heard_from_is_checked_and_a_dead_one_not_named() {
             let port = nodes
                 .first()
                 .map_or(0, |f| f.handle.proxy_addr().unwrap().port());
-            nodes.push(mio_node_with(
-                me,
-                7100 + i as u64,
-                port,
-                None,
-                &one_level,
-                &wait,
-            ));
+            nodes.push(mio_node(me, 7100 + i as u64, port, None, &one_level, &wait));
         }
         join_all(&nodes);
         nodes[2].handle.publish_hints(Vec::new()).unwrap();
@@ -596,9 +579,9 @@ fn a_probe_traces_the_hops_to_the_resolver_and_their_hints_name_its_proxy() {
         let nodes = netns::in_namespace(&source, move || {
             let one_level = |f: &mut FileConfig| f.levels.diameters_ms = Vec::new();
             let wait = |d: &mut DnsOptions| d.server.hold_budget = Duration::from_secs(20);
-            let d = mio_node_with(v4(1), 8101, 0, None, &one_level, &wait);
+            let d = mio_node(v4(1), 8101, 0, None, &one_level, &wait);
             let port = d.handle.proxy_addr().unwrap().port();
-            let p = mio_node_with(v4(3), 8102, port, None, &one_level, &wait);
+            let p = mio_node(v4(3), 8102, port, None, &one_level, &wait);
             let nodes = vec![d, p];
             join_all(&nodes);
             nodes
