@@ -493,7 +493,7 @@ fn a_probe_traces_the_hops_to_the_resolver_and_their_hints_name_its_proxy() {
                 assert!(!put.stored.is_empty(), "{put:?}");
                 let mut found = false;
                 for _ in 0..50 {
-                    let got = net.nodes[2].handle.get(key, Levels::ALL).await.unwrap();
+                    let got = net.nodes[0].handle.get(key, Levels::ALL).await.unwrap();
                     found = !got.values.is_empty();
                     if found {
                         break;
