@@ -11,8 +11,8 @@
 //!
 //! A DNS server traces the path toward a resolver and keeps the last hops
 //! before it ([`Trace::last_hops`]); a node traces its own way out and
-//! publishes the first ones ([`Trace::first_hops`]). IPv4 only: an IPv6
-//! target gets an empty trace.
+//! publishes the first ones ([`Trace::first_hops`]). IPv6 works the same
+//! way (`IPV6_RECVERR`, the hop limit, ICMPv6 time-exceeded).
 //!
 //! A [`Tracer`] is driven by an event loop (coral-mio registers its
 //! socket; the tokio node makes it a tokio socket and waits on
@@ -20,20 +20,24 @@
 //! way it ends by its deadline.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use coral_core::dsht::hints::Router;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, SockaddrIn, recv, recvmsg, setsockopt, sockopt,
+    ControlMessageOwned, MsgFlags, SockaddrStorage, recv, recvmsg, setsockopt, sockopt,
 };
 
 /// ICMP type of a TTL that ran out on the way.
 const ICMP_TIME_EXCEEDED: u8 = 11;
+/// ICMPv6 type of a hop limit that ran out on the way.
+const ICMP6_TIME_EXCEEDED: u8 = 3;
 /// `sock_extended_err.ee_origin` of a report that an ICMP message made.
 const SO_EE_ORIGIN_ICMP: u8 = 2;
+/// The same for ICMPv6.
+const SO_EE_ORIGIN_ICMP6: u8 = 3;
 
 /// How a trace is run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +107,7 @@ pub struct Tracer<S = UdpSocket> {
 /// A trace's progress, apart from its socket.
 #[derive(Debug)]
 struct State {
-    target: Ipv4Addr,
+    target: IpAddr,
     opts: TraceOptions,
     /// When each TTL's datagram went out (index `ttl - 1`).
     sent: Vec<Instant>,
@@ -119,20 +123,31 @@ struct State {
 const ICMP_SLACK: Duration = Duration::from_millis(20);
 
 impl Tracer {
-    /// Sends the datagrams toward `target`; `None` for an IPv6 target.
-    /// Errors only when the socket cannot be set up or sent from.
+    /// Sends the datagrams toward `target`. Errors only when the socket
+    /// cannot be set up or sent from (`None` is kept for callers that
+    /// cannot trace a family; both are traced here).
     pub fn start(target: IpAddr, opts: TraceOptions) -> io::Result<Option<Self>> {
-        let IpAddr::V4(target) = target else {
-            return Ok(None);
+        let socket = match target {
+            IpAddr::V4(_) => {
+                let s = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+                setsockopt(&s, sockopt::Ipv4RecvErr, &true)?;
+                s
+            }
+            IpAddr::V6(_) => {
+                let s = UdpSocket::bind(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0))?;
+                setsockopt(&s, sockopt::Ipv6RecvErr, &true)?;
+                s
+            }
         };
-        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
-        setsockopt(&socket, sockopt::Ipv4RecvErr, &true)?;
         socket.set_nonblocking(true)?;
         let max = opts.max_hops.max(1);
         let mut sent = Vec::with_capacity(usize::from(max));
         for ttl in 1..=max {
-            setsockopt(&socket, sockopt::Ipv4Ttl, &i32::from(ttl))?;
-            let to = SocketAddrV4::new(target, opts.base_port.wrapping_add(u16::from(ttl)));
+            match target {
+                IpAddr::V4(_) => setsockopt(&socket, sockopt::Ipv4Ttl, &i32::from(ttl))?,
+                IpAddr::V6(_) => setsockopt(&socket, sockopt::Ipv6Ttl, &i32::from(ttl))?,
+            }
+            let to = SocketAddr::new(target, opts.base_port.wrapping_add(u16::from(ttl)));
             sent.push(Instant::now());
             // A report that came back already (for an earlier TTL) is also
             // returned, once, by the next call on the socket: that send is
@@ -243,9 +258,7 @@ impl State {
                 .saturating_duration_since(self.sent[usize::from(ttl) - 1]);
             match report.kind {
                 Kind::Local => {}
-                Kind::TimeExceeded(from) | Kind::Unreachable(Some(from))
-                    if from != IpAddr::V4(self.target) =>
-                {
+                Kind::TimeExceeded(from) | Kind::Unreachable(Some(from)) if from != self.target => {
                     if matches!(report.kind, Kind::Unreachable(_)) {
                         // A router with no way on: the path ends there.
                         self.ended = Some(self.ended.map_or(ttl, |e| e.min(ttl)));
@@ -388,8 +401,8 @@ struct Report {
 fn read_report(fd: RawFd) -> io::Result<Option<Report>> {
     let mut payload = [0u8; 64];
     let mut iov = [io::IoSliceMut::new(&mut payload)];
-    let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
-    let msg = match recvmsg::<SockaddrIn>(
+    let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6);
+    let msg = match recvmsg::<SockaddrStorage>(
         fd,
         &mut iov,
         Some(&mut cmsg),
@@ -400,24 +413,43 @@ fn read_report(fd: RawFd) -> io::Result<Option<Report>> {
         Err(e) => return Err(e.into()),
     };
     let at = Instant::now();
-    let port = msg.address.map_or(0, |a| a.port());
+    let port = msg.address.as_ref().map_or(0, |a| {
+        a.as_sockaddr_in()
+            .map(|v4| v4.port())
+            .or_else(|| a.as_sockaddr_in6().map(|v6| v6.port()))
+            .unwrap_or(0)
+    });
     // A queued error that no ICMP message made is a local one: it says
     // nothing of the path.
     let mut kind = Kind::Local;
     for c in msg.cmsgs()? {
-        if let ControlMessageOwned::Ipv4RecvErr(err, offender) = c {
-            if err.ee_origin != SO_EE_ORIGIN_ICMP {
-                continue;
+        let (err, from, time_exceeded) = match c {
+            ControlMessageOwned::Ipv4RecvErr(err, offender)
+                if err.ee_origin == SO_EE_ORIGIN_ICMP =>
+            {
+                (
+                    err,
+                    offender.map(|o| IpAddr::V4(Ipv4Addr::from(u32::from_be(o.sin_addr.s_addr)))),
+                    ICMP_TIME_EXCEEDED,
+                )
             }
-            let from =
-                offender.map(|o| IpAddr::V4(Ipv4Addr::from(u32::from_be(o.sin_addr.s_addr))));
-            kind = match (err.ee_type, from) {
-                (ICMP_TIME_EXCEEDED, Some(from)) => Kind::TimeExceeded(from),
-                // Port-unreachable from the target, or a router's
-                // host- or network-unreachable.
-                _ => Kind::Unreachable(from),
-            };
-        }
+            ControlMessageOwned::Ipv6RecvErr(err, offender)
+                if err.ee_origin == SO_EE_ORIGIN_ICMP6 =>
+            {
+                (
+                    err,
+                    offender.map(|o| IpAddr::V6(Ipv6Addr::from(o.sin6_addr.s6_addr))),
+                    ICMP6_TIME_EXCEEDED,
+                )
+            }
+            _ => continue,
+        };
+        kind = match from {
+            Some(from) if err.ee_type == time_exceeded => Kind::TimeExceeded(from),
+            // Port-unreachable from the target, or a router's
+            // host- or network-unreachable.
+            _ => Kind::Unreachable(from),
+        };
     }
     Ok(Some(Report { port, at, kind }))
 }
@@ -437,9 +469,11 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_target_gets_an_empty_trace() {
-        let t = trace("::1".parse().unwrap(), TraceOptions::default()).unwrap();
-        assert_eq!(t, Trace::default());
+    fn ipv6_loopback_is_reached_at_the_first_hop_too() {
+        let t = trace(IpAddr::V6(Ipv6Addr::LOCALHOST), TraceOptions::default()).unwrap();
+        let (at, _) = t.reached.expect("::1 answers port-unreachable");
+        assert_eq!(at, 1);
+        assert!(t.hops.is_empty(), "{t:?}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! passes, since nothing can be built; the loopback case in the unit
 //! tests needs no privilege). The trace from the source, made on a thread
 //! that entered the source's namespace, must name both routers, at TTLs 1
-//! and 2, with their RTTs, and reach the target at TTL 3; the DNS probe
+//! and 2, with their RTTs, and reach the target at TTL 3, over IPv4 and
+//! IPv6; the DNS probe
 //! (TCP connect and trace at once) reports the RTT and those hops.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a failure is a bug to see
@@ -16,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use coral_tokio::dns::probe_and_trace;
-use coral_tokio::trace::{TraceOptions, Tracer, own_hops, trace};
+use coral_tokio::trace::{Trace, TraceOptions, Tracer, own_hops, trace};
 use netns::in_namespace;
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
@@ -46,6 +47,28 @@ fn a_trace_names_each_router_on_the_way_and_reaches_the_target() {
     // A DNS server keeps the hops nearest the resolver first.
     let last: Vec<IpAddr> = t.last_hops(5).iter().map(|r| r.addr).collect();
     assert_eq!(last, [v4(10, 201, 2, 2), v4(10, 201, 1, 2)]);
+    // The same path over IPv6. Neighbour discovery on fresh links may
+    // still be under way and lose a first trace's datagrams: up to five
+    // traces, 200 ms apart, until one comes back.
+    let t6 = in_namespace(ns.source(), || {
+        let mut t = Trace::default();
+        for _ in 0..5 {
+            t = trace("fd00:201:3::2".parse().unwrap(), TraceOptions::default()).unwrap();
+            if t.reached.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        t
+    });
+    let hops6: Vec<(u8, IpAddr)> = t6.hops.iter().map(|h| (h.ttl, h.router.addr)).collect();
+    let six = |s: &str| -> IpAddr { s.parse().unwrap() };
+    assert_eq!(
+        hops6,
+        [(1, six("fd00:201:1::2")), (2, six("fd00:201:2::2"))],
+        "{t6:?}"
+    );
+    assert_eq!(t6.reached.map(|(at, _)| at), Some(3), "{t6:?}");
     // What a node there publishes its router hints under: the first hops
     // of its way out, the nearest it first.
     let own = in_namespace(ns.source(), move || own_hops(Some(target), 5));

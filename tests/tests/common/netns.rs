@@ -1,6 +1,7 @@
 //! Four network namespaces joined by veth pairs, for tests that need real
 //! routers between two hosts: source 10.201.1.1 (and .3) → router 1 (10.201.1.2 |
 //! 10.201.2.1) → router 2 (10.201.2.2 | 10.201.3.1) → target 10.201.3.2,
+//! and the same in IPv6 (fd00:201:N::1 and ::2 on link N),
 //! made with `ip netns` (root only) and removed on drop.
 #![allow(dead_code)]
 
@@ -73,6 +74,17 @@ fn setup(tag: u32, names: &[String], guard: &mut Namespaces) -> Result<(), Strin
             return Err(format!("ip netns add {n}"));
         }
         guard.0.push(n.clone());
+        // No duplicate address detection on the links made next: a
+        // link-local address held back by it would delay neighbour
+        // discovery and lose the first IPv6 datagrams.
+        in_ns(
+            n,
+            &[
+                "sh",
+                "-c",
+                "echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad",
+            ],
+        )?;
     }
     let [s, r1, r2, t] = [&names[0], &names[1], &names[2], &names[3]];
     // One veth pair per link, each end made in its namespace.
@@ -87,6 +99,14 @@ fn setup(tag: u32, names: &[String], guard: &mut Namespaces) -> Result<(), Strin
         let (aa, ab) = (format!("10.201.{net}.1/24"), format!("10.201.{net}.2/24"));
         in_ns(a, &["ip", "addr", "add", &aa, "dev", &ea])?;
         in_ns(b, &["ip", "addr", "add", &ab, "dev", &eb])?;
+        // IPv6 too, without duplicate address detection (it would hold the
+        // addresses back for a second or two).
+        let (sa, sb) = (
+            format!("fd00:201:{net}::1/64"),
+            format!("fd00:201:{net}::2/64"),
+        );
+        in_ns(a, &["ip", "-6", "addr", "add", &sa, "dev", &ea, "nodad"])?;
+        in_ns(b, &["ip", "-6", "addr", "add", &sb, "dev", &eb, "nodad"])?;
         in_ns(a, &["ip", "link", "set", &ea, "up"])?;
         in_ns(b, &["ip", "link", "set", &eb, "up"])?;
         if net == 1 {
@@ -99,6 +119,14 @@ fn setup(tag: u32, names: &[String], guard: &mut Namespaces) -> Result<(), Strin
     }
     for r in [r1, r2] {
         in_ns(r, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
+        in_ns(
+            r,
+            &[
+                "sh",
+                "-c",
+                "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
+            ],
+        )?;
     }
     in_ns(s, &["ip", "route", "add", "default", "via", "10.201.1.2"])?;
     in_ns(
@@ -109,7 +137,55 @@ fn setup(tag: u32, names: &[String], guard: &mut Namespaces) -> Result<(), Strin
         r2,
         &["ip", "route", "add", "10.201.1.0/24", "via", "10.201.2.1"],
     )?;
-    in_ns(t, &["ip", "route", "add", "default", "via", "10.201.3.1"])
+    in_ns(t, &["ip", "route", "add", "default", "via", "10.201.3.1"])?;
+    in_ns(
+        s,
+        &[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:201:1::2",
+        ],
+    )?;
+    in_ns(
+        r1,
+        &[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "fd00:201:3::/64",
+            "via",
+            "fd00:201:2::2",
+        ],
+    )?;
+    in_ns(
+        r2,
+        &[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "fd00:201:1::/64",
+            "via",
+            "fd00:201:2::1",
+        ],
+    )?;
+    in_ns(
+        t,
+        &[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:201:3::1",
+        ],
+    )
 }
 
 /// Runs `f` on a thread inside namespace `ns` (a socket belongs to the
