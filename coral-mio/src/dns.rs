@@ -53,7 +53,6 @@ use std::time::{Duration, Instant as StdInstant};
 use coral_core::contact::{Contact, Services};
 use coral_core::dns::{DnsServer, DnsStats, Handled, Transport};
 use coral_core::dsht::hints::Router;
-use coral_core::node::MAX_ROUTER_HINTS;
 use coral_core::time::Instant as CoreInstant;
 use coral_core::{Event, Node, OpId};
 use coral_tokio::dns::DnsOptions;
@@ -203,7 +202,7 @@ struct Probe {
     stream: TcpStream,
     /// What the connect came to, once it did (the RTT, or `None`).
     connect: Option<Option<Duration>>,
-    /// The trace, when one could be started (IPv4).
+    /// The trace, when one could be started.
     tracer: Option<Tracer>,
     target: IpAddr,
     started: StdInstant,
@@ -225,7 +224,7 @@ struct Drops {
 }
 
 /// Starts a trace toward `target` for probe `key`, registered on the
-/// poller, ending by `timeout`; `None` when it cannot (IPv6, or a socket error).
+/// poller, ending by `timeout`; `None` when it cannot (a socket error).
 fn start_trace(
     registry: &Registry,
     target: IpAddr,
@@ -238,7 +237,7 @@ fn start_trace(
     };
     let tracer = Tracer::start(target, opts)
         .inspect_err(|e| debug!(%target, error = %e, "cannot trace toward a resolver"))
-        .ok()??;
+        .ok()?;
     let fd = tracer.socket().as_raw_fd();
     let token = Token(FIRST_DNS_TRACE + key);
     registry
@@ -246,6 +245,11 @@ fn start_trace(
         .inspect_err(|e| debug!(%target, error = %e, "cannot register a trace"))
         .ok()?;
     Some(tracer)
+}
+
+/// Takes a trace's socket off the poller (it closes when the trace drops).
+fn deregister_trace(registry: &Registry, t: &Tracer) {
+    let _ = registry.deregister(&mut SourceFd(&t.socket().as_raw_fd()));
 }
 
 /// Whether a probe's error still measures a round trip: a refused connect
@@ -801,7 +805,7 @@ impl Dns {
         {
             debug!(target = %p.target, error = %e, "trace failed");
             if let Some(t) = p.tracer.take() {
-                let _ = registry.deregister(&mut SourceFd(&t.socket().as_raw_fd()));
+                deregister_trace(registry, &t);
             }
         }
         self.probe_progress(node, registry, key);
@@ -837,15 +841,14 @@ impl Dns {
         };
         let _ = registry.deregister(&mut p.stream);
         self.timers.remove(&(p.deadline, Timer::Probe(key)));
-        let trace = p.tracer.map(|t| {
-            let _ = registry.deregister(&mut SourceFd(&t.socket().as_raw_fd()));
-            t.finish()
-        });
-        let rtt = p
-            .connect
-            .flatten()
-            .or_else(|| trace.as_ref()?.reached.map(|(_, rtt)| rtt));
-        let routers = trace.map_or_else(Vec::new, |t| t.last_hops(MAX_ROUTER_HINTS));
+        let connect = p.connect.flatten();
+        let (rtt, routers) = match p.tracer {
+            Some(t) => {
+                deregister_trace(registry, &t);
+                t.finish().probe_result(connect)
+            }
+            None => (connect, Vec::new()),
+        };
         debug!(target = %p.target, ?rtt, hops = routers.len(), "resolver probed");
         self.probe_done(node, p.target, rtt, &routers);
     }

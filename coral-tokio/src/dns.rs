@@ -18,7 +18,6 @@ use coral_core::OpId;
 use coral_core::contact::Contact;
 use coral_core::dns::{DnsConfig, DnsServer};
 use coral_core::dsht::hints::Router;
-use coral_core::node::MAX_ROUTER_HINTS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -238,20 +237,17 @@ pub async fn probe(target: IpAddr, timeout: Duration) -> Option<Duration> {
 /// both within `timeout`: a TCP connect to its port 53 ([`probe`]) and a
 /// trace ([`Tracer`]) run at once. The RTT is the connect's, else the
 /// trace's when the target answered it; the hops are the last
-/// [`MAX_ROUTER_HINTS`] that answered, the nearest the target first.
+/// [`MAX_ROUTER_HINTS`](coral_core::node::MAX_ROUTER_HINTS) that answered,
+/// the nearest the target first.
 pub async fn probe_and_trace(target: IpAddr, timeout: Duration) -> (Option<Duration>, Vec<Router>) {
     let opts = TraceOptions {
         timeout,
         ..TraceOptions::default()
     };
-    let tracer = match Tracer::start(target, opts) {
-        Ok(t) => t,
-        Err(e) => {
-            debug!(%target, error = %e, "cannot trace toward a resolver");
-            None
-        }
-    };
-    let Some(mut t) = tracer.and_then(|t| t.with_socket(UdpSocket::from_std).ok()) else {
+    let tracer = Tracer::start(target, opts)
+        .and_then(|t| t.with_socket(UdpSocket::from_std))
+        .inspect_err(|e| debug!(%target, error = %e, "cannot trace toward a resolver"));
+    let Ok(mut t) = tracer else {
         return (probe(target, timeout).await, Vec::new());
     };
     let tcp = probe(target, timeout);
@@ -275,11 +271,7 @@ pub async fn probe_and_trace(target: IpAddr, timeout: Duration) -> (Option<Durat
         Some(c) => c,
         None => tcp.await,
     };
-    let trace = t.finish();
-    (
-        connect.or(trace.reached.map(|(_, rtt)| rtt)),
-        trace.last_hops(MAX_ROUTER_HINTS),
-    )
+    t.finish().probe_result(connect)
 }
 
 async fn serve_tcp(

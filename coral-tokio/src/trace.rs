@@ -25,6 +25,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use coral_core::dsht::hints::Router;
+use coral_core::node::MAX_ROUTER_HINTS;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, SockaddrStorage, recv, recvmsg, setsockopt, sockopt,
@@ -86,6 +87,16 @@ impl Trace {
         self.hops.iter().rev().take(n).map(|h| h.router).collect()
     }
 
+    /// What a DNS probe reports to the core: the resolver's RTT (`connect`,
+    /// its TCP connect's, else its answer to the trace) and the last
+    /// [`MAX_ROUTER_HINTS`] hops, the nearest it first.
+    pub fn probe_result(&self, connect: Option<Duration>) -> (Option<Duration>, Vec<Router>) {
+        (
+            connect.or(self.reached.map(|(_, rtt)| rtt)),
+            self.last_hops(MAX_ROUTER_HINTS),
+        )
+    }
+
     /// The `n` hops that answered nearest the tracing host, the nearest
     /// first (the routers a node publishes its hints under).
     pub fn first_hops(&self, n: usize) -> Vec<Router> {
@@ -124,9 +135,8 @@ const ICMP_SLACK: Duration = Duration::from_millis(20);
 
 impl Tracer {
     /// Sends the datagrams toward `target`. Errors only when the socket
-    /// cannot be set up or sent from (`None` is kept for callers that
-    /// cannot trace a family; both are traced here).
-    pub fn start(target: IpAddr, opts: TraceOptions) -> io::Result<Option<Self>> {
+    /// cannot be set up or sent from.
+    pub fn start(target: IpAddr, opts: TraceOptions) -> io::Result<Self> {
         let socket = match target {
             IpAddr::V4(_) => {
                 let s = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
@@ -159,7 +169,7 @@ impl Tracer {
                 socket.send_to(&[ttl], to)?;
             }
         }
-        Ok(Some(Self {
+        Ok(Self {
             socket,
             state: State {
                 target,
@@ -169,7 +179,7 @@ impl Tracer {
                 reached: None,
                 ended: None,
             },
-        }))
+        })
     }
 
     /// The same trace on `f`'s socket made of this one (an event loop's
@@ -339,9 +349,7 @@ impl State {
 /// trace is complete or its deadline. Errors only when the socket cannot
 /// be set up or sent from; silence is an empty trace.
 pub fn trace(target: IpAddr, opts: TraceOptions) -> io::Result<Trace> {
-    let Some(mut t) = Tracer::start(target, opts)? else {
-        return Ok(Trace::default());
-    };
+    let mut t = Tracer::start(target, opts)?;
     loop {
         t.read()?;
         let left = t.deadline(None).saturating_duration_since(Instant::now());

@@ -93,9 +93,7 @@ fn a_trace_names_each_router_on_the_way_and_reaches_the_target() {
     // A target that router 1 has no route to: it names itself at TTL 1
     // and says "unreachable" past it, which ends the trace there.
     let lost = in_namespace(ns.source(), move || {
-        let mut t = Tracer::start(v4(10, 201, 9, 9), TraceOptions::default())
-            .unwrap()
-            .unwrap();
+        let mut t = Tracer::start(v4(10, 201, 9, 9), TraceOptions::default()).unwrap();
         let deadline = t.deadline(None);
         while !t.is_complete() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
