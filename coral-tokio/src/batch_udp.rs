@@ -152,6 +152,20 @@ pub struct Flushed {
     pub gso: usize,
 }
 
+/// What one GSO send came to.
+enum GsoSend {
+    /// The kernel took the whole run.
+    Sent,
+    /// The socket would block: the run waits for writability.
+    Blocked,
+    /// The kernel or the device cannot offload: GSO goes off, and the run
+    /// goes the plain way.
+    Unsupported,
+    /// The kernel refused the run for another reason: it goes the plain
+    /// way, so that only a datagram at fault is dropped.
+    Refused,
+}
+
 /// Outgoing datagrams waiting for `sendmmsg`: a bounded queue of [`BATCH`]
 /// reusable buffers.
 pub struct SendQueue {
@@ -231,14 +245,11 @@ impl SendQueue {
         run
     }
 
-    /// Sends the first `run` datagrams as one GSO send: `Ok(true)` when the
-    /// kernel took them, `Ok(false)` when it would block; an error the
-    /// kernel gives for the offload itself turns GSO off (`Err(None)`:
-    /// send them the plain way), any other drops them (`Err(Some(e))`).
-    fn send_gso(&self, socket: &impl AsRawFd, run: usize) -> Result<bool, Option<Errno>> {
+    /// Sends the first `run` datagrams as one GSO send.
+    fn send_gso(&self, socket: &impl AsRawFd, run: usize) -> GsoSend {
         let iovs: [IoSlice<'_>; BATCH] = std::array::from_fn(|i| IoSlice::new(&self.bufs[i]));
         let Ok(seg) = u16::try_from(self.bufs[0].len()) else {
-            return Err(None);
+            return GsoSend::Unsupported;
         };
         let cmsg = [ControlMessage::UdpGsoSegments(&seg)];
         loop {
@@ -249,15 +260,15 @@ impl SendQueue {
                 MsgFlags::empty(),
                 self.dests[0].as_ref(),
             ) {
-                Ok(_) => return Ok(true),
-                Err(Errno::EAGAIN) => return Ok(false),
+                Ok(_) => return GsoSend::Sent,
+                Err(Errno::EAGAIN) => return GsoSend::Blocked,
                 Err(Errno::EINTR) => {}
                 // No UDP_SEGMENT here (old kernel), or a device that cannot
                 // checksum it (EIO).
                 Err(Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) => {
-                    return Err(None);
+                    return GsoSend::Unsupported;
                 }
-                Err(e) => return Err(Some(e)),
+                Err(_) => return GsoSend::Refused,
             }
         }
     }
@@ -311,23 +322,21 @@ impl SendQueue {
             let mut n = self.len;
             if run > 1 {
                 match self.send_gso(socket, run) {
-                    Ok(true) => {
+                    GsoSend::Sent => {
                         out.sent += run;
                         out.gso += run;
-                        self.bufs[..self.len].rotate_left(run);
-                        self.dests[..self.len].rotate_left(run);
-                        self.len -= run;
+                        self.take(run);
                         continue;
                     }
-                    Ok(false) => {
+                    GsoSend::Blocked => {
                         self.blocked = true;
                         return out;
                     }
-                    Err(None) => {
+                    GsoSend::Unsupported => {
                         self.gso = false;
                         continue;
                     }
-                    Err(Some(_)) => n = run,
+                    GsoSend::Refused => n = run,
                 }
             } else if self.gso {
                 n = 1;
@@ -365,15 +374,21 @@ impl SendQueue {
                     1
                 }
             };
-            // The kernel may take fewer than offered: keep the rest in order.
-            // Rotating moves the Vec headers, never their heap buffers.
-            let (done, len) = (done.clamp(1, n), self.len);
-            self.bufs[..len].rotate_left(done);
-            self.dests[..len].rotate_left(done);
-            self.len = len - done;
+            // The kernel may take fewer than offered: the rest stay.
+            self.take(done.clamp(1, n));
         }
         self.blocked = false;
         out
+    }
+
+    /// Drops the first `done` datagrams (sent or refused), keeping the
+    /// rest in order. Rotating moves the Vec headers, never their heap
+    /// buffers.
+    fn take(&mut self, done: usize) {
+        let len = self.len;
+        self.bufs[..len].rotate_left(done);
+        self.dests[..len].rotate_left(done);
+        self.len = len - done;
     }
 }
 
@@ -436,7 +451,7 @@ mod tests {
         q.commit(to, bytes.len());
     }
 
-    /// Every datagram `b` receives within a second, as bytes.
+    /// Every datagram `b` receives until 300 ms pass without one, as bytes.
     fn drain(b: &UdpSocket) -> Vec<Vec<u8>> {
         b.set_read_timeout(Some(std::time::Duration::from_millis(300)))
             .unwrap();
