@@ -77,14 +77,7 @@ fn setup(tag: u32, names: &[String], guard: &mut Namespaces) -> Result<(), Strin
         // No duplicate address detection on the links made next: a
         // link-local address held back by it would delay neighbour
         // discovery and lose the first IPv6 datagrams.
-        in_ns(
-            n,
-            &[
-                "sh",
-                "-c",
-                "echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad",
-            ],
-        )?;
+        sysctl(n, "net/ipv6/conf/default/accept_dad", 0)?;
     }
     let [s, r1, r2, t] = [&names[0], &names[1], &names[2], &names[3]];
     // One veth pair per link, each end made in its namespace.
@@ -118,74 +111,30 @@ fn setup(tag: u32, names: &[String], guard: &mut Namespaces) -> Result<(), Strin
         in_ns(n, &["ip", "link", "set", "lo", "up"])?;
     }
     for r in [r1, r2] {
-        in_ns(r, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
-        in_ns(
-            r,
-            &[
-                "sh",
-                "-c",
-                "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
-            ],
-        )?;
+        sysctl(r, "net/ipv4/ip_forward", 1)?;
+        sysctl(r, "net/ipv6/conf/all/forwarding", 1)?;
     }
-    in_ns(s, &["ip", "route", "add", "default", "via", "10.201.1.2"])?;
-    in_ns(
-        r1,
-        &["ip", "route", "add", "10.201.3.0/24", "via", "10.201.2.2"],
-    )?;
-    in_ns(
-        r2,
-        &["ip", "route", "add", "10.201.1.0/24", "via", "10.201.2.1"],
-    )?;
-    in_ns(t, &["ip", "route", "add", "default", "via", "10.201.3.1"])?;
-    in_ns(
-        s,
-        &[
-            "ip",
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd00:201:1::2",
-        ],
-    )?;
-    in_ns(
-        r1,
-        &[
-            "ip",
-            "-6",
-            "route",
-            "add",
-            "fd00:201:3::/64",
-            "via",
-            "fd00:201:2::2",
-        ],
-    )?;
-    in_ns(
-        r2,
-        &[
-            "ip",
-            "-6",
-            "route",
-            "add",
-            "fd00:201:1::/64",
-            "via",
-            "fd00:201:2::1",
-        ],
-    )?;
-    in_ns(
-        t,
-        &[
-            "ip",
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd00:201:3::1",
-        ],
-    )
+    let routes = [
+        (s, "-4", "default", "10.201.1.2"),
+        (r1, "-4", "10.201.3.0/24", "10.201.2.2"),
+        (r2, "-4", "10.201.1.0/24", "10.201.2.1"),
+        (t, "-4", "default", "10.201.3.1"),
+        (s, "-6", "default", "fd00:201:1::2"),
+        (r1, "-6", "fd00:201:3::/64", "fd00:201:2::2"),
+        (r2, "-6", "fd00:201:1::/64", "fd00:201:2::1"),
+        (t, "-6", "default", "fd00:201:3::1"),
+    ];
+    for (ns, family, to, via) in routes {
+        in_ns(ns, &["ip", family, "route", "add", to, "via", via])?;
+    }
+    Ok(())
+}
+
+/// Writes `value` to `/proc/sys/<key>` in namespace `ns` (through `sh`,
+/// which every machine has, where the sysctl binary may be missing).
+fn sysctl(ns: &str, key: &str, value: u8) -> Result<(), String> {
+    let cmd = format!("echo {value} > /proc/sys/{key}");
+    in_ns(ns, &["sh", "-c", &cmd])
 }
 
 /// Runs `f` on a thread inside namespace `ns` (a socket belongs to the
